@@ -1,0 +1,130 @@
+"""Settings shared by every command: durations, DSN redaction, and the service's knobs.
+
+Flags win over `PREBUILDD_*` environment variables, which win over the defaults below (the
+defaults marked Coder are Coder's own, so operators feel at home).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from prebuildd.model import PlanConfig
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and the bad value."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """`500ms`, `15s`, `1m`, `1h30m`, `2d`; a bare number means seconds. Negative is invalid."""
+    raw = text.strip().lower()
+    if not raw:
+        raise ConfigError("empty duration")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = _parse_compound(raw, text)
+    if seconds < 0:
+        raise ConfigError(f"duration {text!r} is negative")
+    return timedelta(seconds=seconds)
+
+
+def _parse_compound(raw: str, original: str) -> float:
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(raw):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(raw) or pos == 0:
+        raise ConfigError(f"invalid duration {original!r} (use e.g. 500ms, 15s, 1m, 1h)")
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+# URL form: scheme://user:password@host... -> keep the user, hide the password.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@", re.I)
+# key=value form (libpq conninfo): password=secret or password='sec ret'.
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s]+)", re.I)
+# Query-string form: ...?password=secret&...
+_QS_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&\s]*)", re.I)
+
+
+def redact_dsn(text: str) -> str:
+    """Hide every database password in `text` (URLs, conninfo strings, query strings)."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", text)
+    text = _QS_PASSWORD.sub(lambda m: f"{m.group('head')}***", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m.group('head')}***", text)
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data: outside /root, as the server user needs
+    to traverse every parent directory and /root is closed to other users."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/prebuildd")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "prebuildd"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `prebuildd run` needs; built by the CLI from flags and environment."""
+
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    sweep_interval: timedelta = timedelta(seconds=60)
+    # Short on purpose: notifications of one transaction arrive together, so a few
+    # milliseconds batch them without eating into the promotion-to-action latency budget.
+    settle: timedelta = timedelta(milliseconds=10)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    metrics_addr: str = "127.0.0.1:2118"
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # 0 = derive from the pool: half of it, at least 1 (leave room for claims and the sweep).
+    reconcile_concurrency: int = 0
+    # Upper bound on templates reconciled together in one transaction (sweeps, bursts).
+    max_batch: int = 200
+    liveness_interval: timedelta = timedelta(seconds=5)
+    liveness_timeout: timedelta = timedelta(seconds=2)
+    reconnect_max_backoff: timedelta = timedelta(seconds=10)
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def concurrency(self) -> int:
+        if self.reconcile_concurrency > 0:
+            return self.reconcile_concurrency
+        return max(1, self.pool_max_size // 2)
+
+
+def env_or(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """`PREBUILDD_<NAME>` from the environment, else the default."""
+    value = env.get(f"PREBUILDD_{name}")
+    return value if value not in (None, "") else default
+
+
+def parse_int(text: str, setting: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{setting}: {text!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{setting}: {value} is below the minimum {minimum}")
+    return value

@@ -1,0 +1,235 @@
+"""Plain, frozen data that flows one way: store (SQL rows) -> plan (pure) -> executor (SQL writes).
+
+Nothing in this module does I/O or reads the clock. Every timestamp is timezone-aware UTC.
+Names follow Coder's schema so that a row read from `template_version_presets` is recognisable
+here without a glossary.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+# The system user that owns every unclaimed prebuilt workspace (fixed by Coder).
+PREBUILDS_USER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
+
+
+class Transition(enum.StrEnum):
+    """`workspace_transition` enum."""
+
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+
+
+class JobStatus(enum.StrEnum):
+    """`provisioner_job_status` enum (derived by Coder from the job's timestamps and error)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    CANCELING = "canceling"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class PrebuildStatus(enum.StrEnum):
+    """`prebuild_status` enum stored on `template_version_presets`."""
+
+    HEALTHY = "healthy"
+    HARD_LIMITED = "hard_limited"
+    VALIDATION_FAILED = "validation_failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: what the store reads for one preset.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A preset with a prebuild configuration (`desired_instances IS NOT NULL`) and its context."""
+
+    id: UUID
+    name: str
+    template_id: UUID
+    template_name: str
+    organization_id: UUID
+    organization_name: str
+    template_version_id: UUID
+    template_version_name: str
+    using_active_version: bool
+    template_deleted: bool
+    template_deprecated: bool
+    # As stored; may be negative (invalid input the planner reports and treats as 0).
+    desired_instances: int
+    # `invalidate_after_secs`: running prebuilds older than this are expired (None or <= 0: never).
+    invalidate_after_secs: int | None = None
+    # Prebuilds created before this instant are expired (set by `prebuildd invalidate`).
+    last_invalidated_at: datetime | None = None
+    # IANA zone the schedules are read in; '' means UTC.
+    scheduling_timezone: str = ""
+    prebuild_status: PrebuildStatus = PrebuildStatus.HEALTHY
+
+    @property
+    def is_active(self) -> bool:
+        """Prebuilds are maintained only for the active version of a live, non-deprecated template."""
+        return self.using_active_version and not self.template_deleted and not self.template_deprecated
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A row of `template_version_preset_prebuild_schedules`."""
+
+    id: UUID
+    cron_expression: str
+    desired_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunningPrebuild:
+    """An unclaimed prebuild whose latest build is a succeeded `start`."""
+
+    workspace_id: UUID
+    name: str
+    template_version_id: UUID
+    preset_id: UUID
+    created_at: datetime
+    # Eligible for claiming: every top-level agent of the latest build is `ready`.
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    """Latest `start` build of one unclaimed prebuild of the preset (for backoff / hard limit)."""
+
+    created_at: datetime
+    job_status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """Prebuilds of the preset whose latest build's job is pending or running, by transition."""
+
+    starting: int = 0
+    stopping: int = 0
+    deleting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PresetSnapshot:
+    """Everything the planner needs to decide about one preset, read in one consistent snapshot."""
+
+    preset: Preset
+    schedules: tuple[Schedule, ...] = ()
+    running: tuple[RunningPrebuild, ...] = ()
+    in_progress: InProgress = InProgress()
+    # Pending, not-yet-picked-up build-1 `start` prebuild jobs of this preset (inactive versions).
+    pending_cancelable: int = 0
+    # Latest `start` builds of the preset's unclaimed prebuilds, newest first; the store returns
+    # at least max(desired, failure_hard_limit) of them when that many exist.
+    recent_builds: tuple[BuildRecord, ...] = ()
+    # Failed latest `start` builds of unclaimed prebuilds created within the backoff lookback.
+    failures_in_lookback: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    """Knobs of the planner (defaults are Coder's)."""
+
+    backoff_interval: timedelta = timedelta(minutes=1)
+    backoff_lookback: timedelta = timedelta(hours=1)
+    # 0 disables the hard limit.
+    failure_hard_limit: int = 3
+    # Bound on creates for one preset in one cycle; the remainder follows immediately after.
+    max_creates_per_cycle: int = 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: typed actions, executed by the store in transactions.
+# ---------------------------------------------------------------------------------------------
+
+
+class ActionKind(enum.StrEnum):
+    CREATE = "create"
+    DELETE = "delete"
+    CANCEL_PENDING = "cancel_pending"
+    SET_STATUS = "set_status"
+
+
+class DeleteReason(enum.StrEnum):
+    EXPIRED = "expired"
+    SURPLUS = "surplus"
+    INACTIVE = "inactive"
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    preset_id: UUID
+    template_version_id: UUID
+    count: int
+    kind: ActionKind = field(default=ActionKind.CREATE, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    preset_id: UUID
+    # Oldest first; the executor re-checks ownership of each inside its transaction.
+    workspace_ids: tuple[UUID, ...]
+    reason: DeleteReason
+    kind: ActionKind = field(default=ActionKind.DELETE, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPending:
+    """Cancel the preset's pending prebuild jobs and soft-delete those never-built workspaces."""
+
+    preset_id: UUID
+    expected: int
+    kind: ActionKind = field(default=ActionKind.CANCEL_PENDING, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    preset_id: UUID
+    status: PrebuildStatus
+    kind: ActionKind = field(default=ActionKind.SET_STATUS, init=False)
+
+
+Action = Create | Delete | CancelPending | SetStatus
+
+
+@dataclass(frozen=True, slots=True)
+class PresetState:
+    """The numbers behind a plan (what `status` and `reconcile --dry-run` print)."""
+
+    desired: int
+    running: int
+    eligible: int
+    expired: int
+    starting: int
+    stopping: int
+    deleting: int
+    surplus: int
+    to_create: int
+    backoff_until: datetime | None
+    hard_limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The pure planner's verdict for one preset at one instant."""
+
+    preset: Preset
+    state: PresetState
+    actions: tuple[Action, ...]
+    # When this preset next needs a look even if nothing else happens (schedule boundary,
+    # TTL expiry, backoff end, creates left over by the per-cycle bound); None: only events.
+    next_attention: datetime | None
+    # Human-readable reasons for the actions (and for holding back), for logs and --dry-run.
+    reasons: tuple[str, ...] = ()
+    # Invalid input found while planning (bad cron, unknown timezone, negative count, ...).
+    errors: tuple[str, ...] = ()

@@ -1,0 +1,3 @@
+-- name: ping
+-- Cheapest possible round trip: readiness and liveness probes.
+SELECT 1;
