@@ -1,0 +1,266 @@
+"""Prometheus metrics: Coder's prebuild metrics under the `prebuildd_` prefix, plus our own.
+
+Everything lives in one `Metrics` object with its own `CollectorRegistry` (never the global
+default), so tests and several services in one process do not share series.
+
+Two kinds of data:
+
+* Per-preset series (desired, running, eligible, created/failed/claimed totals, hard-limited,
+  validation-failed) come from a *snapshot* the service replaces wholesale with
+  `set_preset_rows`. The collector renders whatever the latest snapshot holds, so the series
+  of a deleted preset vanish on the next snapshot and cardinality stays bounded by the number
+  of live presets. The created/failed/claimed totals are cumulative counts that the database
+  already keeps (as Coder derives them too), so they are exposed with type `counter` from the
+  snapshot instead of being incremented here: a restart or a second replica reports the same
+  numbers.
+* Process-local instruments (events, queue, lag, listener, errors, reconcile duration) are
+  ordinary prometheus_client objects, exposed as attributes for the modules that update them.
+
+Labels with a known, bounded set of values are pre-initialised so that `rate()` works from the
+first scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from prebuildd.model import ActionKind
+
+PREFIX = "prebuildd_"
+PRESET_LABELS = ("template_name", "preset_name", "organization_name")
+
+# What started a reconcile (the `trigger` label and span attribute).
+TRIGGERS = ("event", "timer", "sweep", "startup")
+# Where a reconcile failed; kept small on purpose (it is a label).
+RECONCILE_ERROR_KINDS = ("preset", "template", "database")
+# Invalid input found while planning (counted, then the planner falls back to a safe value).
+INPUT_ERROR_KINDS = (
+    "invalid_cron",
+    "invalid_timezone",
+    "overlapping_schedules",
+    "negative_desired",
+)
+
+# A reconcile touches one template (or a small batch): milliseconds usually, seconds when the
+# database is slow; the tail buckets catch a stuck cycle.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# From the first event of a batch to the start of its reconcile: the settle window plus
+# queueing, so sub-millisecond resolution is not useful but the low end matters.
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PresetMetricsRow:
+    """One preset's numbers in a metrics snapshot (built by the service from the store)."""
+
+    template_name: str
+    preset_name: str
+    organization_name: str
+    desired: int
+    running: int
+    eligible: int
+    created_total: int
+    failed_total: int
+    claimed_total: int
+    hard_limited: bool
+    validation_failed: bool
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.template_name, self.preset_name, self.organization_name]
+
+
+# (name suffix, help text, value of a row)
+_PresetSeries = tuple[str, str, Callable[[PresetMetricsRow], float]]
+
+# Rendered as counters.
+_PRESET_COUNTERS: tuple[_PresetSeries, ...] = (
+    (
+        "prebuilt_workspaces_created_total",
+        "Prebuilt workspaces created so far for each preset to reach its desired count.",
+        lambda r: r.created_total,
+    ),
+    (
+        "prebuilt_workspaces_failed_total",
+        "Prebuilt workspaces of each preset whose build failed.",
+        lambda r: r.failed_total,
+    ),
+    (
+        "prebuilt_workspaces_claimed_total",
+        "Prebuilt workspaces handed over to a user who created a workspace from the preset.",
+        lambda r: r.claimed_total,
+    ),
+)
+# Rendered as gauges.
+_PRESET_GAUGES: tuple[_PresetSeries, ...] = (
+    (
+        "prebuilt_workspaces_desired",
+        "How many prebuilt workspaces each preset should have right now.",
+        lambda r: r.desired,
+    ),
+    (
+        "prebuilt_workspaces_running",
+        "Prebuilt workspaces whose latest build started successfully (claimable or not yet).",
+        lambda r: r.running,
+    ),
+    (
+        "prebuilt_workspaces_eligible",
+        "Running prebuilt workspaces whose agents are ready, i.e. claimable now.",
+        lambda r: r.eligible,
+    ),
+    (
+        "prebuilt_workspaces_preset_hard_limited",
+        "1 when the preset hit the failure hard limit and no longer gets new prebuilds.",
+        lambda r: int(r.hard_limited),
+    ),
+    (
+        "prebuilt_workspaces_preset_validation_failed",
+        "1 when creating prebuilds for the preset was rejected as invalid input.",
+        lambda r: int(r.validation_failed),
+    ),
+)
+
+
+class _PresetCollector(Collector):
+    """Renders the latest snapshot; replacing the tuple is atomic, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[PresetMetricsRow, ...] = ()
+
+    def collect(self) -> Iterable[Metric]:
+        rows = self.rows  # one read: a scrape sees one snapshot, never a mix of two
+        yield from self._families(rows)
+
+    def describe(self) -> Iterable[Metric]:
+        # Lets the registry detect name clashes at registration without rendering rows.
+        yield from self._families(())
+
+    @staticmethod
+    def _families(rows: Sequence[PresetMetricsRow]) -> Iterator[Metric]:
+        for suffix, text, value in _PRESET_COUNTERS:
+            counter = CounterMetricFamily(PREFIX + suffix, text, labels=PRESET_LABELS)
+            for row in rows:
+                counter.add_metric(row.labels, value(row))
+            yield counter
+        for suffix, text, value in _PRESET_GAUGES:
+            gauge = GaugeMetricFamily(PREFIX + suffix, text, labels=PRESET_LABELS)
+            for row in rows:
+                gauge.add_metric(row.labels, value(row))
+            yield gauge
+
+
+class Metrics:
+    """Every metric of the service, registered in `self.registry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._presets = _PresetCollector()
+        self.registry.register(self._presets)
+        self._coder_style_gauges()
+        self._event_metrics()
+        self._reconcile_metrics()
+
+    def _coder_style_gauges(self) -> None:
+        self.reconciliation_paused = Gauge(
+            PREFIX + "prebuilt_workspaces_reconciliation_paused",
+            "1 while reconciliation is paused by the prebuilds_settings site config, else 0.",
+            registry=self.registry,
+        )
+        self.metrics_last_updated = Gauge(
+            PREFIX + "prebuilt_workspaces_metrics_last_updated",
+            "Unix time (seconds) of the snapshot behind the per-preset series.",
+            registry=self.registry,
+        )
+        self.reconciliation_duration = Histogram(
+            PREFIX + "prebuilds_reconciliation_duration_seconds",
+            "Wall time of one reconcile, from taking the lock to the last action.",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def _event_metrics(self) -> None:
+        self.events_received = Counter(
+            PREFIX + "events_received_total",
+            "Valid notifications received from PostgreSQL, by event kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.events_invalid = Counter(
+            PREFIX + "events_invalid_total",
+            "Notifications ignored because their payload could not be parsed.",
+            registry=self.registry,
+        )
+        self.listener_reconnects = Counter(
+            PREFIX + "listener_reconnects_total",
+            "Times the LISTEN connection was re-established after a loss.",
+            registry=self.registry,
+        )
+        self.listener_connected = Gauge(
+            PREFIX + "listener_connected",
+            "1 while the LISTEN connection is up and answering liveness probes.",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            PREFIX + "queue_depth",
+            "Templates waiting in the work queue (queued or waiting for their ready time).",
+            registry=self.registry,
+        )
+
+    def _reconcile_metrics(self) -> None:
+        self.reconcile_lag = Histogram(
+            PREFIX + "reconcile_lag_seconds",
+            "Delay from the first event of a batch to the start of the reconcile it caused.",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.reconciles = Counter(
+            PREFIX + "reconciles_total",
+            "Reconciles started, by what triggered them.",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            PREFIX + "reconcile_errors_total",
+            "Reconciles (or parts of one) that failed, by where they failed.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.actions = Counter(
+            PREFIX + "actions_total",
+            "Actions executed by reconciles, by action kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.input_errors = Counter(
+            PREFIX + "input_errors_total",
+            "Invalid preset or schedule settings met while planning, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        _touch(self.reconciles, TRIGGERS)
+        _touch(self.reconcile_errors, RECONCILE_ERROR_KINDS)
+        _touch(self.actions, tuple(ActionKind))
+        _touch(self.input_errors, INPUT_ERROR_KINDS)
+
+    def set_preset_rows(self, rows: Iterable[PresetMetricsRow], at: float) -> None:
+        """Replace the per-preset snapshot; `at` is its unix time in seconds."""
+        self._presets.rows = tuple(rows)
+        self.metrics_last_updated.set(at)
+
+    def set_paused(self, paused: bool) -> None:
+        self.reconciliation_paused.set(1 if paused else 0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def _touch(counter: Counter, values: Iterable[str]) -> None:
+    """Create the child series with value 0 so they exist before the first increment."""
+    for value in values:
+        counter.labels(value)

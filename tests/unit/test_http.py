@@ -1,0 +1,120 @@
+"""/metrics, /healthz and /readyz over real HTTP on an ephemeral port."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from prebuildd.http import HttpServerHandle, Readiness, parse_addr, start_http_server
+from prebuildd.metrics import Metrics
+
+
+class Flags:
+    """Stands in for the service's readiness flags."""
+
+    def __init__(self) -> None:
+        self.state = Readiness(db_ok=False, listener_ok=False)
+
+    def __call__(self) -> Readiness:
+        return self.state
+
+
+@pytest.fixture
+def flags() -> Flags:
+    return Flags()
+
+
+@pytest.fixture
+def server(flags: Flags) -> Iterator[HttpServerHandle]:
+    metrics = Metrics()
+    metrics.queue_depth.set(4)
+    handle = start_http_server("127.0.0.1:0", metrics, flags)
+    yield handle
+    handle.close()
+
+
+def get(handle: HttpServerHandle, path: str) -> tuple[int, str, str]:
+    """Status, content type and body; HTTP errors are answers here, not exceptions."""
+    url = f"http://127.0.0.1:{handle.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def test_metrics_endpoint_serves_prometheus_text(server: HttpServerHandle) -> None:
+    status, content_type, body = get(server, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert "prebuildd_queue_depth 4.0" in body
+
+
+def test_healthz_is_ok_while_running(server: HttpServerHandle) -> None:
+    assert get(server, "/healthz")[0] == 200
+
+
+def test_readyz_follows_the_callback(server: HttpServerHandle, flags: Flags) -> None:
+    status, _, body = get(server, "/readyz")
+    assert status == 503
+    assert json.loads(body) == {"ready": False, "database": "down", "listener": "down"}
+
+    flags.state = Readiness(db_ok=True, listener_ok=False)
+    status, _, body = get(server, "/readyz")
+    assert status == 503
+    assert json.loads(body)["listener"] == "down" and json.loads(body)["database"] == "ok"
+
+    flags.state = Readiness(db_ok=True, listener_ok=True)
+    status, content_type, body = get(server, "/readyz")
+    assert status == 200 and content_type == "application/json"
+    assert json.loads(body) == {"ready": True, "database": "ok", "listener": "ok"}
+
+
+def test_readyz_is_503_when_the_callback_raises(server: HttpServerHandle, flags: Flags) -> None:
+    def broken() -> Readiness:
+        raise RuntimeError("flag store gone")
+
+    server._server.readiness = broken
+    assert get(server, "/readyz")[0] == 503
+
+
+def test_unknown_path_is_404(server: HttpServerHandle) -> None:
+    assert get(server, "/nope")[0] == 404
+
+
+def test_close_releases_the_port(flags: Flags) -> None:
+    handle = start_http_server("127.0.0.1:0", Metrics(), flags)
+    port = handle.port
+    handle.close()
+    handle.close()  # idempotent
+    again = start_http_server(f"127.0.0.1:{port}", Metrics(), flags)
+    again.close()
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [("127.0.0.1:2118", ("127.0.0.1", 2118)), (":9090", ("", 9090)), ("[::1]:0", ("::1", 0))],
+)
+def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
+    assert parse_addr(addr) == expected
+
+
+@pytest.mark.parametrize("addr", ["localhost", "host:port", "h:70000", ""])
+def test_parse_addr_rejects_garbage(addr: str) -> None:
+    with pytest.raises(ValueError, match="listen address"):
+        parse_addr(addr)
+
+
+def test_metrics_failure_is_a_500_not_a_dropped_connection(
+    server: HttpServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> bytes:
+        raise RuntimeError("collector bug")
+
+    monkeypatch.setattr(server._server.metrics, "render", broken)
+    assert get(server, "/metrics")[0] == 500
+    assert get(server, "/healthz")[0] == 200
