@@ -76,8 +76,10 @@ class Preset:
 
     @property
     def is_active(self) -> bool:
-        """Prebuilds are maintained only for the active version of a live, non-deprecated template."""
-        return self.using_active_version and not self.template_deleted and not self.template_deprecated
+        """Prebuilds are kept only for the active version of a live, non-deprecated template."""
+        return (
+            self.using_active_version and not self.template_deleted and not self.template_deprecated
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,386 @@
+"""Command line: parse, call, print. No decisions live here.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 `claim` found no eligible prebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import anyio
+import psycopg
+
+from prebuildd import __version__
+from prebuildd.config import (
+    ConfigError,
+    Settings,
+    default_data_dir,
+    env_or,
+    parse_duration,
+    parse_int,
+    redact_dsn,
+)
+from prebuildd.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from prebuildd.model import PlanConfig
+from prebuildd.queries import query
+
+log = logging.getLogger("prebuildd")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NONE_AVAILABLE = 0, 1, 2, 3
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--database-url",
+        default=env_or(env, "DATABASE_URL", None),
+        help="PostgreSQL URL (env PREBUILDD_DATABASE_URL). Without it, run/demo start the "
+        "embedded PostgreSQL and other commands use it if it is running.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env_or(env, "DATA_DIR", str(default_data_dir())) or ""),
+        help="where the embedded PostgreSQL keeps its data (env PREBUILDD_DATA_DIR)",
+    )
+    parser.add_argument("--log-level", default=env_or(env, "LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-format", choices=("json", "text"), default=env_or(env, "LOG_FORMAT", "json")
+    )
+
+
+def _reconcile_knobs(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    d = Settings()
+    parser.add_argument(
+        "--backoff-interval",
+        type=_duration,
+        default=_duration(env_or(env, "BACKOFF_INTERVAL", "1m") or "1m"),
+        help="wait per recent failure before retrying creates (default 1m)",
+    )
+    parser.add_argument(
+        "--backoff-lookback",
+        type=_duration,
+        default=_duration(env_or(env, "BACKOFF_LOOKBACK", "1h") or "1h"),
+        help="how far back failures count (default 1h)",
+    )
+    parser.add_argument(
+        "--failure-hard-limit",
+        type=int,
+        default=int(env_or(env, "FAILURE_HARD_LIMIT", "3") or "3"),
+        help="consecutive failed builds that stop creates for a preset; 0 disables (default 3)",
+    )
+    parser.add_argument(
+        "--max-creates-per-cycle",
+        type=int,
+        default=int(
+            env_or(env, "MAX_CREATES_PER_CYCLE", str(d.plan.max_creates_per_cycle)) or "500"
+        ),
+        help="bound on creates for one preset in one reconcile (default 500)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prebuildd",
+        description="Keeps pools of prebuilt Coder workspaces warm, driven by PostgreSQL events.",
+    )
+    parser.add_argument("--version", action="version", version=f"prebuildd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    env = os.environ
+
+    run = sub.add_parser("run", help="run the service until SIGTERM/SIGINT")
+    _common(run)
+    _reconcile_knobs(run)
+    run.add_argument(
+        "--sweep-interval",
+        type=_duration,
+        default=_duration(env_or(env, "SWEEP_INTERVAL", "60s") or "60s"),
+        help="full safety-net sweep period (default 60s)",
+    )
+    run.add_argument(
+        "--settle",
+        type=_duration,
+        default=_duration(env_or(env, "SETTLE", "10ms") or "10ms"),
+        help="debounce window that batches a burst of events (default 10ms)",
+    )
+    run.add_argument(
+        "--metrics-addr",
+        default=env_or(env, "METRICS_ADDR", "127.0.0.1:2118"),
+        help="host:port for /metrics, /healthz, /readyz; empty disables (default 127.0.0.1:2118)",
+    )
+    run.add_argument(
+        "--pool-size",
+        type=int,
+        default=int(env_or(env, "POOL_SIZE", "10") or "10"),
+        help="max database connections (default 10)",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(env_or(env, "CONCURRENCY", "0") or "0"),
+        help="parallel reconciles; 0 = half the pool, at least 1 (default 0)",
+    )
+    run.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations at start (they always run on the embedded database)",
+    )
+
+    mig = sub.add_parser("migrate", help="create/upgrade the schema and install the triggers")
+    _common(mig)
+    mig.add_argument("--uninstall", action="store_true", help="remove prebuildd's own objects")
+
+    rec = sub.add_parser("reconcile", help="reconcile every preset once")
+    _common(rec)
+    _reconcile_knobs(rec)
+    rec.add_argument("--once", action="store_true", help="one full sweep, then exit (default)")
+    rec.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+
+    st = sub.add_parser("status", help="per-preset table of desired and actual prebuilds")
+    _common(st)
+    _reconcile_knobs(st)
+
+    cl = sub.add_parser("claim", help="hand an eligible prebuild to a user (exit 3 if none)")
+    _common(cl)
+    cl.add_argument("--preset", type=_uuid, required=True)
+    cl.add_argument("--user", type=_uuid, required=True)
+    cl.add_argument("--name", required=True)
+
+    for name, text in (("pause", "stop all reconciliation writes"), ("resume", "resume them")):
+        _common(sub.add_parser(name, help=text))
+
+    inv = sub.add_parser("invalidate", help="expire every current prebuild of a preset")
+    _common(inv)
+    inv.add_argument("--preset", type=_uuid, required=True)
+
+    prov = sub.add_parser("provisioner", help="simulated provisioner (dev, demo, tests)")
+    _common(prov)
+    prov.add_argument("--build-time", type=_duration, default=_duration("1s"))
+    prov.add_argument("--failure-rate", type=float, default=0.0)
+    prov.add_argument("--agent-ready-delay", type=_duration, default=_duration("500ms"))
+    prov.add_argument("--concurrency", type=int, default=4)
+
+    demo = sub.add_parser("demo", help="live demo on the embedded PostgreSQL")
+    _common(demo)
+    demo.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    demo.add_argument("--no-live", action="store_true", help="plain log output and a summary")
+    return parser
+
+
+def plan_config(args: argparse.Namespace) -> PlanConfig:
+    if args.failure_hard_limit < 0:
+        raise ConfigError("--failure-hard-limit must be >= 0")
+    if args.max_creates_per_cycle < 1:
+        raise ConfigError("--max-creates-per-cycle must be >= 1")
+    return PlanConfig(
+        backoff_interval=args.backoff_interval,
+        backoff_lookback=args.backoff_lookback,
+        failure_hard_limit=args.failure_hard_limit,
+        max_creates_per_cycle=args.max_creates_per_cycle,
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    pool = parse_int(str(args.pool_size), "--pool-size", minimum=2)
+    return replace(
+        Settings(),
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        sweep_interval=args.sweep_interval,
+        settle=args.settle,
+        plan=plan_config(args),
+        metrics_addr=args.metrics_addr or "",
+        pool_max_size=pool,
+        pool_min_size=min(2, pool),
+        reconcile_concurrency=parse_int(str(args.concurrency), "--concurrency"),
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace, *, start_embedded: bool) -> Iterator[str]:
+    """The URL to use: --database-url, else the embedded server (started if allowed)."""
+    if args.database_url:
+        yield args.database_url
+        return
+    server = EmbeddedPostgres(args.data_dir / "pgdata")
+    if not start_embedded and not (args.data_dir / "pgdata" / "postmaster.pid").exists():
+        raise ConfigError(
+            "no --database-url (or PREBUILDD_DATABASE_URL) given and no embedded PostgreSQL "
+            f"is running in {args.data_dir}; start one with `prebuildd run` or `prebuildd demo`"
+        )
+    with server:
+        yield server.url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from prebuildd.telemetry import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"prebuildd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (psycopg.Error, EmbeddedPostgresError, OSError) as exc:
+        print(f"prebuildd: {redact_dsn(str(exc)).strip()}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prebuildd.migrate import migrate
+    from prebuildd.service import Service
+    from prebuildd.telemetry import setup_tracing
+
+    settings = settings_from(args)
+    tracing = setup_tracing(service_version=__version__)
+    try:
+        with database(args, start_embedded=True) as url:
+            if not args.database_url or not args.no_migrate:
+                migrate(url)
+            log.info("starting", extra={"database": redact_dsn(url)})
+            anyio.run(Service(settings, url).run)
+    finally:
+        tracing.shutdown()
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from prebuildd.migrate import migrate, uninstall
+
+    with database(args, start_embedded=True) as url:
+        if args.uninstall:
+            for line in uninstall(url):
+                print(line)
+        else:
+            report = migrate(url)
+            print(report)
+    return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from prebuildd.report import print_plans, sweep_once
+
+    with database(args, start_embedded=False) as url:
+        outcomes = anyio.run(sweep_once, url, plan_config(args), args.dry_run)
+    print_plans(outcomes, sys.stdout, dry_run=args.dry_run)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from prebuildd.report import print_status, sweep_once
+
+    with database(args, start_embedded=False) as url:
+        outcomes = anyio.run(sweep_once, url, plan_config(args), True)
+    print_status(outcomes, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from prebuildd.claim import claim
+
+    with (
+        database(args, start_embedded=False) as url,
+        psycopg.connect(url) as conn,
+        conn.transaction(),
+    ):
+        claimed = claim(conn, preset_id=args.preset, user_id=args.user, name=args.name)
+    if claimed is None:
+        print("no eligible prebuild available for this preset", file=sys.stderr)
+        return EXIT_NONE_AVAILABLE
+    print(claimed.workspace_id)
+    return EXIT_OK
+
+
+def _set_paused(paused: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
+            conn.execute(query("set_reconciliation_paused"), {"paused": paused})
+        print("reconciliation paused" if paused else "reconciliation resumed")
+        return EXIT_OK
+
+    return command
+
+
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
+        row = conn.execute(
+            query("invalidate_preset"), {"preset_id": args.preset, "now": datetime.now(UTC)}
+        ).fetchone()
+    if row is None:
+        print(f"no preset {args.preset}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"preset {args.preset} invalidated: its current prebuilds will be replaced")
+    return EXIT_OK
+
+
+def cmd_provisioner(args: argparse.Namespace) -> int:
+    from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
+
+    config = ProvisionerConfig(
+        build_time=args.build_time.total_seconds(),
+        failure_rate=args.failure_rate,
+        agent_ready_delay=args.agent_ready_delay.total_seconds(),
+        concurrency=args.concurrency,
+    )
+    with database(args, start_embedded=False) as url:
+        anyio.run(SimulatedProvisioner(url, config).run)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prebuildd.demo import run_demo
+
+    with database(args, start_embedded=True) as url:
+        ok = run_demo(url, duration=args.duration, live=not args.no_live)
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "migrate": cmd_migrate,
+    "reconcile": cmd_reconcile,
+    "status": cmd_status,
+    "claim": cmd_claim,
+    "pause": _set_paused(True),
+    "resume": _set_paused(False),
+    "invalidate": cmd_invalidate,
+    "provisioner": cmd_provisioner,
+    "demo": cmd_demo,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""One-shot sweeps for the CLI (`reconcile --once`, `--dry-run`, `status`) and their tables."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import psycopg
+
+from prebuildd import store
+from prebuildd.model import CancelPending, Create, Delete, Plan, PlanConfig, SetStatus
+from prebuildd.reconciler import Outcome, Reconciler, Trigger
+
+# Templates per transaction: big enough for set-based reads, small enough to keep locks short.
+BATCH = 200
+
+
+async def sweep_once(url: str, config: PlanConfig, dry_run: bool) -> list[Outcome]:
+    """Reconcile (or only plan) every template with prebuild presets, in batches."""
+    reconciler = Reconciler(config, dry_run=dry_run)
+    outcomes: list[Outcome] = []
+    async with await psycopg.AsyncConnection.connect(url, application_name="prebuildd-cli") as conn:
+        ids = await store.list_prebuild_templates(conn)
+        await conn.commit()
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            outcomes.append(await reconciler.reconcile(conn, chunk, Trigger("cli")))
+    return outcomes
+
+
+def _plans(outcomes: list[Outcome]) -> list[Plan]:
+    plans = [p for o in outcomes for p in o.plans]
+    return sorted(
+        plans,
+        key=lambda p: (
+            p.preset.template_name,
+            not p.preset.is_active,
+            p.preset.template_version_name,
+            p.preset.name,
+        ),
+    )
+
+
+_STATUS_COLUMNS = (
+    "TEMPLATE",
+    "VERSION",
+    "ACTIVE",
+    "PRESET",
+    "DESIRED",
+    "RUNNING",
+    "ELIGIBLE",
+    "STARTING",
+    "EXPIRED",
+    "STATUS",
+)
+
+
+def _status_row(plan: Plan) -> tuple[str, ...]:
+    p, s = plan.preset, plan.state
+    status = str(p.prebuild_status)
+    if s.backoff_until is not None:
+        status += f" (backoff until {s.backoff_until:%H:%M:%S})"
+    return (
+        p.template_name,
+        p.template_version_name,
+        "yes" if p.is_active else "no",
+        p.name,
+        str(s.desired),
+        str(s.running),
+        str(s.eligible),
+        str(s.starting),
+        str(s.expired),
+        status,
+    )
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+def print_status(outcomes: list[Outcome], out: TextIO) -> None:
+    plans = _plans(outcomes)
+    if not plans:
+        out.write("no presets with prebuilds configured\n")
+        return
+    _table([_STATUS_COLUMNS, *(_status_row(p) for p in plans)], out)
+    if any(o.paused for o in outcomes):
+        out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
+
+
+def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
+    print_status(outcomes, out)
+    verb = "would" if dry_run else "did"
+    for plan in _plans(outcomes):
+        if not plan.actions and not plan.errors and not plan.reasons:
+            continue
+        p = plan.preset
+        out.write(f"\n{p.template_name} / {p.template_version_name} / {p.name} ({p.id})\n")
+        for action in plan.actions:
+            out.write(f"  {verb}: {_describe(action)}\n")
+        for reason in plan.reasons:
+            out.write(f"  why: {reason}\n")
+        for error in plan.errors:
+            out.write(f"  invalid input: {error}\n")
+    created = sum(len(r.created) for o in outcomes for r in o.results)
+    deleted = sum(len(r.deleted) for o in outcomes for r in o.results)
+    canceled = sum(r.canceled for o in outcomes for r in o.results)
+    if not dry_run:
+        out.write(f"\ncreated {created}, deleted {deleted}, canceled {canceled}\n")
+
+
+def _describe(action: object) -> str:
+    match action:
+        case Create(count=count):
+            return f"create {count} prebuild(s)"
+        case Delete(workspace_ids=ids, reason=reason):
+            return f"delete {len(ids)} prebuild(s) ({reason})"
+        case CancelPending(expected=expected):
+            return f"cancel {expected} pending job(s) of an inactive version"
+        case SetStatus(status=status):
+            return f"set prebuild_status = {status}"
+    return repr(action)

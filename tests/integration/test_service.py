@@ -1,0 +1,222 @@
+"""The event-driven engine end to end, in-process: real triggers, LISTEN, queue, reconciler,
+store and simulated provisioner on a real PostgreSQL. The periodic sweep is set to an hour,
+so everything that happens here was driven by notifications or by the plans' own timers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from prebuildd.telemetry import setup_tracing
+from factories import make_org, make_preset, make_template, make_user, make_version, promote
+from _live import (
+    CANCELED_CREATES,
+    DELETE_BUILDS,
+    ELIGIBLE,
+    LIVE_PREBUILDS,
+    PENDING_CREATES,
+    eventually,
+    fast_settings,
+    fetch_value,
+    running_provisioner,
+    running_service,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _count(url: str, statement: str, **params: Any) -> Any:
+    async def check_equals(expected: int) -> bool:
+        return bool(await fetch_value(url, statement, params) == expected)
+
+    return check_equals
+
+
+async def _ready(service: Any) -> None:
+    async def listening() -> bool:
+        return bool(service.readiness().listener_ok)
+
+    await eventually(listening)
+
+
+async def test_promotion_cancels_stale_jobs_and_queues_new_version_without_a_sweep(
+    db_url: str,
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        old = make_preset(conn, tpl.version_id, name="dev", desired=2)
+        v2 = make_version(conn, tpl.id, active=False)
+        new = make_preset(conn, v2, name="dev", desired=2)
+        conn.commit()
+    # No provisioner: the creates stay pending, as they do when provisioners are saturated.
+    async with running_service(db_url) as service:
+        await _ready(service)
+        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=old)(2))
+        with psycopg.connect(db_url) as conn:
+            promote(conn, tpl.id, v2)
+            conn.commit()
+        took = await eventually(
+            lambda: _both(
+                _count(db_url, CANCELED_CREATES, preset=old)(2),
+                _count(db_url, PENDING_CREATES, preset=new)(2),
+            ),
+            timeout=5,
+        )
+        assert took < 5
+        sweeps = service.metrics.reconciles.labels("sweep")._value.get()
+        assert sweeps == 0, "the promotion must be acted on by its event, not by a sweep"
+
+
+async def _both(*checks: Any) -> bool:
+    return all([await c for c in checks])
+
+
+async def test_claim_is_replaced_and_lowered_desired_deletes_surplus(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        preset = make_preset(conn, tpl.version_id, desired=3)
+        user = make_user(conn)
+        conn.commit()
+    async with running_service(db_url) as service, running_provisioner(db_url):
+        await _ready(service)
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=15)
+
+        from prebuildd.claim import claim
+
+        with psycopg.connect(db_url) as conn, conn.transaction():
+            assert claim(conn, preset_id=preset, user_id=user, name="mine") is not None
+        # The claim's notification wakes the template: a replacement brings it back to 3.
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=15)
+
+        with psycopg.connect(db_url) as conn:
+            conn.execute(
+                "UPDATE template_version_presets SET desired_instances = 1 WHERE id = %s",
+                (preset,),
+            )
+            conn.commit()
+        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(2), timeout=10)
+        await eventually(lambda: _count(db_url, LIVE_PREBUILDS, preset=preset)(1), timeout=15)
+
+
+async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
+    ttl = 3
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        preset = make_preset(conn, tpl.version_id, desired=1, ttl=ttl)
+        conn.commit()
+    async with running_service(db_url) as service, running_provisioner(db_url):
+        await _ready(service)
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=15)
+        timers_before = service.metrics.reconciles.labels("timer")._value.get()
+        # Nothing else happens now; only the plan's reported expiry can wake the template.
+        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(1), timeout=ttl + 5)
+        first = await fetch_value(
+            db_url,
+            "SELECT min(w.created_at) FROM workspaces w JOIN workspace_builds b "
+            "ON b.workspace_id = w.id WHERE b.template_version_preset_id = %(p)s",
+            {"p": preset},
+        )
+        deleted_at = await fetch_value(
+            db_url,
+            "SELECT min(created_at) FROM workspace_builds WHERE transition = 'delete' "
+            "AND template_version_preset_id = %(p)s",
+            {"p": preset},
+        )
+        assert deleted_at >= first + timedelta(seconds=ttl), "deleted before it expired"
+        assert service.metrics.reconciles.labels("timer")._value.get() > timers_before
+        # And a replacement is created for the expired one.
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=15)
+
+
+async def test_schedule_boundary_is_acted_on_by_a_timer(db_url: str) -> None:
+    # Shift the service's clock to 1.5 s before the next hour, whose schedule wants 3.
+    real = datetime.now(UTC)
+    boundary = real.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    offset = boundary - timedelta(seconds=1.5) - real
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        preset = make_preset(
+            conn,
+            tpl.version_id,
+            desired=1,
+            timezone="UTC",
+            schedules=[(f"* {boundary.hour} * * *", 3)],
+        )
+        conn.commit()
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    async with running_service(db_url, clock=clock) as service:
+        await _ready(service)
+        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(1), timeout=5)
+        assert clock() < boundary
+        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(3), timeout=6)
+        assert clock() >= boundary
+        assert service.metrics.reconciles.labels("timer")._value.get() >= 1
+
+
+async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
+    exporter = InMemorySpanExporter()
+    tracing = setup_tracing(service_version="test", extra_processor=SimpleSpanProcessor(exporter))
+    try:
+        with psycopg.connect(db_url) as conn:
+            tpl = make_template(conn, make_org(conn))
+            old = make_preset(conn, tpl.version_id, desired=1)
+            v2 = make_version(conn, tpl.id, active=False)
+            make_preset(conn, v2, desired=1)
+            conn.commit()
+        settings = fast_settings(sweep_interval=timedelta(milliseconds=700))
+        async with running_service(db_url, settings) as service:
+            await _ready(service)
+            # The startup sweep fills the old version first; then the promotion has work.
+            await eventually(lambda: _count(db_url, PENDING_CREATES, preset=old)(1))
+            with psycopg.connect(db_url) as conn:
+                promote(conn, tpl.id, v2)
+                conn.commit()
+
+            async def seen_all_triggers() -> bool:
+                triggers = {
+                    s.attributes.get("prebuildd.trigger")
+                    for s in exporter.get_finished_spans()
+                    if s.name == "prebuildd.reconcile" and s.attributes
+                }
+                return {"startup", "event", "sweep"} <= triggers
+
+            await eventually(seen_all_triggers, timeout=10)
+    finally:
+        tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    roots = [s for s in spans if s.name == "prebuildd.reconcile"]
+    event_root = next(
+        s
+        for s in roots
+        if s.attributes
+        and s.attributes.get("prebuildd.trigger") == "event"
+        and s.attributes.get("prebuildd.actions.create", 0)
+    )
+    attrs = event_root.attributes or {}
+    assert attrs["prebuildd.template_id"] == str(tpl.id)
+    assert attrs["prebuildd.events_coalesced"] >= 1
+    assert attrs["prebuildd.lag_ms"] >= 0
+    assert attrs["prebuildd.presets_seen"] == 2
+    assert attrs["prebuildd.presets_acted"] == 2
+    assert attrs["prebuildd.actions.cancel_pending"] == 1
+    children = {s.name for s in spans if s.parent and s.parent.span_id == event_root.context.span_id}
+    assert {
+        "prebuildd.lock_templates",
+        "prebuildd.read_snapshot",
+        "prebuildd.plan",
+        "prebuildd.action.create",
+        "prebuildd.action.cancel_pending",
+    } <= children
