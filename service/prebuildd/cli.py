@@ -20,6 +20,7 @@ import anyio
 import psycopg
 
 from prebuildd import __version__
+from prebuildd.claim import ClaimError
 from prebuildd.config import (
     ConfigError,
     Settings,
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prebuildd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ClaimError as exc:
+        print(f"prebuildd: claim refused: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (psycopg.Error, EmbeddedPostgresError, OSError) as exc:
         print(f"prebuildd: {redact_dsn(str(exc)).strip()}", file=sys.stderr)
         return EXIT_ERROR
