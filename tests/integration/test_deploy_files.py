@@ -1,0 +1,558 @@
+"""The deployment files under deploy/ are wired together: names, ports, credentials, settings.
+
+No Docker engine or cluster is needed. The Dockerfile, deploy/compose.yaml and the Kubernetes
+manifests (through deploy/kustomization.yaml) are parsed and cross-checked: every service a
+URL names exists, the metrics port is the same in the container, the probes and the Service,
+the service runs as the least-privilege role while migrations run as the owner, and every
+PREBUILDD_* setting is one the CLI reads and parses. When `kubectl` is installed, the
+kustomization is also built for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from prebuildd.cli import build_parser, settings_from
+from prebuildd.config import parse_duration
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+ROLE_SCRIPT = DEPLOY / "sql" / "prebuildd-role.sql"
+METRICS_PORT = 2118
+ROLE = "prebuildd"
+
+Doc = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _yaml_docs(path: Path) -> list[Doc]:
+    with path.open(encoding="utf-8") as fh:
+        return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+
+
+@pytest.fixture(scope="module")
+def compose() -> Doc:
+    docs = _yaml_docs(DEPLOY / "compose.yaml")
+    assert len(docs) == 1
+    return docs[0]
+
+
+@pytest.fixture(scope="module")
+def services(compose: Doc) -> dict[str, Doc]:
+    found: dict[str, Doc] = compose["services"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> Doc:
+    return _yaml_docs(DEPLOY / "kustomization.yaml")[0]
+
+
+@pytest.fixture(scope="module")
+def k8s(kustomization: Doc) -> dict[tuple[str, str], Doc]:
+    """Every resource of the kustomization, by (kind, name)."""
+    found: dict[tuple[str, str], Doc] = {}
+    for resource in kustomization["resources"]:
+        for doc in _yaml_docs(DEPLOY / resource):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in found, f"{key} defined twice"
+            found[key] = doc
+    return found
+
+
+@pytest.fixture(scope="module")
+def deployment(k8s: dict[tuple[str, str], Doc]) -> Doc:
+    return k8s[("Deployment", "prebuildd")]
+
+
+@pytest.fixture(scope="module")
+def job(k8s: dict[tuple[str, str], Doc]) -> Doc:
+    return k8s[("Job", "prebuildd-migrate")]
+
+
+def _env(service: Doc) -> dict[str, str]:
+    """A compose service's environment as a dict (compose allows a map or KEY=VALUE list)."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        return dict(item.split("=", 1) for item in raw)
+    return {key: str(value) for key, value in raw.items()}
+
+
+def _container_port(mapping: str) -> int:
+    """The container side of a compose port mapping: "127.0.0.1:2118-2119:2118" -> 2118."""
+    return int(str(mapping).rsplit(":", 1)[-1].split("/")[0])
+
+
+def _containers(pod_spec: Doc) -> Iterator[Doc]:
+    yield from pod_spec.get("initContainers", [])
+    yield from pod_spec["containers"]
+
+
+def _named(items: list[Doc], name: str) -> Doc:
+    matches = [item for item in items if item["name"] == name]
+    assert len(matches) == 1, f"expected one {name!r}, found {len(matches)}"
+    return matches[0]
+
+
+def _secret_data(k8s: Mapping[tuple[str, str], Doc], name: str) -> dict[str, str]:
+    secret = k8s[("Secret", name)]
+    return {**secret.get("data", {}), **secret.get("stringData", {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+# ---------------------------------------------------------------------------------------------
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: comments dropped, continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def _final_stage() -> list[tuple[str, str]]:
+    instructions = _dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def test_dockerfile_is_multi_stage_on_a_slim_base() -> None:
+    bases = [args.split()[0] for keyword, args in _dockerfile_instructions() if keyword == "FROM"]
+    assert len(bases) >= 2, "build the wheel in one stage, run from a clean one"
+    assert all("slim" in base for base in bases), bases
+    assert bases[-1].startswith("python:3.11"), "the project targets Python 3.11"
+
+
+def test_dockerfile_runs_as_the_unprivileged_user_it_creates() -> None:
+    stage = _final_stage()
+    users = [args for keyword, args in stage if keyword == "USER"]
+    assert users, "the final stage must switch to a non-root USER"
+    uid = users[-1].split(":")[0]
+    assert uid not in ("root", "0")
+    created = " ".join(args for keyword, args in stage if keyword == "RUN")
+    assert f"--uid {uid}" in created, "the USER must be created in the final stage"
+    assert uid == "10001", "the Kubernetes securityContext names uid 10001"
+
+
+def test_dockerfile_entrypoint_and_default_command() -> None:
+    stage = dict(_final_stage())
+    assert json.loads(stage["ENTRYPOINT"]) == ["prebuildd"]
+    cmd = json.loads(stage["CMD"])
+    assert cmd[0] == "run" and "--no-migrate" in cmd
+    assert str(METRICS_PORT) in stage["EXPOSE"].split()
+    assert f"PREBUILDD_METRICS_ADDR=0.0.0.0:{METRICS_PORT}" in stage["ENV"]
+
+
+def test_dockerfile_copies_only_what_the_context_allows() -> None:
+    """The context is the repository root; the allow-list must let every COPY source in."""
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "allow-list: exclude everything, then re-include"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    sources = []
+    for keyword, args in _dockerfile_instructions():
+        if keyword == "COPY" and not args.startswith("--from"):
+            sources.extend(args.split()[:-1])
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+        assert source.rstrip("/") in allowed, f"COPY {source}: excluded by the dockerignore"
+    # hatchling reads the readme named in pyproject.toml.
+    assert "README.md" in sources
+
+
+# ---------------------------------------------------------------------------------------------
+# compose.yaml
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compose_has_the_expected_services(services: dict[str, Doc]) -> None:
+    assert {"postgres", "migrate", "grants", "prebuildd", "provisioner", "jaeger"} <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:15")
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+
+
+def test_compose_start_order(services: dict[str, Doc]) -> None:
+    def condition(service: str, dependency: str) -> str:
+        condition: str = services[service]["depends_on"][dependency]["condition"]
+        return condition
+
+    assert condition("migrate", "postgres") == "service_healthy"
+    assert condition("grants", "migrate") == "service_completed_successfully"
+    assert condition("prebuildd", "grants") == "service_completed_successfully"
+    assert condition("provisioner", "migrate") == "service_completed_successfully"
+    for service in services.values():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services
+
+
+def test_compose_builds_the_image_from_the_repository_root(services: dict[str, Doc]) -> None:
+    for name in ("migrate", "prebuildd", "provisioner"):
+        build = services[name]["build"]
+        context = (DEPLOY / build["context"]).resolve()
+        assert context == REPO
+        assert (context / build["dockerfile"]).is_file()
+        assert services[name]["image"] == services["prebuildd"]["image"]
+
+
+def test_compose_database_urls(services: dict[str, Doc]) -> None:
+    """Owner for migrate and the dev tools, the least-privilege role for the service; every
+    URL names the postgres service, its port and its database, with matching passwords."""
+    pg = _env(services["postgres"])
+    role_password = _env(services["grants"])["ROLE_PASSWORD"]
+    expected_user = {
+        "migrate": pg["POSTGRES_USER"],
+        "provisioner": pg["POSTGRES_USER"],
+        "demo": pg["POSTGRES_USER"],
+        "prebuildd": ROLE,
+    }
+    seen = set()
+    for name, service in services.items():
+        url = _env(service).get("PREBUILDD_DATABASE_URL")
+        if url is None:
+            continue
+        seen.add(name)
+        parts = urlsplit(url)
+        assert parts.scheme == "postgresql"
+        assert parts.hostname in services and parts.hostname == "postgres"
+        assert parts.port == 5432
+        assert parts.path.lstrip("/") == pg["POSTGRES_DB"]
+        assert parts.username == expected_user[name], name
+        password = role_password if parts.username == ROLE else pg["POSTGRES_PASSWORD"]
+        assert parts.password == password, name
+    assert {"migrate", "prebuildd", "provisioner"} <= seen
+
+
+def test_compose_grants_applies_the_role_script_as_owner(services: dict[str, Doc]) -> None:
+    grants = services["grants"]
+    pg = _env(services["postgres"])
+    env = _env(grants)
+    assert env["PGHOST"] == "postgres" and env["PGPORT"] == "5432"
+    assert (env["PGUSER"], env["PGPASSWORD"]) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    assert env["PGDATABASE"] == pg["POSTGRES_DB"]
+    mounts = {}
+    for volume in grants["volumes"]:
+        source, target = volume.split(":")[:2]
+        mounts[target] = (DEPLOY / source).resolve()
+    script = " ".join(grants["command"])
+    used = re.findall(r"-f\s+(\S+)", script)
+    assert used, "grants must run psql -f <role script>"
+    for path in used:
+        folder, _, filename = path.rpartition("/")
+        assert mounts[folder] / filename == ROLE_SCRIPT.resolve()
+    assert "ON_ERROR_STOP=1" in script
+    assert "ALTER ROLE prebuildd PASSWORD" in script
+
+
+def test_compose_prebuildd_replicas_and_metrics(services: dict[str, Doc]) -> None:
+    svc = services["prebuildd"]
+    assert svc["command"] == ["run", "--no-migrate"]
+    assert svc["deploy"]["replicas"] == 2
+    assert _env(svc)["PREBUILDD_METRICS_ADDR"] == f"0.0.0.0:{METRICS_PORT}"
+    assert {_container_port(port) for port in svc["ports"]} == {METRICS_PORT}
+    assert "container_name" not in svc, "a fixed container name forbids replicas"
+
+
+def test_compose_traces_go_to_jaeger(services: dict[str, Doc]) -> None:
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith(("jaegertracing/all-in-one", "jaegertracing/jaeger"))
+    assert {_container_port(port) for port in jaeger["ports"]} >= {16686, 4318}
+    assert _env(jaeger).get("COLLECTOR_OTLP_ENABLED") == "true"
+    exporting = {
+        name for name, svc in services.items() if "OTEL_EXPORTER_OTLP_ENDPOINT" in _env(svc)
+    }
+    assert {"prebuildd", "provisioner"} <= exporting
+    for name in exporting:
+        env = _env(services[name])
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "jaeger", 4318)
+        assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "http/protobuf"
+        assert env.get("OTEL_SERVICE_NAME"), f"{name}: name the service in traces"
+    assert _env(services["prebuildd"])["OTEL_SERVICE_NAME"] == "prebuildd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest(
+    kustomization: Doc, k8s: dict[tuple[str, str], Doc]
+) -> None:
+    listed = {(DEPLOY / r).resolve() for r in kustomization["resources"]}
+    on_disk = {p.resolve() for p in (DEPLOY / "kubernetes").glob("*.yaml")}
+    assert listed == on_disk
+    namespaces = [name for kind, name in k8s if kind == "Namespace"]
+    assert namespaces == [kustomization["namespace"]]
+    for generator in kustomization["configMapGenerator"]:
+        for file in generator["files"]:
+            assert (DEPLOY / file.split("=")[-1]).is_file()
+    images = {image["name"] for image in kustomization["images"]}
+    for kind in ("Deployment", "Job"):
+        for (k, _), doc in k8s.items():
+            if k != kind:
+                continue
+            for c in _containers(doc["spec"]["template"]["spec"]):
+                name = c["image"].split(":")[0]
+                assert name in images or name == "postgres", c["image"]
+
+
+def test_deployment_replicas_args_and_shutdown(deployment: Doc) -> None:
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 15
+    container = _named(pod["containers"], "prebuildd")
+    assert container["args"] == ["run", "--no-migrate"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_deployment_probes_use_the_metrics_port(deployment: Doc) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    container = _named(pod["containers"], "prebuildd")
+    port = _named(container["ports"], "metrics")
+    assert port["containerPort"] == METRICS_PORT
+    probes = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in probes.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path
+        assert get["port"] in ("metrics", METRICS_PORT)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+
+
+def test_deployment_resources(deployment: Doc, job: Doc) -> None:
+    for pod in (deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        for container in _containers(pod):
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
+            assert "memory" in resources["limits"], container["name"]
+    main = _named(deployment["spec"]["template"]["spec"]["containers"], "prebuildd")
+    assert main["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
+
+
+def test_pods_are_locked_down(deployment: Doc, job: Doc) -> None:
+    """What the "restricted" Pod Security Standard asks for, plus a read-only root."""
+    for pod in (deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        assert pod["automountServiceAccountToken"] is False
+        pod_sc = pod.get("securityContext", {})
+        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in _containers(pod):
+            sc = {**pod_sc, **container.get("securityContext", {})}
+            assert sc["runAsNonRoot"] is True, container["name"]
+            assert sc.get("runAsUser", 1) != 0, container["name"]
+            assert sc["allowPrivilegeEscalation"] is False, container["name"]
+            assert sc["readOnlyRootFilesystem"] is True, container["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], container["name"]
+    pod_sc = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_sc["runAsUser"] == 10001, "the uid the Dockerfile creates"
+
+
+def test_service_targets_the_metrics_port(k8s: dict[tuple[str, str], Doc], deployment: Doc) -> None:
+    service = k8s[("Service", "prebuildd-metrics")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    port = _named(service["spec"]["ports"], "metrics")
+    assert port["port"] == METRICS_PORT
+    container = _named(deployment["spec"]["template"]["spec"]["containers"], "prebuildd")
+    target = port["targetPort"]
+    resolved = (
+        _named(container["ports"], target)["containerPort"] if isinstance(target, str) else target
+    )
+    assert resolved == METRICS_PORT
+    pdb = k8s[("PodDisruptionBudget", "prebuildd")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_referenced_configmaps_and_secrets_exist(
+    k8s: dict[tuple[str, str], Doc], kustomization: Doc, deployment: Doc, job: Doc
+) -> None:
+    generated = {g["name"] for g in kustomization["configMapGenerator"]}
+    configmaps = {name for kind, name in k8s if kind == "ConfigMap"} | generated
+    secrets = {name for kind, name in k8s if kind == "Secret"}
+    for pod in (deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        for container in _containers(pod):
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in _secret_data(k8s, ref["name"]), var["name"]
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps
+
+
+def _secret_names_used(pod: Doc) -> set[str]:
+    names = set()
+    for container in _containers(pod):
+        names |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return names
+
+
+def test_service_runs_as_the_role_and_migrations_as_the_owner(
+    k8s: dict[tuple[str, str], Doc], deployment: Doc, job: Doc
+) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert _secret_names_used(pod) == {"prebuildd-db"}, "the owner's secret stays out of the pods"
+    role_url = urlsplit(_secret_data(k8s, "prebuildd-db")["PREBUILDD_DATABASE_URL"])
+    owner = _secret_data(k8s, "prebuildd-db-owner")
+    owner_url = urlsplit(owner["PREBUILDD_DATABASE_URL"])
+    assert role_url.username == ROLE and owner_url.username != ROLE
+    assert (role_url.hostname, role_url.port, role_url.path) == (
+        owner_url.hostname,
+        owner_url.port,
+        owner_url.path,
+    ), "both URLs must name the same database"
+    assert role_url.password == owner["ROLE_PASSWORD"]
+
+    job_pod = job["spec"]["template"]["spec"]
+    assert _secret_names_used(job_pod) == {"prebuildd-db-owner"}
+    migrate = _named(job_pod["initContainers"], "migrate")
+    assert migrate["args"] == ["migrate"]
+    grants = _named(job_pod["containers"], "grants")
+    script = " ".join(grants["args"])
+    mount = _named(grants["volumeMounts"], "role-sql")["mountPath"]
+    assert f"-f {mount}/{ROLE_SCRIPT.name}" in script
+    assert "ON_ERROR_STOP=1" in script
+    volume = _named(job_pod["volumes"], "role-sql")
+    assert volume["configMap"]["name"] == "prebuildd-role-sql"
+
+    # The pods wait for the Job with a read-only command that needs the schema and grants.
+    assert _named(pod["initContainers"], "wait-for-grants")["args"] == ["status"]
+
+
+def test_configmap_metrics_addr_matches_the_container_port(k8s: dict[tuple[str, str], Doc]) -> None:
+    data = k8s[("ConfigMap", "prebuildd-config")]["data"]
+    host, _, port = data["PREBUILDD_METRICS_ADDR"].rpartition(":")
+    assert (host, int(port)) == ("0.0.0.0", METRICS_PORT)
+    assert urlsplit(data["OTEL_EXPORTER_OTLP_ENDPOINT"]).port == 4318
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_builds() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    by_kind = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    generated = [name for kind, name in by_kind if name.startswith("prebuildd-role-sql-")]
+    assert len(generated) == 1, "the role script becomes one hashed ConfigMap"
+    job = next(d for d in docs if d["kind"] == "Job")
+    volume = _named(job["spec"]["template"]["spec"]["volumes"], "role-sql")
+    assert volume["configMap"]["name"] == generated[0]
+    role_sql = next(d for d in docs if d["metadata"]["name"] == generated[0])
+    assert role_sql["data"][ROLE_SCRIPT.name] == ROLE_SCRIPT.read_text(encoding="utf-8")
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "prebuildd", doc["metadata"]["name"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: every PREBUILDD_* variable is one the CLI reads, with a value it parses
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli_env_names() -> set[str]:
+    source = (REPO / "service" / "prebuildd" / "cli.py").read_text(encoding="utf-8")
+    return {f"PREBUILDD_{name}" for name in re.findall(r'env_or\(\s*env,\s*"([A-Z_]+)"', source)}
+
+
+def _deploy_env_names(services: dict[str, Doc], k8s: dict[tuple[str, str], Doc]) -> set[str]:
+    names: set[str] = set()
+    for service in services.values():
+        names |= set(_env(service))
+    for (kind, name), doc in k8s.items():
+        if kind == "ConfigMap":
+            names |= set(doc["data"])
+        elif kind == "Secret":
+            names |= set(_secret_data(k8s, name))
+        elif kind in ("Deployment", "Job"):
+            for container in _containers(doc["spec"]["template"]["spec"]):
+                names |= {var["name"] for var in container.get("env", [])}
+    for keyword, args in _dockerfile_instructions():
+        if keyword == "ENV":
+            names |= {item.split("=")[0] for item in args.split()}
+    return names
+
+
+def test_every_prebuildd_variable_is_known_to_the_cli(
+    services: dict[str, Doc], k8s: dict[tuple[str, str], Doc]
+) -> None:
+    known = _cli_env_names()
+    assert "PREBUILDD_DATABASE_URL" in known and "PREBUILDD_METRICS_ADDR" in known
+    used = {name for name in _deploy_env_names(services, k8s) if name.startswith("PREBUILDD_")}
+    assert used, "the deploy files set no PREBUILDD_* variable?"
+    assert used <= known, f"unknown to prebuildd (silently ignored): {sorted(used - known)}"
+
+
+def _run_settings(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Any:
+    for name in [n for n in os.environ if n.startswith("PREBUILDD_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["run", "--no-migrate"])
+    assert args.no_migrate
+    return settings_from(args)
+
+
+def test_kubernetes_settings_parse_with_the_real_cli(
+    monkeypatch: pytest.MonkeyPatch, k8s: dict[tuple[str, str], Doc]
+) -> None:
+    data = k8s[("ConfigMap", "prebuildd-config")]["data"]
+    env = {**data, **_secret_data(k8s, "prebuildd-db")}
+    settings = _run_settings(monkeypatch, env)
+    assert settings.database_url == env["PREBUILDD_DATABASE_URL"]
+    assert settings.metrics_addr == f"0.0.0.0:{METRICS_PORT}"
+    assert settings.sweep_interval == parse_duration(data["PREBUILDD_SWEEP_INTERVAL"])
+    assert settings.settle == parse_duration(data["PREBUILDD_SETTLE"])
+    assert settings.pool_max_size == int(data["PREBUILDD_POOL_SIZE"])
+    assert settings.plan.failure_hard_limit == int(data["PREBUILDD_FAILURE_HARD_LIMIT"])
+    assert settings.plan.backoff_interval == parse_duration(data["PREBUILDD_BACKOFF_INTERVAL"])
+    assert settings.plan.backoff_lookback == parse_duration(data["PREBUILDD_BACKOFF_LOOKBACK"])
+    assert (settings.log_format, settings.log_level) == ("json", data["PREBUILDD_LOG_LEVEL"])
+
+
+def test_compose_settings_parse_with_the_real_cli(
+    monkeypatch: pytest.MonkeyPatch, services: dict[str, Doc]
+) -> None:
+    env = _env(services["prebuildd"])
+    settings = _run_settings(monkeypatch, env)
+    assert settings.database_url == env["PREBUILDD_DATABASE_URL"]
+    assert settings.metrics_addr == f"0.0.0.0:{METRICS_PORT}"
+    assert settings.sweep_interval == parse_duration(env["PREBUILDD_SWEEP_INTERVAL"])
+    assert settings.plan.failure_hard_limit == int(env["PREBUILDD_FAILURE_HARD_LIMIT"])
