@@ -117,7 +117,8 @@ def template_db_url(pg_admin_url: str) -> Iterator[str]:
     try:
         migrate(url)
     except Exception as exc:
-        raise RuntimeError(f"migrating the template database failed: {redact_dsn(str(exc))}")
+        reason = redact_dsn(str(exc))
+        raise RuntimeError(f"migrating the template database failed: {reason}") from None
     yield url
     _admin_exec(pg_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
 

