@@ -1,0 +1,431 @@
+"""Everything prebuildd reads and writes for reconciliation, in SQL (sql/queries/*.sql).
+
+Reads (`snapshot.sql`) are set-based and narrowed: each takes the ids of the templates being
+reconciled and is served by indexes that start from those ids, so reading one template costs
+the same whatever the size of the fleet, and reading a batch of 200 is still four reads.
+`read_snapshot` sends them in one pipeline (one network round trip) and asks PostgreSQL to
+reuse their generic plans, because planning the prebuild read costs more than running it.
+
+Writes (`actions.sql`) are one statement per action, run inside the caller's transaction (the
+reconciler wraps each preset in a savepoint). They write exactly the rows Coder's workspace
+builder writes and queue Coder's provisioner wake-up (`provisioner_job_posted`), which
+PostgreSQL delivers at commit and drops on rollback.
+
+Isolation: the reconciler runs in READ COMMITTED. The facts about prebuilds come from a single
+statement and are therefore mutually consistent; presets, schedules and the pause flag are read
+microseconds apart in the same pipeline. Deletes and cancels re-check their conditions under
+row locks, so a claim racing them is always safe. (Under REPEATABLE READ the same locks turn a
+lost race into a serialization failure instead of a skip.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import TupleRow, tuple_row
+from psycopg.types.json import Jsonb
+
+from prebuildd.model import (
+    Action,
+    ActionKind,
+    BuildRecord,
+    CancelPending,
+    Create,
+    Delete,
+    InProgress,
+    JobStatus,
+    Plan,
+    PlanConfig,
+    PrebuildStatus,
+    Preset,
+    PresetSnapshot,
+    RunningPrebuild,
+    Schedule,
+    SetStatus,
+    Transition,
+)
+from prebuildd.queries import query
+
+log = logging.getLogger(__name__)
+
+Conn = AsyncConnection[Any]
+Row = TupleRow
+
+# key1 of every advisory lock prebuildd takes per template: the ASCII bytes of "PBLD".
+LOCK_KEY_SPACE = 0x50424C44
+
+# Channel Coder's provisioner daemons listen on to learn that a job was queued.
+PROVISIONER_JOB_POSTED = "provisioner_job_posted"
+
+# Enum labels -> members by dict lookup: calling the Enum class costs microseconds per value,
+# which adds up over the tens of thousands of rows of a batched sweep.
+_JOB_STATUS = {member.value: member for member in JobStatus}
+_TRANSITION = {member.value: member for member in Transition}
+_PREBUILD_STATUS = {member.value: member for member in PrebuildStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one reconcile reads for its templates."""
+
+    # One per preset with `desired_instances IS NOT NULL`, on any version of the templates.
+    presets: tuple[PresetSnapshot, ...]
+    # Coder's pause switch (site_configs 'prebuilds_settings').
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What executing one action changed."""
+
+    kind: ActionKind
+    preset_id: UUID
+    # Workspaces created (Create).
+    created: tuple[UUID, ...] = ()
+    # Workspaces given a delete build (Delete) or retired with their canceled job (CancelPending).
+    deleted: tuple[UUID, ...] = ()
+    # Workspaces asked for but no longer eligible when the lock was held (claimed meanwhile,
+    # already being deleted, ...).
+    skipped: tuple[UUID, ...] = ()
+    # Provisioner jobs canceled (CancelPending).
+    canceled: int = 0
+    # The status now stored (SetStatus); None when the preset no longer exists.
+    status: PrebuildStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresetMetricsTotals:
+    """Lifetime counters of one preset, with Coder's GetPrebuildMetrics meaning."""
+
+    preset_id: UUID
+    template_name: str
+    preset_name: str
+    organization_name: str
+    created_total: int
+    failed_total: int
+    claimed_total: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads
+# ---------------------------------------------------------------------------------------------
+
+
+async def list_prebuild_templates(conn: Conn) -> list[UUID]:
+    """Templates having a preset that wants prebuilds: what a full sweep enqueues."""
+    rows = await _fetch(conn, "list_prebuild_templates", {})
+    return [row[0] for row in rows]
+
+
+async def lock_templates(conn: Conn, template_ids: Sequence[UUID]) -> list[UUID]:
+    """Take the per-template advisory locks that are free; return those held, in input order.
+
+    Transaction-scoped (`pg_try_advisory_xact_lock(0x50424C44, hashtext(id::text))`), so they
+    are released by the commit or rollback of the caller's transaction, and never waited for:
+    a template held elsewhere is reconciled by its holder. One round trip for any number.
+    """
+    wanted = _unique(template_ids)
+    if not wanted:
+        return []
+    rows = await _fetch(conn, "lock_templates", {"template_ids": wanted})
+    held = {row[0] for row in rows}
+    return [t for t in wanted if t in held]
+
+
+async def read_paused(conn: Conn) -> bool:
+    rows = await _fetch(conn, "prebuilds_settings", {})
+    return parse_paused(rows[0][0] if rows else None)
+
+
+def parse_paused(value: str | None) -> bool:
+    """Coder's setting: {"reconciliation_paused": true} pauses; absent or empty does not.
+
+    A value that is not a JSON object is an operator error. Coder refuses to reconcile then;
+    we do the same (paused) and say why, rather than writing against unknown intent.
+    """
+    if value is None or not value.strip():
+        return False
+    try:
+        settings = json.loads(value)
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        log.error("site_configs 'prebuilds_settings' is not a JSON object; treating as paused")
+        return True
+    return settings.get("reconciliation_paused") is True
+
+
+async def read_snapshot(
+    conn: Conn, template_ids: Sequence[UUID], *, now: datetime, config: PlanConfig
+) -> Snapshot:
+    """Presets, schedules, prebuild facts and the pause flag of the templates, set-based."""
+    ids = _unique(template_ids)
+    params = {
+        "template_ids": ids,
+        "hard_limit": max(config.failure_hard_limit, 0),
+        "lookback_since": now - config.backoff_lookback,
+    }
+    # Transaction-local settings mean nothing to an autocommit connection.
+    generic = not conn.autocommit
+    async with conn.pipeline():
+        if generic:
+            await _start(conn, "generic_plans_begin", {})
+        presets = await _start(conn, "snapshot_presets", params)
+        schedules = await _start(conn, "snapshot_schedules", params)
+        prebuilds = await _start(conn, "snapshot_prebuilds", params)
+        settings = await _start(conn, "prebuilds_settings", params)
+        if generic:
+            await _start(conn, "generic_plans_end", {})
+    preset_rows = await presets.fetchall()
+    schedule_rows = await schedules.fetchall()
+    prebuild_rows = await prebuilds.fetchall()
+    settings_rows = await settings.fetchall()
+    paused = parse_paused(settings_rows[0][0] if settings_rows else None)
+    return Snapshot(assemble(preset_rows, schedule_rows, prebuild_rows), paused)
+
+
+async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
+    rows = await _fetch(conn, "prebuild_metrics", {})
+    return [
+        PresetMetricsTotals(
+            preset_id=r[0],
+            template_name=r[1],
+            preset_name=r[2],
+            organization_name=r[3],
+            created_total=r[4],
+            failed_total=r[5],
+            claimed_total=r[6],
+        )
+        for r in rows
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows -> model (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Facts:
+    """The `snapshot_prebuilds` rows of one preset, sorted by kind."""
+
+    running: list[RunningPrebuild] = field(default_factory=list)
+    starting: int = 0
+    stopping: int = 0
+    deleting: int = 0
+    cancelable: int = 0
+    # (rank, build): rank 1 is the newest.
+    recent: list[tuple[int, BuildRecord]] = field(default_factory=list)
+    failures: int = 0
+
+
+def assemble(
+    preset_rows: Iterable[Row], schedule_rows: Iterable[Row], prebuild_rows: Iterable[Row]
+) -> tuple[PresetSnapshot, ...]:
+    """Build one PresetSnapshot per preset row from the three result sets."""
+    schedules: dict[UUID, list[Schedule]] = defaultdict(list)
+    for preset_id, schedule_id, cron, desired in schedule_rows:
+        schedules[preset_id].append(Schedule(schedule_id, cron, desired))
+    facts: dict[UUID, _Facts] = defaultdict(_Facts)
+    for row in prebuild_rows:
+        _add_fact(facts[row[1]], row)
+    return tuple(
+        _preset_snapshot(preset, schedules.get(preset.id, ()), facts.get(preset.id))
+        for preset in map(_preset, preset_rows)
+    )
+
+
+def _preset(row: Row) -> Preset:
+    return Preset(
+        id=row[0],
+        name=row[1],
+        template_id=row[2],
+        template_name=row[3],
+        organization_id=row[4],
+        organization_name=row[5],
+        template_version_id=row[6],
+        template_version_name=row[7],
+        using_active_version=row[8],
+        template_deleted=row[9],
+        template_deprecated=row[10],
+        desired_instances=row[11],
+        invalidate_after_secs=row[12],
+        last_invalidated_at=row[13],
+        scheduling_timezone=row[14],
+        prebuild_status=_PREBUILD_STATUS[row[15]],
+    )
+
+
+def _add_fact(f: _Facts, row: Row) -> None:
+    kind, preset_id, workspace_id, name, version_id, created_at, ready, transition, status, n = row
+    if kind == "running":
+        prebuild = RunningPrebuild(workspace_id, name, version_id, preset_id, created_at, ready)
+        f.running.append(prebuild)
+    elif kind == "in_progress":
+        _count_in_progress(f, _TRANSITION[transition], n)
+    elif kind == "cancelable":
+        f.cancelable += n
+    elif kind == "recent":
+        f.recent.append((n, BuildRecord(created_at, _JOB_STATUS[status])))
+    elif kind == "failures":
+        f.failures += n
+    else:
+        raise ValueError(f"snapshot_prebuilds returned an unknown kind {kind!r}")
+
+
+def _count_in_progress(f: _Facts, transition: Transition, n: int) -> None:
+    if transition is Transition.START:
+        f.starting += n
+    elif transition is Transition.STOP:
+        f.stopping += n
+    else:
+        f.deleting += n
+
+
+def _preset_snapshot(
+    preset: Preset, schedules: Sequence[Schedule], facts: _Facts | None
+) -> PresetSnapshot:
+    if facts is None:
+        return PresetSnapshot(preset=preset, schedules=tuple(schedules))
+    recent = sorted(facts.recent, key=lambda ranked: ranked[0])
+    return PresetSnapshot(
+        preset=preset,
+        schedules=tuple(schedules),
+        # Oldest first, as the planner reads them; deterministic for equal database states.
+        running=tuple(sorted(facts.running, key=lambda p: (p.created_at, p.workspace_id))),
+        in_progress=InProgress(facts.starting, facts.stopping, facts.deleting),
+        pending_cancelable=facts.cancelable,
+        recent_builds=tuple(record for _, record in recent),
+        failures_in_lookback=facts.failures,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes
+# ---------------------------------------------------------------------------------------------
+
+
+async def execute(
+    conn: Conn,
+    plan: Plan,
+    action: Action,
+    *,
+    now: datetime,
+    trace_metadata: Mapping[str, str] | None = None,
+) -> ActionResult:
+    """Carry out one of `plan`'s actions inside the caller's transaction.
+
+    `trace_metadata` (W3C propagation fields, as Coder stores them) is recorded on the jobs
+    this creates, so provisioners can continue the trace.
+
+    A create whose rows the database rejects as invalid input (e.g. the version has no import
+    job) raises psycopg's DataError/IntegrityError: the caller rolls back its savepoint and
+    stores `validation_failed` with `mark_validation_failed`.
+    """
+    if action.preset_id != plan.preset.id:
+        raise ValueError(f"action for preset {action.preset_id} in the plan of {plan.preset.id}")
+    traced = Jsonb(dict(trace_metadata)) if trace_metadata else Jsonb({})
+    if isinstance(action, Create):
+        return await _create(conn, action, now, traced)
+    if isinstance(action, Delete):
+        return await _delete(conn, action, now, traced)
+    if isinstance(action, CancelPending):
+        return await _cancel_pending(conn, action, now)
+    return await _set_status(conn, action)
+
+
+async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
+    """Store `validation_failed`: creates for this preset stop until a new version fixes it."""
+    await _fetch(
+        conn,
+        "set_preset_status",
+        {"preset_id": preset_id, "status": PrebuildStatus.VALIDATION_FAILED.value},
+    )
+
+
+async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> ActionResult:
+    if action.count <= 0:
+        return ActionResult(ActionKind.CREATE, action.preset_id)
+    params = {
+        "preset_id": action.preset_id,
+        "template_version_id": action.template_version_id,
+        "count": action.count,
+        "now": now,
+        "trace_metadata": traced,
+    }
+    try:
+        rows = await _fetch(conn, "create_prebuilds", params)
+    except Exception as exc:
+        exc.add_note(
+            f"creating {action.count} prebuild(s) of preset {action.preset_id} "
+            f"(version {action.template_version_id}) was rejected by the database"
+        )
+        raise
+    if not rows:
+        log.warning(
+            "create skipped: the version is no longer the active one of a live template",
+            extra={"preset_id": str(action.preset_id)},
+        )
+    return ActionResult(ActionKind.CREATE, action.preset_id, created=tuple(r[0] for r in rows))
+
+
+async def _delete(conn: Conn, action: Delete, now: datetime, traced: Jsonb) -> ActionResult:
+    wanted = _unique(action.workspace_ids)
+    if not wanted:
+        return ActionResult(ActionKind.DELETE, action.preset_id)
+    params = {"workspace_ids": wanted, "now": now, "trace_metadata": traced}
+    rows = await _fetch(conn, "delete_prebuilds", params)
+    done = {r[0] for r in rows}
+    return ActionResult(
+        ActionKind.DELETE,
+        action.preset_id,
+        deleted=tuple(w for w in wanted if w in done),
+        skipped=tuple(w for w in wanted if w not in done),
+    )
+
+
+async def _cancel_pending(conn: Conn, action: CancelPending, now: datetime) -> ActionResult:
+    params = {"preset_id": action.preset_id, "now": now}
+    rows = await _fetch(conn, "cancel_pending_prebuilds", params)
+    retired = tuple(r[0] for r in rows)
+    return ActionResult(
+        ActionKind.CANCEL_PENDING, action.preset_id, deleted=retired, canceled=len(retired)
+    )
+
+
+async def _set_status(conn: Conn, action: SetStatus) -> ActionResult:
+    params = {"preset_id": action.preset_id, "status": action.status.value}
+    rows = await _fetch(conn, "set_preset_status", params)
+    stored = PrebuildStatus(rows[0][0]) if rows else None
+    return ActionResult(ActionKind.SET_STATUS, action.preset_id, status=stored)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+async def _start(conn: Conn, name: str, params: Mapping[str, object]) -> AsyncCursor[Row]:
+    """Send a named query on its own cursor (results are read later, e.g. after a pipeline)."""
+    # Tuple rows whatever row factory the caller's connection uses.
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute(query(name), params)
+    return cursor
+
+
+async def _fetch(conn: Conn, name: str, params: Mapping[str, object]) -> list[Row]:
+    cursor = await _start(conn, name, params)
+    return await cursor.fetchall()
+
+
+def _unique(ids: Iterable[UUID]) -> list[UUID]:
+    """Duplicates removed, first occurrence kept (the order callers see results in)."""
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,293 @@
+-- Reads of reconciliation state (service/prebuildd/store.py).
+--
+-- Every per-template read takes `template_ids uuid[]` and starts from rows filtered by
+-- template id, so its cost depends on the templates asked for, never on the size of the fleet.
+-- None of them goes through Coder's views (workspace_latest_builds, workspace_prebuilds, ...):
+-- those compute the latest build of *every* workspace before anything can filter them.
+--
+-- Indexes the plans rely on (Coder's own, plus sql/schema/0001_indexes.sql):
+--   prebuildd_workspaces_template_owner   workspaces (template_id, owner_id) WHERE NOT deleted
+--   workspace_builds_workspace_id_build_number_key   latest build of one workspace
+--   provisioner_jobs_pkey, workspace_resources_job_id_idx, workspace_agents_resource_id_idx
+--   template_versions_template_id_name_key   versions of a template
+--   prebuildd_presets_template_version, prebuildd_preset_schedules_preset
+
+-- name: list_prebuild_templates
+-- Templates with at least one preset that wants prebuilds, whatever the state of the template
+-- or version: a deleted template or an old version may still have prebuilds to clean up.
+SELECT DISTINCT v.template_id
+FROM template_version_presets AS p
+JOIN template_versions AS v ON v.id = p.template_version_id
+WHERE p.desired_instances IS NOT NULL
+  AND v.template_id IS NOT NULL
+ORDER BY v.template_id;
+
+-- name: lock_templates
+-- Transaction-scoped advisory locks, one per template, taken without waiting. Key space:
+-- the two-int form, key1 = 0x50424C44 ('PBLD' in ASCII) so that prebuildd never collides
+-- with Coder's single-bigint lock ids, key2 = hashtext(template id). Two templates whose ids
+-- hash alike merely serialise; correctness never depends on the hash being unique.
+-- The function is volatile, so it runs exactly once per input row.
+SELECT t.id
+FROM unnest(%(template_ids)s::uuid[]) AS t(id)
+WHERE pg_try_advisory_xact_lock(1346522180, hashtext(t.id::text));
+
+-- name: prebuilds_settings
+-- Coder's pause switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": true}.
+-- Returned as text and parsed by the caller, so a malformed value is reported, not fatal.
+SELECT value
+FROM site_configs
+WHERE key = 'prebuilds_settings';
+
+-- name: generic_plans_begin
+-- Reuse one plan per connection for the snapshot reads. psycopg prepares a statement after a
+-- few executions, but PostgreSQL keeps re-planning `= ANY($1::uuid[])` queries with custom
+-- plans (their estimate for one template always beats the generic one), and planning the
+-- prebuild read costs more than running it. The generic plans are the same index nested
+-- loops. Transaction-local; generic_plans_end restores the caller's setting.
+SELECT
+    set_config('prebuildd.saved_plan_cache_mode', current_setting('plan_cache_mode'), true),
+    set_config('plan_cache_mode', 'force_generic_plan', true);
+
+-- name: generic_plans_end
+SELECT set_config(
+    'plan_cache_mode',
+    COALESCE(
+        NULLIF(current_setting('prebuildd.saved_plan_cache_mode', true), ''),
+        current_setting('plan_cache_mode')
+    ),
+    true
+);
+
+-- name: snapshot_presets
+-- Presets that want prebuilds, on every version of the templates (active or not), with the
+-- context the planner needs to tell active from inactive.
+SELECT
+    p.id,
+    p.name,
+    t.id AS template_id,
+    t.name AS template_name,
+    o.id AS organization_id,
+    o.name AS organization_name,
+    v.id AS template_version_id,
+    v.name AS template_version_name,
+    t.active_version_id = v.id AS using_active_version,
+    t.deleted AS template_deleted,
+    t.deprecated <> '' AS template_deprecated,
+    p.desired_instances,
+    p.invalidate_after_secs,
+    p.last_invalidated_at,
+    p.scheduling_timezone,
+    p.prebuild_status
+FROM templates AS t
+JOIN organizations AS o ON o.id = t.organization_id
+JOIN template_versions AS v ON v.template_id = t.id
+JOIN template_version_presets AS p ON p.template_version_id = v.id
+WHERE t.id = ANY(%(template_ids)s::uuid[])
+  AND p.desired_instances IS NOT NULL
+ORDER BY t.id, v.created_at, v.id, p.name, p.id;
+
+-- name: snapshot_schedules
+-- Schedules of the presets above.
+SELECT s.preset_id, s.id, s.cron_expression, s.desired_instances
+FROM template_versions AS v
+JOIN template_version_presets AS p ON p.template_version_id = v.id
+JOIN template_version_preset_prebuild_schedules AS s ON s.preset_id = p.id
+WHERE v.template_id = ANY(%(template_ids)s::uuid[])
+  AND p.desired_instances IS NOT NULL
+ORDER BY s.preset_id, s.id;
+
+-- name: snapshot_prebuilds
+-- Everything the planner needs to know about the templates' live prebuilds, in one statement.
+-- Four of the planner's inputs (running prebuilds, in-progress counts, cancelable pending
+-- jobs, recent build outcomes and failures) are all facts about "the latest build of each
+-- live prebuild workspace". That set is computed once (`live`), from the prebuilds user's
+-- workspaces of the templates, then each concern is one branch of the UNION below, tagged by
+-- `kind`. Columns a kind does not use are NULL.
+--
+--   running       one row per prebuild whose latest build is a succeeded `start`; `ready`
+--                 when every top-level, non-deleted agent of that build is ready (no agent:
+--                 not ready). `created_at` is the workspace's (what TTL expiry measures).
+--   in_progress   per preset and transition: latest prebuild builds on the active version
+--                 whose job is pending or running.
+--   cancelable    per preset: never-built prebuilds of a non-active version whose first
+--                 `start` job is still queued (pending, no worker, neither canceled nor done).
+--   recent        per preset, newest first: the latest build of each prebuild whose latest
+--                 build is a `start` on the active version, with its job status; at least
+--                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist.
+--                 (Backoff and the hard limit only apply to active presets, as in Coder.)
+--   failures      per preset: how many of those failed since %(lookback_since)s.
+--
+-- A window function bounds `recent` rather than a LATERAL ... LIMIT per preset: a preset's
+-- builds can only be found through its workspaces, so a per-preset LATERAL would rescan
+-- `live` once per preset; one sort serves a single template and a 200-template batch alike.
+WITH live AS MATERIALIZED (
+    SELECT
+        w.id AS workspace_id,
+        w.name,
+        w.created_at AS workspace_created_at,
+        lb.id AS build_id,
+        lb.build_number,
+        lb.transition,
+        lb.initiator_id,
+        lb.template_version_id,
+        lb.created_at AS build_created_at,
+        lb.job_id,
+        -- A build without a preset (say, an admin's stop) keeps the preset of the newest
+        -- build that had one. COALESCE evaluates the fallback only when it is needed.
+        COALESCE(
+            lb.template_version_preset_id,
+            (
+                SELECT pb.template_version_preset_id
+                FROM workspace_builds AS pb
+                WHERE pb.workspace_id = w.id
+                  AND pb.template_version_preset_id IS NOT NULL
+                ORDER BY pb.build_number DESC
+                LIMIT 1
+            )
+        ) AS preset_id,
+        lb.template_version_id = t.active_version_id AS on_active_version,
+        j.job_status,
+        j.worker_id,
+        j.canceled_at,
+        j.completed_at
+    FROM workspaces AS w
+    JOIN templates AS t ON t.id = w.template_id
+    CROSS JOIN LATERAL (
+        SELECT
+            b.id, b.build_number, b.transition, b.initiator_id, b.template_version_id,
+            b.created_at, b.job_id, b.template_version_preset_id
+        FROM workspace_builds AS b
+        WHERE b.workspace_id = w.id
+        ORDER BY b.build_number DESC
+        LIMIT 1
+    ) AS lb
+    JOIN provisioner_jobs AS j ON j.id = lb.job_id
+    WHERE w.template_id = ANY(%(template_ids)s::uuid[])
+      -- Redundant with the join, but lets the planner fetch the templates by key instead of
+      -- hashing all of them.
+      AND t.id = ANY(%(template_ids)s::uuid[])
+      AND w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND NOT w.deleted
+),
+latest_starts AS (
+    -- The bound is computed per row against the presets table (an index probe), never by
+    -- joining two CTE scans: such a join is a nested loop over presets x builds, harmless for
+    -- one template and quadratic for a batch.
+    SELECT
+        l.preset_id,
+        l.build_created_at,
+        l.job_status,
+        row_number() OVER (
+            PARTITION BY l.preset_id
+            ORDER BY l.build_created_at DESC, l.build_id
+        ) AS newest_rank,
+        GREATEST(
+            p.desired_instances,
+            (SELECT max(s.desired_instances)
+             FROM template_version_preset_prebuild_schedules AS s
+             WHERE s.preset_id = p.id),
+            %(hard_limit)s::int,
+            1
+        ) AS wanted
+    FROM live AS l
+    JOIN template_version_presets AS p ON p.id = l.preset_id
+    WHERE l.transition = 'start'
+      AND l.on_active_version
+)
+SELECT
+    'running' AS kind,
+    l.preset_id,
+    l.workspace_id,
+    l.name::text AS name,
+    l.template_version_id,
+    l.workspace_created_at AS created_at,
+    COALESCE(
+        (
+            SELECT bool_and(a.lifecycle_state = 'ready')
+            FROM workspace_resources AS r
+            JOIN workspace_agents AS a ON a.resource_id = r.id
+            WHERE r.job_id = l.job_id
+              AND a.parent_id IS NULL
+              AND NOT a.deleted
+        ),
+        false
+    ) AS ready,
+    NULL::workspace_transition AS transition,
+    NULL::provisioner_job_status AS job_status,
+    NULL::bigint AS n
+FROM live AS l
+WHERE l.transition = 'start'
+  AND l.job_status = 'succeeded'
+  AND l.preset_id IS NOT NULL
+
+UNION ALL
+
+SELECT
+    'in_progress', l.preset_id, NULL, NULL, NULL, NULL, NULL, l.transition, NULL, count(*)
+FROM live AS l
+WHERE l.job_status IN ('pending', 'running')
+  AND l.on_active_version
+  AND l.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND l.preset_id IS NOT NULL
+GROUP BY l.preset_id, l.transition
+
+UNION ALL
+
+SELECT
+    'cancelable', l.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
+FROM live AS l
+WHERE NOT l.on_active_version
+  AND l.build_number = 1
+  AND l.transition = 'start'
+  AND l.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND l.job_status = 'pending'
+  AND l.worker_id IS NULL
+  AND l.canceled_at IS NULL
+  AND l.completed_at IS NULL
+  AND l.preset_id IS NOT NULL
+GROUP BY l.preset_id
+
+UNION ALL
+
+SELECT
+    'recent', ls.preset_id, NULL, NULL, NULL, ls.build_created_at, NULL, NULL, ls.job_status,
+    ls.newest_rank
+FROM latest_starts AS ls
+WHERE ls.newest_rank <= ls.wanted
+
+UNION ALL
+
+SELECT
+    'failures', ls.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
+FROM latest_starts AS ls
+WHERE ls.job_status = 'failed'
+  AND ls.build_created_at >= %(lookback_since)s::timestamptz
+GROUP BY ls.preset_id;
+
+-- name: prebuild_metrics
+-- Lifetime totals per preset, with Coder's meaning: every first build started by the
+-- prebuilds user is a created prebuild; failed when that build's job failed; claimed when the
+-- workspace now belongs to someone else. Live templates only. A global read by nature (it
+-- feeds counters for every preset); served by idx_workspace_builds_initiator_id.
+SELECT
+    p.id AS preset_id,
+    t.name::text AS template_name,
+    p.name AS preset_name,
+    o.name AS organization_name,
+    count(*) AS created_total,
+    count(*) FILTER (WHERE j.job_status = 'failed') AS failed_total,
+    count(*) FILTER (
+        WHERE w.owner_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+    ) AS claimed_total
+FROM workspace_builds AS b
+JOIN workspaces AS w ON w.id = b.workspace_id
+JOIN templates AS t ON t.id = w.template_id
+JOIN organizations AS o ON o.id = w.organization_id
+JOIN template_version_presets AS p ON p.id = b.template_version_preset_id
+JOIN provisioner_jobs AS j ON j.id = b.job_id
+WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND b.build_number = 1
+  AND NOT t.deleted
+GROUP BY p.id, t.name, p.name, o.name
+ORDER BY t.name, p.name, o.name, p.id;
