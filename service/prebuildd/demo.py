@@ -210,7 +210,8 @@ class Demo:
         self.service.on_outcome = self._on_outcome
         self.provisioner = SimulatedProvisioner(
             # Few, slow provisioners: jobs queue up, as they do in real deployments.
-            url, ProvisionerConfig(build_time=0.8, agent_ready_delay=0.3, concurrency=2)
+            url,
+            ProvisionerConfig(build_time=0.8, agent_ready_delay=0.3, concurrency=2),
         )
 
     def _on_outcome(self, outcome: Outcome, _work: object) -> None:

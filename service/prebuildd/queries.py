@@ -80,5 +80,19 @@ def query(name: str) -> sql.SQL:
     return sql.SQL(text)
 
 
+_OPERATION = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|LISTEN)\b", re.MULTILINE | re.IGNORECASE)
+
+
+@functools.cache
+def operation(name: str) -> str:
+    """The statement's verb (OTel `db.operation.name`). A query that writes (even from a CTE
+    whose final statement is a SELECT of what it wrote) is named by its first write; else the
+    first verb starting a line (the project's SQL puts each verb first on its line).
+    """
+    verbs = [m.group(1).upper() for m in _OPERATION.finditer(_all_queries()[name])]
+    writes = [v for v in verbs if v != "SELECT"]
+    return (writes or verbs or ["QUERY"])[0]
+
+
 def query_names() -> frozenset[str]:
     return frozenset(_all_queries())

@@ -29,6 +29,7 @@ from prebuildd.model import Plan, PrebuildStatus
 from prebuildd.queries import query
 from prebuildd.queue import QueueShutDown, Work, WorkQueue
 from prebuildd.reconciler import Outcome, Reconciler, Trigger
+from prebuildd.telemetry import set_db_namespace
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,7 @@ class Service:
                 with anyio.fail_after(self.settings.liveness_timeout.total_seconds() + 1):
                     async with self.pool.connection() as conn:
                         await conn.execute(query("ping"))
+                        set_db_namespace(conn.info.dbname)
                 self._db_ok = True
             except (psycopg.Error, TimeoutError):
                 self._db_ok = False
@@ -387,35 +389,44 @@ class Service:
             self.metrics.set_preset_rows(self._metric_rows(rows), time.time())
 
     def _metric_rows(self, totals: list[store.PresetMetricsTotals]) -> list[PresetMetricsRow]:
-        plans = {pid: plan for per in self._plans.values() for pid, plan in per.items()}
+        # One row per active preset this replica planned, built or not: a preset whose every
+        # create is rejected (validation_failed) has no build to total, and is exactly the one
+        # an operator must see. Presets without builds report zero totals.
+        by_preset = {total.preset_id: total for total in totals}
+        plans = [p for per in self._plans.values() for p in per.values() if p.preset.is_active]
+        plans.sort(key=lambda p: (*_labels(p), str(p.preset.id)))
         rows: list[PresetMetricsRow] = []
         seen: set[tuple[str, str, str]] = set()
-        for total in totals:
-            plan = plans.get(total.preset_id)
-            if plan is None or not plan.preset.is_active:
-                continue
-            key = (total.template_name, total.preset_name, total.organization_name)
+        for plan in plans:
+            key = _labels(plan)
             if key in seen:
                 continue
             seen.add(key)
+            total = by_preset.get(plan.preset.id)
             state = plan.state
             rows.append(
                 PresetMetricsRow(
-                    template_name=total.template_name,
-                    preset_name=total.preset_name,
-                    organization_name=total.organization_name,
+                    template_name=key[0],
+                    preset_name=key[1],
+                    organization_name=key[2],
                     desired=state.desired,
                     running=state.running,
                     eligible=state.eligible,
-                    created_total=total.created_total,
-                    failed_total=total.failed_total,
-                    claimed_total=total.claimed_total,
+                    created_total=total.created_total if total else 0,
+                    failed_total=total.failed_total if total else 0,
+                    claimed_total=total.claimed_total if total else 0,
                     hard_limited=state.hard_limited,
                     validation_failed=plan.preset.prebuild_status
                     is PrebuildStatus.VALIDATION_FAILED,
                 )
             )
         return rows
+
+
+def _labels(plan: Plan) -> tuple[str, str, str]:
+    """The Prometheus labels of a preset's series (Coder's: template, preset, organization)."""
+    p = plan.preset
+    return (p.template_name, p.name, p.organization_name)
 
 
 def _input_error_kind(error: str) -> str:

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
@@ -52,7 +53,8 @@ from prebuildd.model import (
     SetStatus,
     Transition,
 )
-from prebuildd.queries import query
+from prebuildd.queries import operation, query
+from prebuildd.telemetry import db_span
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +341,7 @@ async def execute(
         return await _delete(conn, action, now, traced)
     if isinstance(action, CancelPending):
         return await _cancel_pending(conn, action, now)
-    return await _set_status(conn, action)
+    return await _set_status(conn, action, now)
 
 
 async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
@@ -401,11 +403,36 @@ async def _cancel_pending(conn: Conn, action: CancelPending, now: datetime) -> A
     )
 
 
-async def _set_status(conn: Conn, action: SetStatus) -> ActionResult:
+async def _set_status(conn: Conn, action: SetStatus, now: datetime) -> ActionResult:
     params = {"preset_id": action.preset_id, "status": action.status.value}
     rows = await _fetch(conn, "set_preset_status", params)
     stored = PrebuildStatus(rows[0][0]) if rows else None
+    if stored is PrebuildStatus.HARD_LIMITED:
+        await _notify_hard_limited(conn, action.preset_id, now)
     return ActionResult(ActionKind.SET_STATUS, action.preset_id, status=stored)
+
+
+async def _notify_hard_limited(conn: Conn, preset_id: UUID, now: datetime) -> None:
+    """Queue Coder's "Prebuild Failure Limit Reached" notification for template admins.
+
+    The planner emits SetStatus(hard_limited) only on the transition, so admins hear about it
+    once (Coder's dedupe hash also limits it to one a day). Best effort, in its own savepoint:
+    Coder's enqueue trigger raises when a user disabled the notification, and a notification
+    must never undo the status change or stop the reconcile.
+    """
+    try:
+        async with conn.transaction():
+            rows = await _fetch(conn, "notify_hard_limited", {"preset_id": preset_id, "now": now})
+    except psycopg.Error as exc:
+        log.warning(
+            "could not queue the hard-limit notification",
+            extra={"preset_id": str(preset_id), "error": str(exc).splitlines()[0]},
+        )
+        return
+    log.warning(
+        "preset reached the failure hard limit: no more prebuilds are created",
+        extra={"preset_id": str(preset_id), "admins_notified": len(rows)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +444,8 @@ async def _start(conn: Conn, name: str, params: Mapping[str, object]) -> AsyncCu
     """Send a named query on its own cursor (results are read later, e.g. after a pipeline)."""
     # Tuple rows whatever row factory the caller's connection uses.
     cursor = conn.cursor(row_factory=tuple_row)
-    await cursor.execute(query(name), params)
+    with db_span(name, operation(name)):
+        await cursor.execute(query(name), params)
     return cursor
 
 

@@ -9,11 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from prebuildd.telemetry import setup_tracing
-from factories import make_org, make_preset, make_template, make_user, make_version, promote
 from _live import (
     CANCELED_CREATES,
     DELETE_BUILDS,
@@ -26,6 +21,11 @@ from _live import (
     running_provisioner,
     running_service,
 )
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from factories import make_org, make_preset, make_template, make_user, make_version, promote
+from prebuildd.telemetry import setup_tracing
 
 pytestmark = pytest.mark.anyio
 
@@ -212,7 +212,17 @@ async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
     assert attrs["prebuildd.presets_seen"] == 2
     assert attrs["prebuildd.presets_acted"] == 2
     assert attrs["prebuildd.actions.cancel_pending"] == 1
-    children = {s.name for s in spans if s.parent and s.parent.span_id == event_root.context.span_id}
+    children = {
+        s.name for s in spans if s.parent and s.parent.span_id == event_root.context.span_id
+    }
+    # Database spans follow OTel's conventions and never carry parameter values.
+    db_spans = [s for s in spans if s.name == "SELECT prebuildd.snapshot_prebuilds"]
+    assert db_spans
+    db_attrs = db_spans[0].attributes or {}
+    assert db_attrs["db.system.name"] == "postgresql"
+    assert db_attrs["db.operation.name"] == "SELECT"
+    assert db_attrs["db.query.summary"] == "SELECT prebuildd.snapshot_prebuilds"
+    assert not any("param" in key for key in db_attrs)
     assert {
         "prebuildd.lock_templates",
         "prebuildd.read_snapshot",
