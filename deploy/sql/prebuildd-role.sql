@@ -42,13 +42,10 @@
 --     privilege check on the function or its schema; the function's own lookups run with the
 --     privileges of whoever writes the row, hence the "trigger" notes below;
 --   * foreign-key checks on the rows the service inserts: they run as the table owner;
---   * schema `prebuildd` (bookkeeping of migrate): the service never reads it.
+--   * schema `prebuildd`: only USAGE, to reach the pause switch's view and function below;
+--     the bookkeeping of migrate stays unreadable.
 --
 -- Known limits of column-level grants (they cannot filter rows):
---   * site_configs: reading and writing Coder's pause switch (key 'prebuilds_settings') needs
---     SELECT/UPDATE on site_configs.value, which reaches every key of that table, including
---     keys Coder keeps secret. Narrowing it needs a change of the service's SQL (see
---     deploy/README.md, "Hardening").
 --   * workspace_builds.provisioner_state (Terraform state) is readable for every build:
 --     delete_prebuilds copies it into the delete build, as Coder's own builder does.
 --   * users' e-mail addresses and names are readable for every user: notify_hard_limited
@@ -176,13 +173,13 @@ GRANT SELECT (template_version_preset_id, name, value)
 GRANT SELECT (id, preset_id, cron_expression, desired_instances)
     ON template_version_preset_prebuild_schedules TO prebuildd;
 
--- prebuilds_settings (the pause switch, read by every reconcile and the metrics loop);
--- set_reconciliation_paused (`pause`/`resume`: an upsert of key 'prebuilds_settings' that
--- reads the current value to keep its other fields). See the header: these columns reach
--- every key of site_configs.
-GRANT SELECT (key, value) ON site_configs TO prebuildd;
-GRANT INSERT (key, value) ON site_configs TO prebuildd;
-GRANT UPDATE (value) ON site_configs TO prebuildd;
+-- The pause switch, and nothing else of site_configs (whose other keys Coder keeps secret):
+-- prebuilds_settings (read by every reconcile and the metrics loop) selects from a view of
+-- that one row; set_reconciliation_paused (`pause`/`resume`) calls a security-definer
+-- function. Both are created by migrate (sql/schema/0002_pause_switch.sql).
+GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
+GRANT SELECT ON prebuildd.prebuilds_settings TO prebuildd;
+GRANT EXECUTE ON FUNCTION prebuildd.set_reconciliation_paused(boolean) TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
 -- Prebuilds: workspaces, builds, parameters, jobs

@@ -1,13 +1,8 @@
 -- name: set_reconciliation_paused
--- Coder's own switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": bool}.
--- Other keys of that JSON object, if any, are preserved.
-INSERT INTO site_configs (key, value)
-VALUES ('prebuilds_settings', jsonb_build_object('reconciliation_paused', %(paused)s::boolean)::text)
-ON CONFLICT (key) DO UPDATE
-SET value = (
-    COALESCE(NULLIF(site_configs.value, '')::jsonb, '{}'::jsonb)
-    || jsonb_build_object('reconciliation_paused', %(paused)s::boolean)
-)::text;
+-- Coder's own switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": bool},
+-- written by a function of prebuildd's (sql/schema/0002_pause_switch.sql) so the service role
+-- needs no rights on the rest of site_configs.
+SELECT prebuildd.set_reconciliation_paused(%(paused)s::boolean);
 
 -- name: invalidate_preset
 -- Every prebuild of the preset created before now becomes expired and is replaced.

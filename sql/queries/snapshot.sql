@@ -35,9 +35,9 @@ WHERE pg_try_advisory_xact_lock(1346522180, hashtext(t.id::text));
 -- name: prebuilds_settings
 -- Coder's pause switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": true}.
 -- Returned as text and parsed by the caller, so a malformed value is reported, not fatal.
+-- Read through prebuildd's view of that one row (sql/schema/0002_pause_switch.sql).
 SELECT value
-FROM site_configs
-WHERE key = 'prebuilds_settings';
+FROM prebuildd.prebuilds_settings;
 
 -- name: generic_plans_begin
 -- Reuse one plan per connection for the snapshot reads. psycopg prepares a statement after a

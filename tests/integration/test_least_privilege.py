@@ -339,6 +339,8 @@ FORBIDDEN: list[tuple[str, LiteralString]] = [
     ("read agent tokens", "SELECT auth_token FROM workspace_agents"),
     ("insert agents", "INSERT INTO workspace_agents (id) VALUES (gen_random_uuid())"),
     ("wipe settings", "DELETE FROM site_configs"),
+    ("read other settings", "SELECT value FROM site_configs"),
+    ("write settings directly", "UPDATE site_configs SET value = value"),
     ("truncate", "TRUNCATE workspace_builds"),
     ("drop a trigger", "DROP TRIGGER prebuildd_job_status ON provisioner_jobs"),
     ("read migrate's bookkeeping", "SELECT path FROM prebuildd.schema_migrations"),
