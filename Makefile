@@ -23,7 +23,7 @@ test: lint typecheck
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
