@@ -28,9 +28,17 @@ ORDER BY v.template_id;
 -- with Coder's single-bigint lock ids, key2 = hashtext(template id). Two templates whose ids
 -- hash alike merely serialise; correctness never depends on the hash being unique.
 -- The function is volatile, so it runs exactly once per input row.
+--
+-- Coexistence with Coder's own reconciler: Coder's loop holds the single-bigint advisory
+-- lock 7 (LockIDReconcilePrebuilds) exclusively for its whole cycle, and skips the cycle when
+-- it cannot get it. Every prebuildd reconcile takes that lock *shared* first: prebuildd
+-- replicas never block each other, but while any of them reconciles Coder's loop skips, and
+-- while Coder's loop runs prebuildd sees every template as busy and retries shortly. So the
+-- two can never fill the same deficit, even before Coder's loop is switched off.
 SELECT t.id
 FROM unnest(%(template_ids)s::uuid[]) AS t(id)
-WHERE pg_try_advisory_xact_lock(1346522180, hashtext(t.id::text));
+WHERE pg_try_advisory_xact_lock_shared(7::bigint)
+  AND pg_try_advisory_xact_lock(1346522180, hashtext(t.id::text));
 
 -- name: prebuilds_settings
 -- Coder's pause switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": true}.

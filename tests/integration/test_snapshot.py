@@ -322,9 +322,11 @@ async def test_lock_key_space(db_url: str) -> None:
     tid = UUID(int=42)
     async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
         await store.lock_templates(conn, [tid])
+        # objsubid 2: the two-int form (objsubid 1 is the bigint form, Coder's lock 7, which
+        # prebuildd also takes, shared: see test_coder_coexistence.py).
         cur = await conn.execute(
             "SELECT classid::bigint, objid::bigint FROM pg_locks"
-            " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND objsubid = 2"
         )
         rows = await cur.fetchall()
         cur = await conn.execute("SELECT hashtext(%s::text)", (str(tid),))
