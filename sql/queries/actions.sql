@@ -271,7 +271,8 @@ FROM spawn AS sp;
 -- For one preset: cancel the queued first `start` jobs of prebuilds on a non-active version
 -- and retire those never-built workspaces in the same statement. Strict scope: the preset's
 -- prebuilds (owned by, and first build started by, the prebuilds user), build 1 with no later
--- build, transition `start`, a version that is not the template's active one, a job nobody
+-- build, transition `start`, a version that is not the template's active one (or a deleted
+-- or deprecated template), a job nobody
 -- picked up (pending, worker_id NULL, neither canceled nor completed).
 --
 -- Rows are locked with SKIP LOCKED: a provisioner acquiring a job locks it first, and a job
@@ -302,7 +303,9 @@ WITH doomed AS MATERIALIZED (
       AND b.build_number = 1
       AND b.transition = 'start'
       AND b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-      AND b.template_version_id <> t.active_version_id
+      -- Only prebuilds nobody wants any more: a superseded version, or a template that was
+      -- deleted or deprecated (its active version gets no prebuilds either).
+      AND (b.template_version_id <> t.active_version_id OR t.deleted OR t.deprecated <> '')
       AND w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
       AND NOT w.deleted
       AND j.job_status = 'pending'

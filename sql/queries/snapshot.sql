@@ -118,8 +118,9 @@ ORDER BY s.preset_id, s.id;
 --                 not ready). `created_at` is the workspace's (what TTL expiry measures).
 --   in_progress   per preset and transition: latest prebuild builds on the active version
 --                 whose job is pending or running.
---   cancelable    per preset: never-built prebuilds of a non-active version whose first
---                 `start` job is still queued (pending, no worker, neither canceled nor done).
+--   cancelable    per preset: never-built prebuilds of a retired version (not active, or
+--                 of a deleted or deprecated template) whose first `start` job is still
+--                 queued (pending, no worker, neither canceled nor done).
 --   recent        per preset, newest first: the latest build of each prebuild whose latest
 --                 build is a `start` on the active version, with its job status; at least
 --                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist.
@@ -155,6 +156,10 @@ WITH live AS MATERIALIZED (
             )
         ) AS preset_id,
         lb.template_version_id = t.active_version_id AS on_active_version,
+        -- Prebuilds are maintained only for the active version of a live, non-deprecated
+        -- template; anything else is retired (its queued jobs canceled).
+        (lb.template_version_id <> t.active_version_id OR t.deleted OR t.deprecated <> '')
+            AS retired,
         j.job_status,
         j.worker_id,
         j.canceled_at,
@@ -245,7 +250,7 @@ UNION ALL
 SELECT
     'cancelable', l.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
 FROM live AS l
-WHERE NOT l.on_active_version
+WHERE l.retired
   AND l.build_number = 1
   AND l.transition = 'start'
   AND l.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
