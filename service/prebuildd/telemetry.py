@@ -410,7 +410,21 @@ def _text_value(value: Any) -> str:
 
 
 class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handler `setup_logging` installed, so a second call replaces it."""
+    """Marks the handler `setup_logging` installed, so a second call replaces it.
+
+    Without an explicit stream it writes to whatever `sys.stderr` is at emit time (as
+    logging's last-resort handler does), so records logged at interpreter exit (e.g. by the
+    embedded server's atexit hook) never hit a stream that was swapped out and closed.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_logging(
@@ -423,7 +437,7 @@ def setup_logging(
         raise ValueError(f"unknown log level {level!r} (use {', '.join(_LEVELS)})") from None
     if fmt not in ("json", "text"):
         raise ValueError(f"unknown log format {fmt!r} (use json or text)")
-    handler = _ServiceHandler(stream if stream is not None else sys.stderr)
+    handler = _ServiceHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:

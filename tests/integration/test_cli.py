@@ -1,0 +1,150 @@
+"""The command-line contract other tools rely on: output, exit codes, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from factories import make_org, make_prebuild, make_preset, make_template, make_user
+
+from prebuildd.cli import EXIT_ERROR, EXIT_NONE_AVAILABLE, EXIT_OK, EXIT_USAGE, main
+
+
+def _count_builds(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM workspace_builds").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _seed(url: str, desired: int = 2) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        tpl = make_template(conn, make_org(conn), name="python")
+        preset = make_preset(conn, tpl.version_id, name="small", desired=desired)
+        user = make_user(conn)
+        conn.commit()
+    return {"template": tpl, "preset": preset, "user": user}
+
+
+def run(url: str, *args: str) -> int:
+    return main([args[0], "--database-url", url, "--log-level", "warning", *args[1:]])
+
+
+def test_dry_run_explains_and_writes_nothing(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(db_url)
+    assert run(db_url, "reconcile", "--once", "--dry-run") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "python" in out and "small" in out
+    assert "would: create 2 prebuild(s)" in out
+    assert "why:" in out
+    assert _count_builds(db_url) == 0
+
+
+def test_reconcile_once_converges_and_status_shows_it(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(db_url)
+    assert run(db_url, "reconcile", "--once") == EXIT_OK
+    assert "created 2, deleted 0, canceled 0" in capsys.readouterr().out
+    assert _count_builds(db_url) == 2
+    assert run(db_url, "status") == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:4] == ["TEMPLATE", "VERSION", "ACTIVE", "PRESET"]
+    row = dict(zip(header, lines[1].split(), strict=False))
+    assert row["TEMPLATE"] == "python" and row["ACTIVE"] == "yes"
+    assert (row["DESIRED"], row["RUNNING"], row["STARTING"]) == ("2", "0", "2")
+
+
+def test_claim_prints_the_workspace_or_exits_3(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = _seed(db_url, desired=1)
+    preset, user = str(world["preset"]), str(world["user"])
+    assert run(db_url, "claim", "--preset", preset, "--user", user, "--name", "a") == (
+        EXIT_NONE_AVAILABLE
+    )
+    assert "no eligible prebuild" in capsys.readouterr().err
+    with psycopg.connect(db_url) as conn:
+        built = make_prebuild(conn, world["preset"])
+        conn.commit()
+    assert run(db_url, "claim", "--preset", preset, "--user", user, "--name", "mine") == EXIT_OK
+    assert capsys.readouterr().out.strip() == str(built.workspace_id)
+    # A refused claim (the name is taken now) is a clear error, not a traceback.
+    with psycopg.connect(db_url) as conn:
+        make_prebuild(conn, world["preset"])
+        conn.commit()
+    assert run(db_url, "claim", "--preset", preset, "--user", user, "--name", "mine") == (
+        EXIT_ERROR
+    )
+    assert "claim refused" in capsys.readouterr().err
+
+
+def test_pause_and_resume_use_coders_switch(db_url: str) -> None:
+    def setting() -> Any:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT value FROM site_configs WHERE key = 'prebuilds_settings'"
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    assert run(db_url, "pause") == EXIT_OK
+    assert setting() == {"reconciliation_paused": True}
+    assert run(db_url, "resume") == EXIT_OK
+    assert setting() == {"reconciliation_paused": False}
+
+
+def test_invalidate_sets_the_preset_timestamp_and_rejects_unknown_presets(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = _seed(db_url)
+    assert run(db_url, "invalidate", "--preset", str(world["preset"])) == EXIT_OK
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT last_invalidated_at IS NOT NULL FROM template_version_presets WHERE id = %s",
+            (world["preset"],),
+        ).fetchone()
+    assert row == (True,)
+    unknown = "00000000-0000-0000-0000-000000000001"
+    assert run(db_url, "invalidate", "--preset", unknown) == EXIT_ERROR
+    assert f"no preset {unknown}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--sweep-interval", "soon"], "invalid duration 'soon'"),
+        (["claim", "--preset", "x", "--user", "y", "--name", "z"], "is not a UUID"),
+        (["reconcile", "--failure-hard-limit", "-1"], "--failure-hard-limit must be >= 0"),
+    ],
+)
+def test_bad_input_is_a_usage_error_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        code = main([*args, "--database-url", db_url])
+        raise SystemExit(code)
+    assert exited.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_without_a_database_the_message_says_what_to_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--data-dir", str(tmp_path)]) == EXIT_USAGE
+    assert "PREBUILDD_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_a_dead_database_is_an_error_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "postgresql://someone:hunter2@127.0.0.1:1/nowhere?connect_timeout=2"
+    assert main(["status", "--database-url", url]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("prebuildd: ")
+    assert "hunter2" not in err
