@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from factories import make_org, make_prebuild, make_preset, make_template, make_user
 
+from factories import make_org, make_prebuild, make_preset, make_template, make_user
 from prebuildd.cli import EXIT_ERROR, EXIT_NONE_AVAILABLE, EXIT_OK, EXIT_USAGE, main
 
 
