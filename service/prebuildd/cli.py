@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -53,54 +54,81 @@ def _uuid(text: str) -> UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
 
 
+def _option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: str | None,
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """A flag whose default comes from `PREBUILDD_<env>`, else `default`.
+
+    Defaults stay strings: argparse converts a string default with the flag's `type`, so a
+    bad environment value is reported exactly like a bad flag (usage error, exit 2).
+    """
+    shown = f"default {default}" if default else "no default"
+    parser.add_argument(
+        flag,
+        default=env_or(os.environ, env, default),
+        help=f"{help} (env PREBUILDD_{env}; {shown})",
+        **kwargs,
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    env = os.environ
-    parser.add_argument(
+    _option(
+        parser,
         "--database-url",
-        default=env_or(env, "DATABASE_URL", None),
-        help="PostgreSQL URL (env PREBUILDD_DATABASE_URL). Without it, run/demo start the "
-        "embedded PostgreSQL and other commands use it if it is running.",
+        "DATABASE_URL",
+        None,
+        "PostgreSQL URL; without it run/demo start the embedded PostgreSQL and other "
+        "commands use it if it is running",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--data-dir",
+        "DATA_DIR",
+        str(default_data_dir()),
+        "where the embedded PostgreSQL keeps its data",
         type=Path,
-        default=Path(env_or(env, "DATA_DIR", str(default_data_dir())) or ""),
-        help="where the embedded PostgreSQL keeps its data (env PREBUILDD_DATA_DIR)",
     )
-    parser.add_argument("--log-level", default=env_or(env, "LOG_LEVEL", "info"))
-    parser.add_argument(
-        "--log-format", choices=("json", "text"), default=env_or(env, "LOG_FORMAT", "json")
-    )
+    _option(parser, "--log-level", "LOG_LEVEL", "info", "debug, info, warning, error")
+    _option(parser, "--log-format", "LOG_FORMAT", "json", "log lines", choices=("json", "text"))
 
 
 def _reconcile_knobs(parser: argparse.ArgumentParser) -> None:
-    env = os.environ
-    d = Settings()
-    parser.add_argument(
+    _option(
+        parser,
         "--backoff-interval",
+        "BACKOFF_INTERVAL",
+        "1m",
+        "wait per recent failure before creating again",
         type=_duration,
-        default=_duration(env_or(env, "BACKOFF_INTERVAL", "1m") or "1m"),
-        help="wait per recent failure before retrying creates (default 1m)",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--backoff-lookback",
+        "BACKOFF_LOOKBACK",
+        "1h",
+        "how far back failures count",
         type=_duration,
-        default=_duration(env_or(env, "BACKOFF_LOOKBACK", "1h") or "1h"),
-        help="how far back failures count (default 1h)",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--failure-hard-limit",
+        "FAILURE_HARD_LIMIT",
+        "3",
+        "consecutive failed builds that stop creates for a preset; 0 disables",
         type=int,
-        default=int(env_or(env, "FAILURE_HARD_LIMIT", "3") or "3"),
-        help="consecutive failed builds that stop creates for a preset; 0 disables (default 3)",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--max-creates-per-cycle",
+        "MAX_CREATES_PER_CYCLE",
+        str(PlanConfig().max_creates_per_cycle),
+        "bound on creates for one preset in one reconcile",
         type=int,
-        default=int(
-            env_or(env, "MAX_CREATES_PER_CYCLE", str(d.plan.max_creates_per_cycle)) or "500"
-        ),
-        help="bound on creates for one preset in one reconcile (default 500)",
     )
 
 
@@ -111,39 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prebuildd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    env = os.environ
 
     run = sub.add_parser("run", help="run the service until SIGTERM/SIGINT")
     _common(run)
     _reconcile_knobs(run)
-    run.add_argument(
+    _option(
+        run,
         "--sweep-interval",
+        "SWEEP_INTERVAL",
+        "60s",
+        "period of the safety-net full sweep",
         type=_duration,
-        default=_duration(env_or(env, "SWEEP_INTERVAL", "60s") or "60s"),
-        help="full safety-net sweep period (default 60s)",
     )
-    run.add_argument(
+    _option(
+        run,
         "--settle",
+        "SETTLE",
+        "10ms",
+        "debounce window batching a burst of events",
         type=_duration,
-        default=_duration(env_or(env, "SETTLE", "10ms") or "10ms"),
-        help="debounce window that batches a burst of events (default 10ms)",
     )
-    run.add_argument(
+    _option(
+        run,
         "--metrics-addr",
-        default=env_or(env, "METRICS_ADDR", "127.0.0.1:2118"),
-        help="host:port for /metrics, /healthz, /readyz; empty disables (default 127.0.0.1:2118)",
+        "METRICS_ADDR",
+        "127.0.0.1:2118",
+        "host:port of /metrics, /healthz and /readyz; empty disables",
     )
-    run.add_argument(
-        "--pool-size",
-        type=int,
-        default=int(env_or(env, "POOL_SIZE", "10") or "10"),
-        help="max database connections (default 10)",
-    )
-    run.add_argument(
+    _option(run, "--pool-size", "POOL_SIZE", "10", "max database connections", type=int)
+    _option(
+        run,
         "--concurrency",
+        "CONCURRENCY",
+        "0",
+        "parallel reconciles; 0 = half the pool, at least 1",
         type=int,
-        default=int(env_or(env, "CONCURRENCY", "0") or "0"),
-        help="parallel reconciles; 0 = half the pool, at least 1 (default 0)",
     )
     run.add_argument(
         "--no-migrate",
@@ -243,7 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from prebuildd.telemetry import setup_logging
 
-    setup_logging(args.log_level, args.log_format)
+    try:
+        setup_logging(args.log_level, args.log_format)
+    except ValueError as exc:
+        print(f"prebuildd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     handler = _COMMANDS[args.command]
     try:
         return handler(args)

@@ -121,6 +121,7 @@ def test_invalidate_sets_the_preset_timestamp_and_rejects_unknown_presets(
         (["run", "--sweep-interval", "soon"], "invalid duration 'soon'"),
         (["claim", "--preset", "x", "--user", "y", "--name", "z"], "is not a UUID"),
         (["reconcile", "--failure-hard-limit", "-1"], "--failure-hard-limit must be >= 0"),
+        (["status", "--log-level", "loud"], "unknown log level 'loud'"),
     ],
 )
 def test_bad_input_is_a_usage_error_with_a_clear_message(
@@ -131,6 +132,16 @@ def test_bad_input_is_a_usage_error_with_a_clear_message(
         raise SystemExit(code)
     assert exited.value.code == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_a_bad_environment_value_is_reported_like_a_bad_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PREBUILDD_SWEEP_INTERVAL", "bogus")
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--database-url", "postgresql://nowhere/x"])
+    assert exited.value.code == EXIT_USAGE
+    assert "--sweep-interval: invalid duration 'bogus'" in capsys.readouterr().err
 
 
 def test_without_a_database_the_message_says_what_to_set(

@@ -488,8 +488,20 @@ def test_kustomization_builds() -> None:
 
 
 def _cli_env_names() -> set[str]:
-    source = (REPO / "service" / "prebuildd" / "cli.py").read_text(encoding="utf-8")
-    return {f"PREBUILDD_{name}" for name in re.findall(r'env_or\(\s*env,\s*"([A-Z_]+)"', source)}
+    """Every variable the CLI documents on a flag ("env PREBUILDD_X" in its help)."""
+    import argparse
+
+    from prebuildd.cli import build_parser
+
+    names: set[str] = set()
+    commands = build_parser()._subparsers
+    assert commands is not None
+    for action in commands._group_actions:
+        assert isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values():
+            for flag in sub._actions:
+                names |= set(re.findall(r"env (PREBUILDD_[A-Z_]+)", flag.help or ""))
+    return names
 
 
 def _deploy_env_names(services: dict[str, Doc], k8s: dict[tuple[str, str], Doc]) -> set[str]:
