@@ -103,7 +103,9 @@ class Settings:
     max_batch: int = 200
     liveness_interval: timedelta = timedelta(seconds=5)
     liveness_timeout: timedelta = timedelta(seconds=2)
-    reconnect_max_backoff: timedelta = timedelta(seconds=10)
+    # A lost LISTEN connection loses notifications until it is back (then a sweep runs), so
+    # retry often: one connection attempt a second per replica costs the server nothing.
+    reconnect_max_backoff: timedelta = timedelta(seconds=1)
     log_level: str = "info"
     log_format: str = "json"
 
