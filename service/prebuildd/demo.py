@@ -378,6 +378,9 @@ def run_demo(server_url: str, *, duration: timedelta | None, live: bool) -> bool
         duration = DEFAULT_NON_LIVE_DURATION
     if live and not sys.stdout.isatty():
         live = False
+    if live:
+        # Log lines would tear the live view apart; its own panel narrates the reconciles.
+        logging.getLogger().setLevel(logging.ERROR)
     url = recreate_database(server_url)
     migrate(url)
     demo = Demo(url, duration, live)
