@@ -1,0 +1,126 @@
+"""Small helpers every bench shares: the machine line, timing statistics, figure tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def machine() -> str:
+    """nproc, RAM, kernel, Python: the context every figure needs."""
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} CPUs, {ram_gib:.1f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def print_header(title: str) -> None:
+    print(f"== {title}")
+    print(f"machine: {machine()}; {load()}")
+    print(f"command: {' '.join([os.path.basename(sys.executable), '-m', *_module_argv()])}")
+
+
+def _module_argv() -> list[str]:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    name = spec.name if spec is not None else sys.argv[0]
+    return [name, *sys.argv[1:]]
+
+
+def common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="small fleets and few iterations (smoke run)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse seeded fleets kept from an earlier run (keyed by their parameters)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Milliseconds."""
+
+    n: int
+    median: float
+    p90: float
+    minimum: float
+    maximum: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ms = sorted(s * 1000 for s in seconds)
+        if not ms:
+            raise ValueError("no samples")
+        p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
+        return cls(len(ms), statistics.median(ms), p90, ms[0], ms[-1])
+
+    def row(self) -> str:
+        return (
+            f"median {self.median:8.2f} ms  p90 {self.p90:8.2f} ms  "
+            f"min {self.minimum:8.2f} ms  max {self.maximum:8.2f} ms  (n={self.n})"
+        )
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Plain aligned columns (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+class CpuMeter:
+    """CPU time of this process plus server backends (nanosecond `schedstat`), in seconds.
+
+    On a shared, noisy machine wall time mixes in waiting for a core; CPU time is what the
+    work costs. Backends are only measurable when the server runs on this machine (their
+    /proc entries are `postgres` processes); otherwise only the client side is counted.
+    """
+
+    def __init__(self, *backend_pids: int | None) -> None:
+        self._stats = [
+            f"/proc/{pid}/schedstat"
+            for pid in backend_pids
+            if pid is not None and _is_postgres(pid)
+        ]
+
+    @property
+    def includes_server(self) -> bool:
+        return bool(self._stats)
+
+    def read(self) -> float:
+        client, server = self.split()
+        return client + server
+
+    def split(self) -> tuple[float, float]:
+        """(this process, the server backends) CPU seconds so far."""
+        server = 0.0
+        for path in self._stats:
+            with open(path) as f:
+                server += int(f.read().split()[0]) / 1e9
+        return time.process_time(), server
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip().startswith("postgres")
+    except OSError:
+        return False

@@ -1,0 +1,47 @@
+"""Named SQL of the benchmarks (bench/sql/*.sql), loaded like the service's own queries.
+
+The blocks use the same `-- name:` convention and loader rules as sql/queries/, so a bench
+never builds SQL text in Python either. Statements that need an identifier (a database
+name) are composed with psycopg.sql where they are used.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from psycopg import sql
+
+from prebuildd.queries import parse_blocks
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+@functools.cache
+def _blocks() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        for name, body in parse_blocks(path.read_text(encoding="utf-8"), path.name).items():
+            if name in found:
+                raise ValueError(f"{path.name}: bench query {name!r} is also defined elsewhere")
+            found[name] = body
+    return found
+
+
+def bench_query(name: str) -> sql.SQL:
+    """The named bench query, ready for `cursor.execute(bench_query("x"), params)`."""
+    try:
+        text = _blocks()[name]
+    except KeyError:
+        raise KeyError(f"no SQL query named {name!r} under bench/sql/") from None
+    # Text from files of this repository, never from input: as trusted as a literal.
+    return sql.SQL(text)
+
+
+def bench_sql_text(name: str) -> str:
+    """Raw text of a block (to fingerprint the seeding SQL for --reuse)."""
+    return _blocks()[name]
+
+
+def file_text(name: str) -> str:
+    return (SQL_DIR / name).read_text(encoding="utf-8")

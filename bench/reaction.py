@@ -1,0 +1,582 @@
+"""How long from a promotion's COMMIT to the service's resulting writes being committed?
+
+The real service runs as a subprocess (`python -m prebuildd.cli run`, the command operators
+run) against a clone of the issue's fleet (1,000 templates / 5,000 presets / 50,000
+workspaces). 200 templates get a next version whose presets copy the active ones. Once the
+service's startup sweep has settled, each of them is promoted in its own transaction, 50 to
+100 ms apart, and the bench measures, per promotion:
+
+* commit -> actions committed: from the moment the promotion's COMMIT returns to this
+  process, to the moment this process receives the first `build_inserted` notification of
+  that template. prebuildd's own trigger sends it for every build the prebuilds user
+  inserts, and PostgreSQL delivers it when the inserting transaction commits: it is the
+  reconcile's commit (creates on the new version, delete builds and cancels on the old one
+  are one transaction), seen by another client. Both ends are read on this process's
+  monotonic clock, so no clock skew enters.
+* the same two steps on the server's clock, as a cross-check: the promotion's last
+  statement (clock_timestamp) -> the reconcile's `now` (the created_at of the new builds,
+  taken after the reconcile's lock, before its writes and its commit);
+* from the service's own log line of that reconcile: its duration and its lag (from the
+  promotion transaction's start, `now()` in the payload, to the reconcile's start).
+
+Side by side, in the same run: the bare NOTIFY round trip (pg_notify on one connection,
+received on another; 200 samples), and the whole measurement repeated with a second service
+process using a shorter settle window (`--settle 10ms,2ms`: 10 ms is the default and decides
+the verdict), on another 200 templates. The SPEC's targets: p50 <= 20 ms, p99 <= 100 ms.
+
+    PYTHONPATH=service python -m bench.reaction [--quick] [--reuse] [--promotions N]
+                                                [--settle 10ms,2ms]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+from uuid import UUID
+
+import anyio
+import psycopg
+from psycopg import AsyncConnection
+
+from bench._common import common_args, load, print_header, table, verdict
+from bench._server import BenchServer, bench_server, print_server
+from bench._sql import bench_query
+from bench.fleet import SCALES, FleetSpec, ensure_fleet, template_id, version_id
+
+TARGET_P50_MS = 20.0
+TARGET_P99_MS = 100.0
+PING_SAMPLES = 200
+
+REPO = Path(__file__).resolve().parent.parent
+AConn = AsyncConnection[Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency statistics (nearest-rank percentiles, milliseconds)
+# ---------------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ascending values: the smallest value with at least q% of
+    the samples at or below it (p99 of 200 samples is the 198th)."""
+    if not sorted_values:
+        raise ValueError("no samples")
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Milliseconds."""
+
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    maximum: float
+
+    @classmethod
+    def of(cls, seconds: Iterable[float]) -> Latency:
+        ms = sorted(s * 1000 for s in seconds)
+        return cls(len(ms), percentile(ms, 50), percentile(ms, 95), percentile(ms, 99), ms[-1])
+
+    def cells(self) -> list[str]:
+        return [
+            f"{self.p50:.2f}", f"{self.p95:.2f}", f"{self.p99:.2f}", f"{self.maximum:.2f}",
+            str(self.n),
+        ]  # fmt: skip
+
+
+LATENCY_HEADER = ["", "p50 ms", "p95 ms", "p99 ms", "max ms", "n"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The service as a subprocess, with its JSON log lines
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    at: float  # time.monotonic() when this process read the line
+    fields: dict[str, Any]
+
+    @property
+    def reconciled(self) -> bool:
+        return self.fields.get("msg") == "reconciled"
+
+
+def service_env() -> dict[str, str]:
+    """The environment of a service subprocess: the package importable, no trace export."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREBUILDD_"))}
+    path = str(REPO / "service")
+    env["PYTHONPATH"] = f"{path}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else path
+    return env
+
+
+SERVICE_ENTRY = ("-m", "prebuildd.cli", "run")
+
+
+class ServiceProcess:
+    """`python -m prebuildd.cli run ...`; its stderr (JSON logs) parsed by a reader thread."""
+
+    def __init__(
+        self, url: str, extra: Sequence[str], entry: Sequence[str] = SERVICE_ENTRY
+    ) -> None:
+        self.argv = [sys.executable, *entry, "--database-url", url, *extra]
+        self.lines: list[LogLine] = []
+        self.started_at = 0.0  # time.monotonic() at start()
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("service not started")
+        return self._proc.pid
+
+    def command(self, url: str) -> str:
+        """The command line, with the database URL shown as a placeholder."""
+        shown = ["python" if a == sys.executable else a for a in self.argv]
+        return " ".join("<url>" if a == url else (a or "''") for a in shown)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=service_env(),
+            cwd=str(REPO),
+        )
+        assert self._proc.stderr is not None
+        self._reader = threading.Thread(target=self._read, args=(self._proc.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: TextIO) -> None:
+        for raw in stream:
+            try:
+                fields = json.loads(raw)
+            except ValueError:
+                fields = {"msg": raw.rstrip()}
+            if not isinstance(fields, dict):
+                fields = {"msg": raw.rstrip()}
+            self.lines.append(LogLine(time.monotonic(), fields))
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def reconciles(self, since: float = 0.0) -> list[LogLine]:
+        return [line for line in list(self.lines) if line.reconciled and line.at >= since]
+
+    def wait_settled(self, *, templates: int, quiet: float, timeout: float) -> float:
+        """Wait until the startup sweep covered `templates` templates and no reconcile was
+        logged for `quiet` seconds; returns when it settled, in seconds after start()."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            self._check_alive()
+            done = self.reconciles()
+            swept = sum(
+                int(line.fields.get("templates") or 0)
+                for line in done
+                if line.fields.get("trigger") == "startup"
+            )
+            last = done[-1].at if done else None
+            if swept >= templates and last is not None and time.monotonic() - last >= quiet:
+                return last - self.started_at
+            time.sleep(0.05)
+        raise TimeoutError(f"the service did not settle within {timeout:.0f} s")
+
+    def wait_quiet(self, quiet: float, timeout: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            self._check_alive()
+            done = self.reconciles()
+            last = done[-1].at if done else started
+            if time.monotonic() - max(last, started) >= quiet:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the service did not go quiet within {timeout:.0f} s")
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            tail = "\n".join(str(line.fields.get("msg")) for line in self.lines[-20:])
+            raise RuntimeError(f"the service exited early; its last log lines:\n{tail}")
+
+    def stop(self) -> int | None:
+        """SIGTERM (a clean shutdown), SIGKILL after 15 s; returns the exit code."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self._proc.returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing the clone
+# ---------------------------------------------------------------------------------------------
+
+_ADD_VERSION_STEPS = (
+    "reaction_add_import_jobs",
+    "reaction_add_versions",
+    "reaction_add_presets",
+    "reaction_add_preset_parameters",
+    "reaction_add_schedules",
+)
+
+
+def promoted_numbers(spec: FleetSpec, count: int) -> list[int]:
+    """`count` template numbers spread evenly over the fleet (drifting ones included)."""
+    count = min(count, spec.templates)
+    return sorted({1 + (k * spec.templates) // count for k in range(count)})
+
+
+def add_next_versions(url: str, numbers: Sequence[int], version: int) -> None:
+    params = {"numbers": list(numbers), "version": version}
+    with psycopg.connect(url) as conn:
+        for step in _ADD_VERSION_STEPS:
+            conn.execute(bench_query(step), params)
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(bench_query("vacuum_analyze"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Arrivals:
+    """Notifications seen by the bench's own LISTEN connection, stamped on arrival."""
+
+    builds: dict[UUID, list[float]] = field(default_factory=dict)
+    pings: dict[str, float] = field(default_factory=dict)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def record(self, channel: str, payload: str, at: float) -> None:
+        if channel == "bench_ping":
+            self.pings[payload] = at
+        else:
+            event = json.loads(payload)
+            if event.get("k") == "build_inserted" and "t" in event:
+                self.builds.setdefault(UUID(event["t"]), []).append(at)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def first_build_after(self, template: UUID, after: float) -> float | None:
+        return next((t for t in self.builds.get(template, ()) if t >= after), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    number: int
+    template: UUID
+    old_version: UUID
+    new_version: UUID
+    sent: float  # monotonic, just before COMMIT was sent
+    committed: float  # monotonic, when COMMIT returned
+    db_statement_at: datetime  # server clock, last statement of the promotion
+
+
+async def listen(conn: AConn, arrivals: Arrivals) -> None:
+    await conn.execute(bench_query("reaction_listen_events"))
+    await conn.execute(bench_query("reaction_listen_ping"))
+    async for notify in conn.notifies():
+        arrivals.record(notify.channel, notify.payload, time.monotonic())
+
+
+async def notify_round_trips(conn: AConn, arrivals: Arrivals, samples: int) -> list[float]:
+    """pg_notify on `conn` -> arrival on the listening connection, one at a time."""
+    seconds: list[float] = []
+    for i in range(samples):
+        payload = f"ping-{i}"
+        sent = time.monotonic()
+        await conn.execute(bench_query("reaction_ping"), {"payload": payload})
+        with anyio.fail_after(5):
+            while payload not in arrivals.pings:
+                await arrivals.changed.wait()
+        seconds.append(arrivals.pings[payload] - sent)
+        await anyio.sleep(0.005)
+    return seconds
+
+
+async def promote_all(
+    conn: AConn, spec: FleetSpec, numbers: Sequence[int], version: int, seed: int
+) -> list[Promotion]:
+    rng = random.Random(seed)
+    done: list[Promotion] = []
+    for n in numbers:
+        tpl, old, new = template_id(n), version_id(n, spec.versions), version_id(n, version)
+        async with conn.transaction():
+            cur = await conn.execute(
+                bench_query("reaction_promote"), {"template_id": tpl, "version_id": new}
+            )
+            row = await cur.fetchone()
+            sent = time.monotonic()
+        committed = time.monotonic()
+        assert row is not None, f"template {n} not found"
+        done.append(Promotion(n, tpl, old, new, sent, committed, row[0]))
+        await anyio.sleep(rng.uniform(0.05, 0.1))
+    return done
+
+
+async def wait_for_actions(arrivals: Arrivals, promotions: Sequence[Promotion]) -> None:
+    """Until every promotion's actions were seen, or 10 s passed."""
+    with anyio.move_on_after(10):
+        while any(arrivals.first_build_after(p.template, p.sent) is None for p in promotions):
+            await arrivals.changed.wait()
+
+
+@dataclass
+class Measured:
+    pings: list[float]
+    promotions: list[Promotion]
+    arrivals: Arrivals
+    since: datetime
+
+
+async def measure(url: str, spec: FleetSpec, numbers: Sequence[int], version: int) -> Measured:
+    arrivals = Arrivals()
+    async with (
+        await AsyncConnection.connect(url, autocommit=True) as listener,
+        await AsyncConnection.connect(url, autocommit=True) as pinger,
+        await AsyncConnection.connect(url) as promoter,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listen, listener, arrivals)
+        await anyio.sleep(0.2)  # LISTEN is in place before the first ping
+        pings = await notify_round_trips(pinger, arrivals, PING_SAMPLES)
+        cur = await pinger.execute(bench_query("reaction_now"))
+        row = await cur.fetchone()
+        assert row is not None
+        since: datetime = row[0]
+        promotions = await promote_all(promoter, spec, numbers, version, seed=7)
+        await wait_for_actions(arrivals, promotions)
+        tg.cancel_scope.cancel()
+    return Measured(pings, promotions, arrivals, since)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    created: int
+    first_create_at: datetime | None
+    deleted: int
+    canceled: int
+
+
+def verify(url: str, m: Measured) -> dict[UUID, Verified]:
+    params = {
+        "since": m.since,
+        "template_ids": [p.template for p in m.promotions],
+        "old_version_ids": [p.old_version for p in m.promotions],
+        "new_version_ids": [p.new_version for p in m.promotions],
+    }
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(bench_query("reaction_verify"), params).fetchall()
+    return {r[0]: Verified(int(r[1]), r[2], int(r[3]), int(r[4])) for r in rows}
+
+
+def service_breakdown(
+    lines: Sequence[LogLine], promotions: Sequence[Promotion]
+) -> tuple[list[float], list[float]]:
+    """Duration and lag (seconds) of each promotion's first acting event reconcile."""
+    wanted = {str(p.template): p for p in promotions}
+    durations: list[float] = []
+    lags: list[float] = []
+    seen: set[str] = set()
+    for line in lines:
+        f = line.fields
+        tpl = f.get("template_id")
+        if tpl not in wanted or tpl in seen or f.get("trigger") != "event":
+            continue
+        if line.at < wanted[tpl].sent or "create" not in (f.get("actions") or {}):
+            continue
+        seen.add(tpl)
+        durations.append(float(f.get("duration_ms") or 0.0) / 1000)
+        if f.get("lag_ms") is not None:
+            lags.append(float(f["lag_ms"]) / 1000)
+    return durations, lags
+
+
+@dataclass
+class Round:
+    """One service process, one settle window, its own set of promoted templates."""
+
+    settle: str
+    startup: float
+    measured: Measured
+    verified: dict[UUID, Verified]
+    lines: list[LogLine]
+
+    def reaction(self) -> tuple[list[float], list[float], int]:
+        """Promotion commit -> actions seen, and the server-clock cross-check (seconds)."""
+        reaction: list[float] = []
+        db_side: list[float] = []
+        missing = 0
+        for p in self.measured.promotions:
+            seen = self.measured.arrivals.first_build_after(p.template, p.sent)
+            if seen is None:
+                missing += 1
+                continue
+            reaction.append(seen - p.committed)
+            first = self.verified[p.template].first_create_at
+            if first is not None:
+                db_side.append((first - p.db_statement_at).total_seconds())
+        return reaction, db_side, missing
+
+
+def report(rounds: Sequence[Round]) -> tuple[bool, bool]:
+    """Print every round side by side; the verdict is the first round's (the default)."""
+    rows = [LATENCY_HEADER]
+    for r in rounds:
+        rows.extend(_round_rows(r))
+    print(table(rows))
+    for r in rounds:
+        _print_writes(r)
+    verdicts = [_verdict(r) for r in rounds]
+    return verdicts[0]
+
+
+def _round_rows(r: Round) -> list[list[str]]:
+    reaction, db_side, _ = r.reaction()
+    durations, lags = service_breakdown(r.lines, r.measured.promotions)
+    label = f"[settle {r.settle}]"
+    rows = [[f"{label} bare NOTIFY round trip", *Latency.of(r.measured.pings).cells()]]
+    parts = [
+        ("promotion commit -> actions committed", reaction),
+        ("  (server clock) promotion -> reconcile now", db_side),
+        ("  (service log) promotion start -> reconcile start", lags),
+        ("  (service log) reconcile duration", durations),
+    ]
+    for name, values in parts:
+        if values:
+            rows.append([f"{label} {name}", *Latency.of(values).cells()])
+    return rows
+
+
+def _verdict(r: Round) -> tuple[bool, bool]:
+    reaction, _, missing = r.reaction()
+    if not reaction:
+        print(f"[settle {r.settle}] no promotion led to a write within 10 s: MISSED")
+        return False, False
+    lat = Latency.of(reaction)
+    met50, met99 = lat.p50 <= TARGET_P50_MS, lat.p99 <= TARGET_P99_MS and missing == 0
+    print(
+        f"[settle {r.settle}] target p50 <= {TARGET_P50_MS:.0f} ms: {verdict(met50)} "
+        f"({lat.p50:.2f} ms); p99 <= {TARGET_P99_MS:.0f} ms: {verdict(met99)} "
+        f"({lat.p99:.2f} ms{'' if missing == 0 else f', {missing} promotions without writes'})"
+    )
+    return met50, met99
+
+
+def _print_writes(r: Round) -> None:
+    v = [r.verified[p.template] for p in r.measured.promotions]
+    _, _, missing = r.reaction()
+    complete = sum(1 for x in v if x.created and x.deleted and x.canceled)
+    print(
+        f"[settle {r.settle}] startup settled after {r.startup:.2f} s; writes after {len(v)} "
+        f"promotions: {sum(x.created for x in v):,} prebuilds created on the new versions, "
+        f"{sum(x.deleted for x in v):,} delete builds and {sum(x.canceled for x in v):,} "
+        f"canceled jobs on the old ones; {complete} promotions with all three, {missing} "
+        f"without any write seen"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def run_round(
+    url: str, spec: FleetSpec, numbers: Sequence[int], version: int, settle: str
+) -> Round:
+    extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", "--settle", settle]
+    service = ServiceProcess(url, extra)
+    print(f"service: {service.command(url)}")
+    service.start()
+    try:
+        startup = service.wait_settled(templates=spec.templates, quiet=2.0, timeout=180)
+        measured = anyio.run(measure, url, spec, numbers, version)
+        service.wait_quiet(1.0, timeout=60)
+    finally:
+        code = service.stop()
+        print(f"service stopped (exit code {code})")
+    return Round(settle, startup, measured, verify(url, measured), list(service.lines))
+
+
+def run(server: BenchServer, args: argparse.Namespace) -> None:
+    name = "quick" if args.quick else "reaction"
+    spec = SCALES[name]
+    count = args.promotions or (20 if args.quick else 200)
+    settles = [s.strip() for s in args.settle.split(",") if s.strip()]
+    dbname = ensure_fleet(server, name, spec, reuse=args.reuse)
+    started = time.monotonic()
+    url = server.clone(dbname, f"{dbname}_rx")
+    print(f"cloned {dbname} in {time.monotonic() - started:.1f} s")
+    try:
+        everyone = promoted_numbers(spec, count * len(settles))
+        version = spec.versions + 1
+        add_next_versions(url, everyone, version)
+        print(
+            f"added version {version} (copying the active presets) to {len(everyone)} "
+            f"templates; per settle window, {count} of them promoted 50-100 ms apart, each "
+            f"in its own transaction"
+        )
+        rounds = [
+            run_round(url, spec, everyone[r :: len(settles)], version, settle)
+            for r, settle in enumerate(settles)
+        ]
+        report(rounds)
+    finally:
+        server.drop(f"{dbname}_rx")
+    print(f"after the runs: {load()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    common_args(parser)
+    parser.add_argument(
+        "--promotions", type=int, default=0, help="per settle window; default 200 (20 quick)"
+    )
+    parser.add_argument(
+        "--settle",
+        default="10ms,2ms",
+        help="service settle windows to compare, one service run each (default 10ms,2ms; "
+        "10ms is the service's default and decides the verdict)",
+    )
+    args = parser.parse_args()
+    print_header("bench.reaction")
+    with bench_server() as server:
+        print_server(server)
+        run(server, args)
+
+
+if __name__ == "__main__":
+    main()

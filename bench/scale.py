@@ -1,0 +1,479 @@
+"""Does a reconcile cost the same whatever the size of the fleet? Is a full sweep fast?
+
+Three parts, each printing figures measured side by side in this run:
+
+* targeted -- one template reconciled in a 10-template and in a 10,000-template fleet (same
+  per-template shape), interleaved round by round: a dry run (lock + read + plan) of a
+  template with a create, a delete and a cancel to plan, and a real reconcile (committed) of
+  a template whose preset wants 2 more prebuilds (set up and undone outside the timing).
+  Target (SPEC 7): <= 10 ms, ratio big/small <= 1.5.
+* sweep -- `prebuildd.report.sweep_once` over every template, dry run and real, at 5,000
+  presets (the issue's fleet) and at the SPEC fleet (1,000 templates / 15,000 presets /
+  124,000 workspaces). Target: <= 1 s.
+* explain -- EXPLAIN (ANALYZE, BUFFERS) of every state query for one template with the
+  parameters store.py passes, and of the action queries (rolled back); any Seq Scan on a
+  big table is flagged.
+* plan-cache (only with `--part plan-cache`) -- the targeted reconcile on the big fleet under
+  each `plan_cache_mode`: how much of it is query planning, and which generic plans are bad.
+
+Writes happen on clones of the seeded fleets, so `--reuse` keeps a pristine fleet.
+
+    PYTHONPATH=service python -m bench.scale [--quick] [--reuse]
+                                             [--part targeted|sweep|explain|plan-cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from bench._common import CpuMeter, Stats, common_args, print_header, verdict
+from bench._server import BenchServer, bench_server, print_server
+from bench._sql import bench_query
+from bench.fleet import SCALES, FleetSpec, ensure_fleet, preset_id, steady_template, template_id
+from prebuildd import store
+from prebuildd.model import ActionKind, CancelPending, Create, Delete, PlanConfig
+from prebuildd.queries import query
+from prebuildd.reconciler import Outcome, Reconciler, Trigger
+from prebuildd.report import BATCH, sweep_once
+
+TARGET_TARGETED_MS = 10.0
+TARGET_RATIO = 1.5
+TARGET_SWEEP_MS = 1000.0
+
+# Coder's tables that grow with the fleet: a sequential scan of one of them is what made
+# Coder's global snapshot take 20 s.
+BIG_TABLES = (
+    "workspaces",
+    "workspace_builds",
+    "provisioner_jobs",
+    "workspace_agents",
+    "workspace_resources",
+    "workspace_build_parameters",
+)
+_SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
+
+# The reads of one reconcile, in the order store.py sends them.
+STATE_QUERIES = (
+    "lock_templates",
+    "snapshot_presets",
+    "snapshot_schedules",
+    "snapshot_prebuilds",
+    "prebuilds_settings",
+)
+
+AConn = AsyncConnection[Any]
+
+# `auto` is PostgreSQL's default (and what the service gets).
+PLAN_CACHE_MODES = ("auto", "force_custom_plan", "force_generic_plan")
+
+
+@dataclass
+class Timings:
+    # Wall seconds and CPU seconds (client + server backend) per measured reconcile.
+    dry: list[float] = field(default_factory=list)
+    real: list[float] = field(default_factory=list)
+    dry_cpu: list[float] = field(default_factory=list)
+    real_cpu: list[float] = field(default_factory=list)
+    # The server backend's share of the CPU above.
+    dry_server: list[float] = field(default_factory=list)
+    real_server: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    name: str
+    spec: FleetSpec
+    dbname: str
+    url: str
+
+
+# ---------------------------------------------------------------------------------------------
+# targeted
+# ---------------------------------------------------------------------------------------------
+
+
+class TargetedProbe:
+    """One fleet's connection and the two measured reconciles."""
+
+    def __init__(self, fleet: Fleet, conn: AConn) -> None:
+        self.fleet = fleet
+        self.conn = conn
+        spec = fleet.spec
+        self.dry_template = template_id(1)  # drifts: a create, a delete and a cancel to plan
+        steady = steady_template(spec)
+        self.real_template = template_id(steady)
+        self.real_preset = preset_id(steady, spec.versions, 1)
+        self.dry = Reconciler(PlanConfig(), dry_run=True)
+        self.real = Reconciler(PlanConfig())
+        self.timings = Timings()
+        self.cpu = CpuMeter(conn.info.backend_pid)
+
+    async def round(self, record: bool) -> None:
+        before, started = self.cpu.split(), time.perf_counter()
+        outcome = await self.dry.reconcile(self.conn, [self.dry_template], Trigger("cli"))
+        dry, dry_cpu = time.perf_counter() - started, _delta(before, self.cpu.split())
+        _expect_planned(outcome, self.fleet.name)
+        desired = self.fleet.spec.desired
+        await self._set_desired(desired + 2)
+        before, started = self.cpu.split(), time.perf_counter()
+        outcome = await self.real.reconcile(self.conn, [self.real_template], Trigger("cli"))
+        real, real_cpu = time.perf_counter() - started, _delta(before, self.cpu.split())
+        created = [w for r in outcome.results for w in r.created]
+        await self._forget(created)
+        await self._set_desired(desired)
+        if len(created) != 2:
+            raise RuntimeError(f"{self.fleet.name}: expected 2 creates, got {len(created)}")
+        if record:
+            t = self.timings
+            t.dry.append(dry)
+            t.real.append(real)
+            t.dry_cpu.append(sum(dry_cpu))
+            t.real_cpu.append(sum(real_cpu))
+            t.dry_server.append(dry_cpu[1])
+            t.real_server.append(real_cpu[1])
+
+    async def _set_desired(self, desired: int) -> None:
+        params = {"preset_id": self.real_preset, "desired": desired}
+        await self.conn.execute(bench_query("set_preset_desired"), params)
+
+    async def _forget(self, workspace_ids: list[UUID]) -> None:
+        params = {"workspace_ids": workspace_ids}
+        await self.conn.execute(bench_query("forget_jobs_of_workspaces"), params)
+        await self.conn.execute(bench_query("forget_workspaces"), params)
+
+
+def _delta(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
+    return after[0] - before[0], after[1] - before[1]
+
+
+def _expect_planned(outcome: Outcome, fleet: str) -> None:
+    kinds = {type(a) for p in outcome.plans for a in p.actions}
+    if not {Create, Delete, CancelPending} <= kinds:
+        raise RuntimeError(f"{fleet}: template 1 should plan a create, a delete and a cancel")
+
+
+async def run_targeted(small: Fleet, big: Fleet, iterations: int, warmup: int) -> list[str]:
+    print(f"\n-- targeted reconcile: {small.name} vs {big.name}, {iterations} rounds interleaved")
+    probes: list[TargetedProbe] = []
+    for fleet in (small, big):
+        conn = await AsyncConnection.connect(fleet.url, autocommit=True)
+        probes.append(TargetedProbe(fleet, conn))
+    try:
+        for i in range(warmup + iterations):
+            order = probes if i % 2 == 0 else probes[::-1]
+            for probe in order:
+                await probe.round(record=i >= warmup)
+    finally:
+        for probe in probes:
+            await probe.conn.close()
+    return _targeted_report(probes[0], probes[1])
+
+
+def _targeted_report(small: TargetedProbe, big: TargetedProbe) -> list[str]:
+    summary: list[str] = []
+    cpu_what = "client+server CPU" if big.cpu.includes_server else "client CPU"
+    for label, pick in (("dry run (lock+read+plan)", "dry"), ("real (2 creates, commit)", "real")):
+        s = Stats.of(getattr(small.timings, pick))
+        b = Stats.of(getattr(big.timings, pick))
+        s_cpu = Stats.of(getattr(small.timings, f"{pick}_cpu"))
+        b_cpu = Stats.of(getattr(big.timings, f"{pick}_cpu"))
+        ratio = b.median / s.median
+        cpu_ratio = b_cpu.median / s_cpu.median
+        print(f"{label}, wall:")
+        print(f"  {small.fleet.name:>14}: {s.row()}")
+        print(f"  {big.fleet.name:>14}: {b.row()}")
+        print(f"{label}, {cpu_what}:")
+        print(f"  {small.fleet.name:>14}: {s_cpu.row()}")
+        print(f"  {big.fleet.name:>14}: {b_cpu.row()}")
+        if big.cpu.includes_server:
+            s_srv = Stats.of(getattr(small.timings, f"{pick}_server"))
+            b_srv = Stats.of(getattr(big.timings, f"{pick}_server"))
+            print("  of which server backend:")
+            print(f"  {small.fleet.name:>14}: {s_srv.row()}")
+            print(f"  {big.fleet.name:>14}: {b_srv.row()}")
+        print(f"  ratio {big.fleet.name}/{small.fleet.name}: wall {ratio:.2f}, CPU {cpu_ratio:.2f}")
+        met_ms = b.median <= TARGET_TARGETED_MS
+        summary.append(
+            f"targeted {pick}: wall median {s.median:.2f} ms ({small.fleet.name}) vs "
+            f"{b.median:.2f} ms ({big.fleet.name}), {cpu_what} {s_cpu.median:.2f} vs "
+            f"{b_cpu.median:.2f} ms; target <= {TARGET_TARGETED_MS:.0f} ms: {verdict(met_ms)}; "
+            f"ratio wall {ratio:.2f} / CPU {cpu_ratio:.2f}, target <= {TARGET_RATIO}: "
+            f"{verdict(ratio <= TARGET_RATIO)}"
+        )
+    return summary
+
+
+async def run_plan_cache(fleet: Fleet, iterations: int, warmup: int) -> list[str]:
+    """The targeted reconcile under each `plan_cache_mode`, interleaved: how much of its
+    server time is query planning, and whether generic plans would be safe."""
+    print(f"\n-- plan_cache_mode: targeted reconcile on {fleet.name}, {iterations} rounds")
+    probes: dict[str, TargetedProbe] = {}
+    for mode in PLAN_CACHE_MODES:
+        options = f"-c plan_cache_mode={mode}"
+        conn = await AsyncConnection.connect(fleet.url, autocommit=True, options=options)
+        probes[mode] = TargetedProbe(fleet, conn)
+    try:
+        for i in range(warmup + iterations):
+            for probe in probes.values():
+                await probe.round(record=i >= warmup)
+    finally:
+        for probe in probes.values():
+            await probe.conn.close()
+    summary: list[str] = []
+    for mode, probe in probes.items():
+        t = probe.timings
+        figures = (
+            f"dry {Stats.of(t.dry).median:.2f} ms wall / "
+            f"{Stats.of(t.dry_server).median:.2f} ms server; real {Stats.of(t.real).median:.2f} "
+            f"ms wall / {Stats.of(t.real_server).median:.2f} ms server"
+        )
+        print(f"{mode:>20}: {figures}")
+        summary.append(f"plan_cache_mode={mode} ({fleet.name}): {figures}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+# ---------------------------------------------------------------------------------------------
+
+
+async def run_sweep(server: BenchServer, fleet: Fleet, iterations: int) -> list[str]:
+    print(f"\n-- full sweep: {fleet.name} ({fleet.spec.describe()})")
+    dry: list[float] = []
+    planned = acting = 0
+    for i in range(iterations + 1):
+        started = time.perf_counter()
+        outcomes = await sweep_once(fleet.url, PlanConfig(), dry_run=True)
+        if i > 0:  # the first one warms the caches
+            dry.append(time.perf_counter() - started)
+        planned = sum(len(o.plans) for o in outcomes)
+        acting = sum(1 for o in outcomes for p in o.plans if p.actions)
+    dry_stats = Stats.of(dry)
+    print(f"dry run: {dry_stats.row()}; {planned:,} presets planned, {acting:,} with actions")
+    rounds = await _service_like_sweeps(fleet.url, rounds=4)
+    shown = ", ".join(f"{wall * 1000:.0f} ms" for wall, _, _ in rounds)
+    print(f"dry run, batches of {BATCH} on one long-lived connection (service-like): {shown}")
+    for i, (wall, client_cpu, server_cpu) in enumerate(rounds, 1):
+        print(
+            f"  round {i}: wall {wall * 1000:.0f} ms; CPU: client (Python: read, assemble, "
+            f"plan) {client_cpu * 1000:.0f} ms, server backend {server_cpu * 1000:.0f} ms"
+        )
+    clone = server.clone(fleet.dbname, f"{fleet.dbname}_sw")
+    try:
+        real = await _real_sweeps(clone)
+    finally:
+        server.drop(f"{fleet.dbname}_sw")
+    first, second = real
+    print(f"real, with the drift to fix: {first[0] * 1000:8.2f} ms ({first[1]})")
+    print(f"real, steady (again):        {second[0] * 1000:8.2f} ms ({second[1]})")
+    met = dry_stats.median <= TARGET_SWEEP_MS
+    return [
+        f"sweep {fleet.name} ({fleet.spec.presets:,} presets): dry {dry_stats.median:.0f} ms, "
+        f"real {first[0] * 1000:.0f} ms with actions / {second[0] * 1000:.0f} ms steady, "
+        f"long-lived connection {shown} (last round CPU: client {rounds[-1][1] * 1000:.0f} ms"
+        f" + server {rounds[-1][2] * 1000:.0f} ms); target <= {TARGET_SWEEP_MS:.0f} ms: "
+        f"dry {verdict(met)}, real {verdict(first[0] * 1000 <= TARGET_SWEEP_MS)}"
+    ]
+
+
+async def _service_like_sweeps(url: str, rounds: int) -> list[tuple[float, float, float]]:
+    """Dry sweeps in batches on one connection kept open, as a service worker holds one.
+
+    sweep_once opens a fresh connection each time; a long-lived one differs: psycopg prepares
+    a statement after 5 executions, and PostgreSQL may then switch to a generic plan.
+    """
+    reconciler = Reconciler(PlanConfig(), dry_run=True)
+    times: list[tuple[float, float, float]] = []
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        meter = CpuMeter(conn.info.backend_pid)
+        ids = await store.list_prebuild_templates(conn)
+        for _ in range(rounds):
+            before, started = meter.split(), time.perf_counter()
+            for start in range(0, len(ids), BATCH):
+                await reconciler.reconcile(conn, ids[start : start + BATCH], Trigger("sweep"))
+            client, server = _delta(before, meter.split())
+            times.append((time.perf_counter() - started, client, server))
+    return times
+
+
+async def _real_sweeps(url: str) -> list[tuple[float, str]]:
+    # Warm the clone's caches with a dry run first: the clone is fresh on disk.
+    await sweep_once(url, PlanConfig(), dry_run=True)
+    runs: list[tuple[float, str]] = []
+    for _ in range(2):
+        started = time.perf_counter()
+        outcomes = await sweep_once(url, PlanConfig(), dry_run=False)
+        elapsed = time.perf_counter() - started
+        runs.append((elapsed, _describe_results(outcomes)))
+    return runs
+
+
+def _describe_results(outcomes: Sequence[Outcome]) -> str:
+    created = sum(len(r.created) for o in outcomes for r in o.results)
+    deleted = sum(
+        len(r.deleted) for o in outcomes for r in o.results if r.kind is ActionKind.DELETE
+    )
+    canceled = sum(r.canceled for o in outcomes for r in o.results)
+    failed = sum(len(o.failed_presets) for o in outcomes)
+    return f"created {created}, deleted {deleted}, canceled {canceled}, failed presets {failed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+# ---------------------------------------------------------------------------------------------
+
+
+async def run_explain(fleet: Fleet, *, show: bool) -> list[str]:
+    print(f"\n-- EXPLAIN (ANALYZE, BUFFERS) for template 1 of {fleet.name}")
+    config = PlanConfig()
+    now = datetime.now(UTC)
+    tpl = template_id(1)
+    read_params: dict[str, object] = {
+        "template_ids": [tpl],
+        "hard_limit": max(config.failure_hard_limit, 0),
+        "lookback_since": now - config.backoff_lookback,
+    }
+    flagged: list[str] = []
+    async with await AsyncConnection.connect(fleet.url) as conn:
+        plan_outcome = await Reconciler(config, dry_run=True).reconcile(conn, [tpl], Trigger("cli"))
+        await conn.commit()
+        named = [(name, read_params) for name in STATE_QUERIES]
+        named.append(("list_prebuild_templates", {}))
+        named += _action_params(plan_outcome, now)
+        for name, params in named:
+            plan_text = await _explain(conn, name, params)
+            await conn.rollback()  # actions (and the advisory lock) leave nothing behind
+            scans = sorted({m for m in _SEQ_SCAN.findall(plan_text) if m in BIG_TABLES})
+            runtime = _execution_time(plan_text)
+            note = f"Seq Scan on {', '.join(scans)}" if scans else "no Seq Scan on big tables"
+            print(f"{name}: {runtime}; {note}")
+            if show:
+                print("    " + plan_text.replace("\n", "\n    "))
+            if scans:
+                flagged.append(f"{fleet.name}: {name} scans {', '.join(scans)}")
+    return flagged
+
+
+def _action_params(outcome: Outcome, now: datetime) -> list[tuple[str, dict[str, object]]]:
+    found: list[tuple[str, dict[str, object]]] = []
+    for plan in outcome.plans:
+        for action in plan.actions:
+            if isinstance(action, Create):
+                params: dict[str, object] = {
+                    "preset_id": action.preset_id,
+                    "template_version_id": action.template_version_id,
+                    "count": action.count,
+                    "now": now,
+                    "trace_metadata": Jsonb({}),
+                }
+                found.append(("create_prebuilds", params))
+            elif isinstance(action, Delete):
+                params = {
+                    "workspace_ids": list(action.workspace_ids),
+                    "now": now,
+                    "trace_metadata": Jsonb({}),
+                }
+                found.append(("delete_prebuilds", params))
+            elif isinstance(action, CancelPending):
+                found.append(
+                    ("cancel_pending_prebuilds", {"preset_id": action.preset_id, "now": now})
+                )
+    return found
+
+
+async def _explain(conn: AConn, name: str, params: dict[str, object]) -> str:
+    # EXPLAIN wraps the service's own query text unchanged (composed, never concatenated).
+    stmt = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(query(name))
+    cursor = await conn.execute(stmt, params)
+    return "\n".join(str(row[0]) for row in await cursor.fetchall())
+
+
+def _execution_time(plan_text: str) -> str:
+    match = re.search(r"Execution Time: ([\d.]+) ms", plan_text)
+    planning = re.search(r"Planning Time: ([\d.]+) ms", plan_text)
+    jit = " (JIT)" if "JIT:" in plan_text else ""
+    exec_ms = match.group(1) if match else "?"
+    plan_ms = planning.group(1) if planning else "?"
+    return f"planning {plan_ms} ms + execution {exec_ms} ms{jit}"
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def _fleet(server: BenchServer, name: str, reuse: bool) -> Fleet:
+    spec = SCALES[name]
+    dbname = ensure_fleet(server, name, spec, reuse=reuse)
+    return Fleet(name, spec, dbname, server.url(dbname))
+
+
+def _clone(server: BenchServer, fleet: Fleet) -> Fleet:
+    target = f"{fleet.dbname}_w"
+    started = time.perf_counter()
+    url = server.clone(fleet.dbname, target)
+    print(f"cloned {fleet.dbname} in {time.perf_counter() - started:.1f} s")
+    return Fleet(fleet.name, fleet.spec, target, url)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    print_header("bench.scale")
+    parts = set(args.part or ("targeted", "sweep", "explain"))
+    small_name, big_name = (
+        ("scale-quick-10", "scale-quick-1k") if args.quick else ("scale-10", "scale-10k")
+    )
+    sweep_names = ("quick",) if args.quick else ("reaction", "spec")
+    iterations = args.iterations or (10 if args.quick else 40)
+    summary: list[str] = []
+    with bench_server() as server:
+        print_server(server)
+        if parts & {"targeted", "explain", "plan-cache"}:
+            small = _clone(server, _fleet(server, small_name, args.reuse))
+            big = _clone(server, _fleet(server, big_name, args.reuse))
+            try:
+                if "targeted" in parts:
+                    summary += await run_targeted(small, big, iterations, warmup=5)
+                if "explain" in parts:
+                    summary += await run_explain(big, show=True)
+                if "plan-cache" in parts:
+                    summary += await run_plan_cache(big, iterations, warmup=5)
+            finally:
+                server.drop(small.dbname)
+                server.drop(big.dbname)
+        for name in sweep_names if parts & {"sweep", "explain"} else ():
+            fleet = _fleet(server, name, args.reuse)
+            if "sweep" in parts:
+                summary += await run_sweep(server, fleet, iterations=3 if args.quick else 5)
+            if "explain" in parts:
+                summary += await run_explain(fleet, show=False)
+    print("\n== summary")
+    for line in summary:
+        print(f"* {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    common_args(parser)
+    parser.add_argument(
+        "--part",
+        action="append",
+        choices=("targeted", "sweep", "explain", "plan-cache"),
+        help="default: targeted, sweep, explain (plan-cache only when asked)",
+    )
+    parser.add_argument("--iterations", type=int, default=0, help="measured rounds (targeted)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

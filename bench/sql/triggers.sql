@@ -1,0 +1,84 @@
+-- Coder's hot-path writes, as its provisioner daemons and agents make them (one row per
+-- statement, each its own transaction), for bench/trigger_overhead.py.
+
+-- name: listen_events
+LISTEN prebuildd_events;
+
+-- name: pick_prebuild_jobs
+-- Jobs of builds the prebuilds user started (status runs reset them to pending first).
+SELECT j.id
+FROM provisioner_jobs AS j
+JOIN workspace_builds AS b ON b.job_id = j.id
+WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+ORDER BY j.id
+LIMIT %(limit)s;
+
+-- name: pick_user_jobs
+-- Jobs of the latest builds of ordinary user workspaces (never prebuilds).
+SELECT j.id
+FROM workspaces AS w
+CROSS JOIN LATERAL (
+    SELECT b.job_id
+    FROM workspace_builds AS b
+    WHERE b.workspace_id = w.id
+    ORDER BY b.build_number DESC
+    LIMIT 1
+) AS lb
+JOIN provisioner_jobs AS j ON j.id = lb.job_id
+WHERE w.owner_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND NOT w.deleted
+  AND NOT EXISTS (
+      SELECT 1
+      FROM workspace_builds AS first
+      WHERE first.workspace_id = w.id
+        AND first.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  )
+ORDER BY j.id
+LIMIT %(limit)s;
+
+-- name: pick_prebuild_agents
+SELECT a.id
+FROM workspaces AS w
+JOIN workspace_builds AS b ON b.workspace_id = w.id
+JOIN workspace_resources AS r ON r.job_id = b.job_id
+JOIN workspace_agents AS a ON a.resource_id = r.id
+WHERE w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND NOT w.deleted
+ORDER BY a.id
+LIMIT %(limit)s;
+
+-- name: reset_jobs_pending
+-- Back to queued, so that the next round makes the same transitions (untimed).
+UPDATE provisioner_jobs
+SET started_at = NULL, completed_at = NULL, canceled_at = NULL, error = NULL,
+    worker_id = NULL, updated_at = now()
+WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: job_acquired
+-- A provisioner daemon picks the job up: pending -> running.
+UPDATE provisioner_jobs
+SET started_at = now(), updated_at = now(), worker_id = %(worker_id)s::uuid
+WHERE id = %(id)s::uuid;
+
+-- name: job_completed
+-- The daemon reports success: running -> succeeded (Coder writes error and error_code too).
+UPDATE provisioner_jobs
+SET completed_at = now(), updated_at = now(), error = NULL, error_code = NULL
+WHERE id = %(id)s::uuid;
+
+-- name: job_heartbeat
+-- While a job runs, its daemon bumps updated_at every few seconds; nothing else changes.
+UPDATE provisioner_jobs
+SET updated_at = now()
+WHERE id = %(id)s::uuid;
+
+-- name: agent_heartbeat
+-- An agent's connection bookkeeping (no lifecycle change).
+UPDATE workspace_agents
+SET last_connected_at = now(), updated_at = now()
+WHERE id = %(id)s::uuid;
+
+-- name: set_synchronous_commit
+-- Per session: 'on' is Coder's (and PostgreSQL's) default; 'off' makes commits CPU-bound,
+-- the worst case for any per-commit overhead such as NOTIFY.
+SELECT set_config('synchronous_commit', %(mode)s, false);
