@@ -29,7 +29,7 @@ from psycopg import AsyncConnection
 
 from prebuildd import store
 from prebuildd.model import ActionKind, Plan, PlanConfig
-from prebuildd.plan import plan_preset
+from prebuildd.plan import can_skip, plan_preset
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("prebuildd.reconciler")
@@ -114,10 +114,14 @@ class Reconciler:
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.paused = snapshot.paused
         with _tracer.start_as_current_span("prebuildd.plan"):
-            # Planning is pure and cheap; the expensive part (a connection per preset in
-            # Coder) does not exist here, so every preset is planned and only plans with
-            # actions cost a write.
-            outcome.plans = [plan_preset(ps, now, self._config) for ps in snapshot.presets]
+            # Presets of retired versions with nothing left to clean up are most of a big
+            # fleet and can produce no action: skip them, except when the plan is the
+            # product (dry runs and `status` show every preset).
+            outcome.plans = [
+                plan_preset(ps, now, self._config)
+                for ps in snapshot.presets
+                if self._dry_run or not can_skip(ps)
+            ]
         _collect_next_attention(outcome)
         if snapshot.paused or self._dry_run:
             return
