@@ -12,20 +12,15 @@ from pathlib import Path
 
 from psycopg import sql
 
-from prebuildd.queries import parse_blocks
+from prebuildd.queries import merge_files
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
 @functools.cache
 def _blocks() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        for name, body in parse_blocks(path.read_text(encoding="utf-8"), path.name).items():
-            if name in found:
-                raise ValueError(f"{path.name}: bench query {name!r} is also defined elsewhere")
-            found[name] = body
-    return found
+    paths = sorted(SQL_DIR.glob("*.sql"))
+    return merge_files((p.name, p.read_text(encoding="utf-8")) for p in paths)
 
 
 def bench_query(name: str) -> sql.SQL:

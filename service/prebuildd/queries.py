@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -55,18 +56,22 @@ def parse_blocks(text: str, source: str = "<string>") -> dict[str, str]:
     return blocks
 
 
-@functools.cache
-def _all_queries() -> dict[str, str]:
+def merge_files(files: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Blocks of several (file name, text) pairs; a name defined in two files is an error."""
     found: dict[str, str] = {}
-    folder = sql_root() / "queries"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        for name, body in parse_blocks(entry.read_text(encoding="utf-8"), entry.name).items():
+    for source, text in files:
+        for name, body in parse_blocks(text, source).items():
             if name in found:
-                raise ValueError(f"{entry.name}: query {name!r} is also defined elsewhere")
+                raise ValueError(f"{source}: query {name!r} is also defined elsewhere")
             found[name] = body
     return found
+
+
+@functools.cache
+def _all_queries() -> dict[str, str]:
+    folder = sql_root() / "queries"
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name)
+    return merge_files((e.name, e.read_text(encoding="utf-8")) for e in entries)
 
 
 def query(name: str) -> sql.SQL:
