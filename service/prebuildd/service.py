@@ -74,7 +74,8 @@ class Service:
             kwargs={"application_name": "prebuildd"},
             timeout=10.0,
         )
-        self.outcomes: list[Outcome] = []  # the last few, for the demo and tests
+        # Called after every reconcile (the demo narrates them). The service itself keeps no
+        # history of outcomes: at fleet scale they hold every plan of every sweep.
         self.on_outcome: Callable[[Outcome, Work[UUID] | None], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -116,7 +117,7 @@ class Service:
         return Readiness(db_ok=self._db_ok, listener_ok=self._listener_ok)
 
     async def _handle_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("shutting down", extra={"signal": signal.Signals(signum).name})
                 self.queue.shutdown()
@@ -303,7 +304,6 @@ class Service:
                 m.input_errors.labels(_input_error_kind(error)).inc()
         m.set_paused(outcome.paused)
         self._log_outcome(outcome, trigger)
-        self.outcomes = [*self.outcomes[-99:], outcome]
         if self.on_outcome is not None:
             self.on_outcome(outcome, work)
 
