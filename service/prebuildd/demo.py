@@ -26,7 +26,7 @@ from psycopg import sql
 from rich.table import Table
 
 from prebuildd.claim import claim
-from prebuildd.config import Settings
+from prebuildd.config import Settings, redact_dsn
 from prebuildd.migrate import migrate
 from prebuildd.model import Plan
 from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
@@ -316,7 +316,11 @@ class Demo:
                 table = _preset_table(list(self.service.latest_plans()))
                 log_panel = Panel("\n".join(self.log_lines), title="reconciles (trigger, latency)")
                 port = self.service.http_port
-                footer = f"metrics: http://127.0.0.1:{port}/metrics   Ctrl-C to stop"
+                footer = (
+                    f"metrics: http://127.0.0.1:{port}/metrics   Ctrl-C to stop\n"
+                    f"in another terminal: prebuildd status --database-url "
+                    f"'{redact_dsn(self.url)}'"
+                )
                 live.update(Group(table, log_panel, footer))
                 await anyio.sleep(0.25)
 
