@@ -11,11 +11,7 @@ both in MiB):
   presets / 50,000 workspaces), through its start (migrate, listener, startup sweep with its
   writes) and 22 sweeps of every template, /metrics scraped after each sweep as Prometheus
   would. Its resident set is read every 250 ms and before each sweep, to show whether and
-  where it stops growing;
-* at the same time, on a second clone, a prototype of a proposed fix: the same service,
-  built the way `prebuildd run` builds it, except that `Service.outcomes` (the recent
-  reconcile outcomes kept for the demo and tests) is trimmed to its last 10 entries after
-  every reconcile, through the service's `on_outcome` hook.
+  where it stops growing.
 
 Target: peak RSS of the service <= 150 MB.
 
@@ -31,10 +27,6 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from uuid import UUID
-
-import anyio
 
 from bench._common import common_args, load, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
@@ -44,8 +36,6 @@ from bench.reaction import REPO, ServiceProcess, service_env
 TARGET_PEAK_MB = 150.0
 SWEEP_SECONDS = 5.0
 SAMPLE_EVERY = 0.25
-# Outcomes the prototype keeps (the service keeps 100).
-PROTOTYPE_KEEP = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,41 +74,6 @@ def idle_import(code: str) -> Memory:
         proc.stdin.close()
         proc.wait(timeout=10)
     return memory
-
-
-# ---------------------------------------------------------------------------------------------
-# The prototype: `prebuildd run` with a short outcome history (runs in its own process)
-# ---------------------------------------------------------------------------------------------
-
-
-def serve_trimmed(url: str, keep: int) -> None:
-    """What `prebuildd.cli.cmd_run` does, plus the proposed bound on `Service.outcomes`."""
-    from prebuildd import __version__
-    from prebuildd.config import Settings
-    from prebuildd.migrate import migrate
-    from prebuildd.queue import Work
-    from prebuildd.reconciler import Outcome
-    from prebuildd.service import Service
-    from prebuildd.telemetry import setup_logging, setup_tracing
-
-    setup_logging("info", "json")
-    tracing = setup_tracing(service_version=__version__)
-    settings = Settings(
-        database_url=url,
-        sweep_interval=timedelta(seconds=SWEEP_SECONDS),
-        metrics_addr="127.0.0.1:0",
-    )
-    try:
-        migrate(url)
-        service = Service(settings, url)
-
-        def trim(_outcome: Outcome, _work: Work[UUID] | None) -> None:
-            service.outcomes = service.outcomes[-keep:]
-
-        service.on_outcome = trim
-        anyio.run(service.run)
-    finally:
-        tracing.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,21 +186,15 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
     spec = SCALES[name]
     sweeps = args.sweeps or (4 if args.quick else 22)
     dbname = ensure_fleet(server, name, spec, reuse=args.reuse)
-    clones = [f"{dbname}_mem", f"{dbname}_mem2"]
-    urls = [server.clone(dbname, clone) for clone in clones]
+    clone = f"{dbname}_mem"
+    url = server.clone(dbname, clone)
     try:
         bare = idle_import("import sys")
         imported = idle_import("import prebuildd.service")
         options = ["--sweep-interval", "5s", "--metrics-addr", "127.0.0.1:0"]
-        watched = [
-            Watched("prebuildd run", ServiceProcess(urls[0], options)),
-            Watched(
-                f"prototype (outcomes kept: {PROTOTYPE_KEEP})",
-                ServiceProcess(urls[1], [], entry=("-m", "bench.memory", "--serve-trimmed")),
-            ),
-        ]
+        watched = [Watched("prebuildd run", ServiceProcess(url, options))]
         for w in watched:
-            print(f"{w.name}: {w.service.command(urls[watched.index(w)])}")
+            print(f"{w.name}: {w.service.command(url)}")
             w.service.start()
         try:
             watch(watched, spec.templates, sweeps)
@@ -254,8 +203,7 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
                 print(f"{w.name} stopped (exit code {w.service.stop()})")
         report(bare, imported, watched, sweeps)
     finally:
-        for clone in clones:
-            server.drop(clone)
+        server.drop(clone)
     print(f"after the run: {load()}")
 
 
@@ -263,13 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     common_args(parser)
     parser.add_argument("--sweeps", type=int, default=0, help="sweeps to watch (default 22)")
-    parser.add_argument("--serve-trimmed", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_trimmed:
-        # The prototype's own process: no machine lock (the parent bench holds it).
-        serve_trimmed(args.database_url, PROTOTYPE_KEEP)
-        return
     print_header("bench.memory")
     with bench_server() as server:
         print_server(server)

@@ -22,10 +22,18 @@ service's startup sweep has settled, each of them is promoted in its own transac
 Side by side, in the same run: the bare NOTIFY round trip (pg_notify on one connection,
 received on another; 200 samples), and the whole measurement repeated with a second service
 process using a shorter settle window (`--settle 10ms,2ms`: 10 ms is the default and decides
-the verdict), on another 200 templates. The SPEC's targets: p50 <= 20 ms, p99 <= 100 ms.
+the verdict), on another 200 templates. `--cooldown 1s,0` adds the service's per-template
+cooldown to the variants (every settle x every cooldown; without it, the service's default).
+The SPEC's targets: p50 <= 20 ms, p99 <= 100 ms.
+
+`--touch 300ms` measures the cooldown's cost instead of the common case: before each
+promotion, one finished prebuild job of the same template changes status (a job finishing)
+and the promotion follows 300 ms later, so the template was reconciled just before its
+promotion arrives and the promotion waits for the rest of the cooldown.
 
     PYTHONPATH=service python -m bench.reaction [--quick] [--reuse] [--promotions N]
-                                                [--settle 10ms,2ms]
+                                                [--settle 10ms,2ms] [--cooldown 1s,0]
+                                                [--touch 300ms]
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from bench._common import common_args, load, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, FleetSpec, ensure_fleet, template_id, version_id
+from prebuildd.config import parse_duration
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
@@ -322,13 +331,30 @@ async def notify_round_trips(conn: AConn, arrivals: Arrivals, samples: int) -> l
     return seconds
 
 
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Change one job of the template this long before promoting it (see `--touch`)."""
+
+    seconds: float
+    jobs: dict[UUID, UUID]  # template -> a finished prebuild job of it
+
+
 async def promote_all(
-    conn: AConn, spec: FleetSpec, numbers: Sequence[int], version: int, seed: int
+    conn: AConn,
+    spec: FleetSpec,
+    numbers: Sequence[int],
+    version: int,
+    seed: int,
+    touch: Touch | None = None,
 ) -> list[Promotion]:
     rng = random.Random(seed)
     done: list[Promotion] = []
     for n in numbers:
         tpl, old, new = template_id(n), version_id(n, spec.versions), version_id(n, version)
+        if touch is not None and tpl in touch.jobs:
+            async with conn.transaction():
+                await conn.execute(bench_query("storm_flip_jobs"), {"job_ids": [touch.jobs[tpl]]})
+            await anyio.sleep(touch.seconds)
         async with conn.transaction():
             cur = await conn.execute(
                 bench_query("reaction_promote"), {"template_id": tpl, "version_id": new}
@@ -357,7 +383,21 @@ class Measured:
     since: datetime
 
 
-async def measure(url: str, spec: FleetSpec, numbers: Sequence[int], version: int) -> Measured:
+def touch_jobs(url: str, numbers: Sequence[int]) -> dict[UUID, UUID]:
+    """One finished prebuild job per template whose status change no plan depends on."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            bench_query("storm_jobs"), {"template_ids": [template_id(n) for n in numbers]}
+        ).fetchall()
+    jobs: dict[UUID, UUID] = {}
+    for job, template in rows:
+        jobs.setdefault(template, job)
+    return jobs
+
+
+async def measure(
+    url: str, spec: FleetSpec, numbers: Sequence[int], version: int, touch: Touch | None
+) -> Measured:
     arrivals = Arrivals()
     async with (
         await AsyncConnection.connect(url, autocommit=True) as listener,
@@ -372,7 +412,7 @@ async def measure(url: str, spec: FleetSpec, numbers: Sequence[int], version: in
         row = await cur.fetchone()
         assert row is not None
         since: datetime = row[0]
-        promotions = await promote_all(promoter, spec, numbers, version, seed=7)
+        promotions = await promote_all(promoter, spec, numbers, version, seed=7, touch=touch)
         await wait_for_actions(arrivals, promotions)
         tg.cancel_scope.cancel()
     return Measured(pings, promotions, arrivals, since)
@@ -427,9 +467,9 @@ def service_breakdown(
 
 @dataclass
 class Round:
-    """One service process, one settle window, its own set of promoted templates."""
+    """One service process, one variant (settle, cooldown), its own promoted templates."""
 
-    settle: str
+    label: str
     startup: float
     measured: Measured
     verified: dict[UUID, Verified]
@@ -467,7 +507,7 @@ def report(rounds: Sequence[Round]) -> tuple[bool, bool]:
 def _round_rows(r: Round) -> list[list[str]]:
     reaction, db_side, _ = r.reaction()
     durations, lags = service_breakdown(r.lines, r.measured.promotions)
-    label = f"[settle {r.settle}]"
+    label = r.label
     rows = [[f"{label} bare NOTIFY round trip", *Latency.of(r.measured.pings).cells()]]
     parts = [
         ("promotion commit -> actions committed", reaction),
@@ -484,12 +524,12 @@ def _round_rows(r: Round) -> list[list[str]]:
 def _verdict(r: Round) -> tuple[bool, bool]:
     reaction, _, missing = r.reaction()
     if not reaction:
-        print(f"[settle {r.settle}] no promotion led to a write within 10 s: MISSED")
+        print(f"{r.label} no promotion led to a write within 10 s: MISSED")
         return False, False
     lat = Latency.of(reaction)
     met50, met99 = lat.p50 <= TARGET_P50_MS, lat.p99 <= TARGET_P99_MS and missing == 0
     print(
-        f"[settle {r.settle}] target p50 <= {TARGET_P50_MS:.0f} ms: {verdict(met50)} "
+        f"{r.label} target p50 <= {TARGET_P50_MS:.0f} ms: {verdict(met50)} "
         f"({lat.p50:.2f} ms); p99 <= {TARGET_P99_MS:.0f} ms: {verdict(met99)} "
         f"({lat.p99:.2f} ms{'' if missing == 0 else f', {missing} promotions without writes'})"
     )
@@ -501,7 +541,7 @@ def _print_writes(r: Round) -> None:
     _, _, missing = r.reaction()
     complete = sum(1 for x in v if x.created and x.deleted and x.canceled)
     print(
-        f"[settle {r.settle}] startup settled after {r.startup:.2f} s; writes after {len(v)} "
+        f"{r.label} startup settled after {r.startup:.2f} s; writes after {len(v)} "
         f"promotions: {sum(x.created for x in v):,} prebuilds created on the new versions, "
         f"{sum(x.deleted for x in v):,} delete builds and {sum(x.canceled for x in v):,} "
         f"canceled jobs on the old ones; {complete} promotions with all three, {missing} "
@@ -514,21 +554,44 @@ def _print_writes(r: Round) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    settle: str
+    cooldown: str | None  # None: the service's default
+
+    @property
+    def label(self) -> str:
+        cooldown = "" if self.cooldown is None else f", cooldown {self.cooldown}"
+        return f"[settle {self.settle}{cooldown}]"
+
+    def flags(self) -> list[str]:
+        cooldown = [] if self.cooldown is None else ["--cooldown", self.cooldown]
+        return ["--settle", self.settle, *cooldown]
+
+
 def run_round(
-    url: str, spec: FleetSpec, numbers: Sequence[int], version: int, settle: str
+    url: str,
+    spec: FleetSpec,
+    numbers: Sequence[int],
+    version: int,
+    variant: Variant,
+    touch: float | None,
 ) -> Round:
-    extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", "--settle", settle]
+    extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", *variant.flags()]
     service = ServiceProcess(url, extra)
     print(f"service: {service.command(url)}")
     service.start()
     try:
         startup = service.wait_settled(templates=spec.templates, quiet=2.0, timeout=180)
-        measured = anyio.run(measure, url, spec, numbers, version)
+        touched = None if touch is None else Touch(touch, touch_jobs(url, numbers))
+        if touched is not None:
+            print(f"{variant.label} {len(touched.jobs)} of {len(numbers)} templates touched")
+        measured = anyio.run(measure, url, spec, numbers, version, touched)
         service.wait_quiet(1.0, timeout=60)
     finally:
         code = service.stop()
         print(f"service stopped (exit code {code})")
-    return Round(settle, startup, measured, verify(url, measured), list(service.lines))
+    return Round(variant.label, startup, measured, verify(url, measured), list(service.lines))
 
 
 def run(server: BenchServer, args: argparse.Namespace) -> None:
@@ -536,22 +599,26 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
     spec = SCALES[name]
     count = args.promotions or (20 if args.quick else 200)
     settles = [s.strip() for s in args.settle.split(",") if s.strip()]
+    cooldowns: list[str | None] = [c.strip() for c in args.cooldown.split(",") if c.strip()]
+    variants = [Variant(s, c) for s in settles for c in cooldowns or [None]]
+    touch = parse_duration(args.touch).total_seconds() if args.touch else None
     dbname = ensure_fleet(server, name, spec, reuse=args.reuse)
     started = time.monotonic()
     url = server.clone(dbname, f"{dbname}_rx")
     print(f"cloned {dbname} in {time.monotonic() - started:.1f} s")
     try:
-        everyone = promoted_numbers(spec, count * len(settles))
+        everyone = promoted_numbers(spec, count * len(variants))
         version = spec.versions + 1
         add_next_versions(url, everyone, version)
         print(
             f"added version {version} (copying the active presets) to {len(everyone)} "
-            f"templates; per settle window, {count} of them promoted 50-100 ms apart, each "
+            f"templates; per variant, {count} of them promoted 50-100 ms apart, each "
             f"in its own transaction"
+            + ("" if touch is None else f", each {touch * 1000:.0f} ms after a job of it changed")
         )
         rounds = [
-            run_round(url, spec, everyone[r :: len(settles)], version, settle)
-            for r, settle in enumerate(settles)
+            run_round(url, spec, everyone[r :: len(variants)], version, variant, touch)
+            for r, variant in enumerate(variants)
         ]
         report(rounds)
     finally:
@@ -563,7 +630,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     common_args(parser)
     parser.add_argument(
-        "--promotions", type=int, default=0, help="per settle window; default 200 (20 quick)"
+        "--promotions", type=int, default=0, help="per variant; default 200 (20 quick)"
+    )
+    parser.add_argument(
+        "--cooldown",
+        default="",
+        help="service cooldowns to compare, comma-separated, each with every settle window "
+        "(default: the service's own)",
+    )
+    parser.add_argument(
+        "--touch",
+        default="",
+        help="change a job of each template this long before promoting it (e.g. 300ms): "
+        "the cost of the cooldown",
     )
     parser.add_argument(
         "--settle",

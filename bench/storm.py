@@ -21,7 +21,11 @@ Reported, all from this one run:
 * time to converge: from the storm's last commit until the last reconcile it caused ended,
   after which the queue stayed empty and no reconcile ran for 500 ms.
 
-    PYTHONPATH=service python -m bench.storm [--quick] [--reuse]
+The storm runs once per per-template cooldown asked for (`--cooldown 0,250ms,500ms,1s`, the
+service's `Settings.cooldown`, `prebuildd run --cooldown`), each against a fresh service on
+the same clone; the verdict is the service's default cooldown's.
+
+    PYTHONPATH=service python -m bench.storm [--quick] [--reuse] [--cooldown 0,250ms,500ms,1s]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
@@ -51,7 +55,7 @@ from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, FleetSpec, ensure_fleet, template_id
 from bench.reaction import LATENCY_HEADER, Latency
-from prebuildd.config import Settings, parse_duration
+from prebuildd.config import Settings, format_duration, parse_duration
 from prebuildd.queue import Work, WorkQueue
 from prebuildd.reconciler import Outcome
 from prebuildd.service import Service
@@ -84,22 +88,15 @@ QUICK = StormShape(templates=50, changes=5_000, batch=100, seconds=1.0)
 
 
 class DepthQueue(WorkQueue[UUID]):
-    """The service's queue, remembering the most keys it ever held queued / processing.
+    """The service's queue (same settle window and cooldown), remembering the most keys it
+    ever held queued / processing."""
 
-    With `cooldown` > 0 it is also the prototype of a proposal (see docs/benchmarks.md): an
-    event for a template whose last reconcile started less than `cooldown` seconds ago is
-    made ready `cooldown` after that start instead of at the end of the settle window. A
-    first event after a quiet period is not delayed (promotions keep their latency); a
-    template that keeps receiving events is reconciled at most once per `cooldown`.
-    """
-
-    def __init__(self, *, settle: float, cooldown: float = 0.0) -> None:
-        super().__init__(settle=settle)
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            settle=settings.settle.total_seconds(), cooldown=settings.cooldown.total_seconds()
+        )
         self.max_depth = 0
         self.max_processing = 0
-        self._cooldown = cooldown
-        self._settle_seconds = settle
-        self._last_start: dict[UUID, float] = {}
 
     def add(
         self,
@@ -109,17 +106,8 @@ class DepthQueue(WorkQueue[UUID]):
         delay: float | None = None,
         wall_time: float | None = None,
     ) -> None:
-        if delay is None and self._cooldown > 0:
-            delay = self._cooldown_delay(key)
         super().add(key, trigger=trigger, delay=delay, wall_time=wall_time)
         self.max_depth = max(self.max_depth, self.depth())
-
-    def _cooldown_delay(self, key: UUID) -> float | None:
-        last = self._last_start.get(key)
-        if last is None:
-            return None
-        wait = last + self._cooldown - time.monotonic()
-        return wait if wait > self._settle_seconds else None
 
     def add_at(
         self, key: UUID, ready_at: float, *, trigger: str = "timer", wall_time: float | None = None
@@ -130,10 +118,6 @@ class DepthQueue(WorkQueue[UUID]):
     def get_nowait(self, max_batch: int = 1) -> Work[UUID] | None:
         work = super().get_nowait(max_batch)
         self.max_processing = max(self.max_processing, self.processing())
-        if work is not None and self._cooldown > 0:
-            now = time.monotonic()
-            for key in work.keys:
-                self._last_start[key] = now
         return work
 
     def idle(self) -> bool:
@@ -293,7 +277,6 @@ def find_jobs(url: str, templates: Sequence[UUID]) -> list[UUID]:
 
 @dataclass
 class StormRun:
-    cooldown: float  # 0: the service's own queue; > 0: the prototype (DepthQueue)
     settings: Settings
     startup: float
     seen: list[Seen]
@@ -308,11 +291,10 @@ class StormRun:
 
 
 async def run_storm(
-    url: str, spec: FleetSpec, batches: list[list[UUID]], seconds: float, cooldown: float
+    url: str, spec: FleetSpec, batches: list[list[UUID]], seconds: float, settings: Settings
 ) -> StormRun:
-    settings = Settings(sweep_interval=timedelta(hours=1), metrics_addr="")
     service = Service(settings, url)
-    depth_queue = DepthQueue(settle=settings.settle.total_seconds(), cooldown=cooldown)
+    depth_queue = DepthQueue(settings)
     service.queue = depth_queue
     seen: list[Seen] = []
     watch(service, seen)
@@ -333,7 +315,7 @@ async def run_storm(
     )
     storm_start = observed.commits[0][0] if observed.commits else storm_end
     return StormRun(
-        cooldown, settings, startup, seen, observed, storm_start, storm_end, converge, timers,
+        settings, startup, seen, observed, storm_start, storm_end, converge, timers,
         depth_queue.max_depth, depth_queue.max_processing, stats,
     )  # fmt: skip
 
@@ -368,9 +350,9 @@ async def _storm(
 
 
 def label(run: StormRun) -> str:
-    if run.cooldown <= 0:
-        return "[service queue]"
-    return f"[prototype: cooldown {run.cooldown * 1000:.0f} ms]"
+    cooldown = run.settings.cooldown
+    default = " (default)" if cooldown == Settings().cooldown else ""
+    return f"[cooldown {format_duration(cooldown) if cooldown else '0'}{default}]"
 
 
 def report(run: StormRun, templates: Sequence[UUID], shape: StormShape) -> bool:
@@ -457,7 +439,8 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
     name = "quick" if args.quick else "reaction"
     spec = SCALES[name]
     shape = QUICK if args.quick else FULL
-    cooldowns = [parse_duration(c).total_seconds() for c in args.cooldown.split(",") if c]
+    cooldowns = [parse_duration(c) for c in args.cooldown.split(",") if c.strip()]
+    base = Settings(sweep_interval=timedelta(hours=1), metrics_addr="")
     dbname = ensure_fleet(server, name, spec, reuse=args.reuse)
     started = time.monotonic()
     url = server.clone(dbname, f"{dbname}_st")
@@ -469,11 +452,15 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
         print(
             f"{len(jobs):,} finished prebuild jobs on {len(templates)} templates; "
             f"{len(batches)} batches of {shape.batch}, one every "
-            f"{shape.seconds / len(batches) * 1000:.0f} ms; one service per queue variant"
+            f"{shape.seconds / len(batches) * 1000:.0f} ms; one service per cooldown"
         )
-        for cooldown in [0.0, *cooldowns]:
-            result = anyio.run(run_storm, url, spec, batches, shape.seconds, cooldown)
-            report(result, templates, shape)
+        verdicts: dict[timedelta, bool] = {}
+        for cooldown in cooldowns or [base.cooldown]:
+            settings = replace(base, cooldown=cooldown)
+            result = anyio.run(run_storm, url, spec, batches, shape.seconds, settings)
+            verdicts[cooldown] = report(result, templates, shape)
+        if base.cooldown in verdicts:
+            print(f"verdict (default cooldown): {verdict(verdicts[base.cooldown])}")
     finally:
         server.drop(f"{dbname}_st")
     print(f"after the runs: {load()}")
@@ -484,9 +471,10 @@ def main() -> None:
     common_args(parser)
     parser.add_argument(
         "--cooldown",
-        default="1s",
-        help="also run the storm with the prototype queue (DepthQueue) at these per-template "
-        "cooldowns, comma-separated; '' for the service's queue only (default 1s)",
+        default="0,250ms,500ms,1s",
+        help="per-template cooldowns (Settings.cooldown) to run the storm with, one fresh "
+        "service each, comma-separated (default 0,250ms,500ms,1s; the service's default "
+        "decides the verdict)",
     )
     args = parser.parse_args()
     print_header("bench.storm")

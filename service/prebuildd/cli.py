@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _option(
         run,
+        "--cooldown",
+        "COOLDOWN",
+        "1s",
+        "least time between two reconciles of one template; 0 disables",
+        type=_duration,
+    )
+    _option(
+        run,
         "--metrics-addr",
         "METRICS_ADDR",
         "127.0.0.1:2118",
@@ -243,6 +251,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         sweep_interval=args.sweep_interval,
         settle=args.settle,
+        cooldown=args.cooldown,
         plan=plan_config(args),
         metrics_addr=args.metrics_addr or "",
         pool_max_size=pool,

@@ -93,6 +93,11 @@ class Settings:
     # Short on purpose: notifications of one transaction arrive together, so a few
     # milliseconds batch them without eating into the promotion-to-action latency budget.
     settle: timedelta = timedelta(milliseconds=10)
+    # A template reconciled less than this ago waits for the rest of it before its next
+    # reconcile: a template that keeps receiving events (a storm of job status changes) is
+    # reconciled about once per cooldown, not once per settle window. 0 disables it.
+    # Measured in docs/benchmarks.md ("Reaction, storm and memory").
+    cooldown: timedelta = timedelta(seconds=1)
     plan: PlanConfig = field(default_factory=PlanConfig)
     metrics_addr: str = "127.0.0.1:2118"
     pool_min_size: int = 2

@@ -26,14 +26,18 @@ G4 Ready time only moves earlier. Each add asks for a ready time; the key's read
    becomes the minimum of the one it had and the one asked for. A later request never
    postpones a key, an earlier one advances it, and a `get` already waiting for the old time
    wakes up for the new one. Processing does not change a follow-up's ready time: it is
-   handed out at its ready time or at `done`, whichever comes last.
+   handed out at its ready time or at `done`, whichever comes last. With a cooldown (G10)
+   the time asked for is first raised to the end of the key's cooldown, so "earlier" means
+   earlier within what the cooldown allows.
 G5 Settle window. `add(key)` without `delay` (an event) is ready at the end of the current
    settle window: the first such add at a moment when no window is open opens one that ends
    `settle` seconds later, and every event add until then becomes ready at that same end.
    Notifications of one transaction arrive together at its commit and therefore leave the
-   queue as one batch, and no event waits for more than `settle` before it is ready.
+   queue as one batch, and no event waits longer than max(`settle`, the time left in its
+   key's cooldown, G10) before it is ready.
 G6 Delays. `add(key, delay=d)` asks for `clock() + max(d, 0)`, `add_at(key, t)` for `t`.
    Neither is subject to the settle window, and neither is handed out before its time.
+   Both are subject to the cooldown (G10): they are not urgent by nature.
 G7 Batching and order. `get(max_batch)` hands out up to `max_batch` keys that are ready and
    not processing, earliest ready time first, ties in the order they were queued. It hands
    out what is ready when it wakes up; it never waits to fill a batch.
@@ -55,6 +59,19 @@ G9 Shutdown. After `shutdown()` adds are ignored (and counted), as is `request_s
    follow-ups of keys still processing) is abandoned: the database is the truth and the next
    start sweeps everything. `done()` keeps working (a follow-up it releases can still go to
    a later `get`), and `drain(timeout)` waits until nothing is processing.
+G10 Cooldown. With `cooldown` c > 0, a key is never handed out less than c after its
+   previous hand-out: while a key's last hand-out at t is less than c ago, every add of it
+   (event, delay or timer) asks for max(its own time, t + c) instead. A key not handed out
+   within the last c is untouched, so the first event after a quiet spell waits for the
+   settle window only. A key that keeps receiving events for T seconds is therefore handed
+   out at most ceil(T / c) + 1 times, and its burst still leaves with its batch mates (keys
+   handed out together cool down together). The full-sweep marker ignores the cooldown and
+   starts none: the queue does not know which keys a sweep covers. A hand-out time is
+   forgotten once its cooldown is over, so the queue remembers only the keys handed out
+   within the last c. c = 0 disables all of this. An urgent add (`add(key, urgent=True)`)
+   is exempt and asks for its own time: the cooldown tames churn (provisioner progress),
+   it must not delay a change a person made (a promotion, a claim); G3 still holds, so an
+   urgent add during processing is the key's one follow-up, ready at `done`.
 
 Use from one event loop only (it is not thread-safe). `add`, `add_at`, `request_sweep`,
 `done` and `shutdown` are synchronous and never block, so the listener can call them between
@@ -63,8 +80,10 @@ nothing. A consumer must call `done` exactly once for everything it was handed (
 try/finally); a key that is never done is never handed out again and blocks `drain`.
 
 Costs: `add` is O(log n) (a heap ordered by ready time with lazy deletion, plus a dict);
-`get` is O(b log n) for a batch of b. The heap is rebuilt when stale entries outnumber
-live ones, so memory stays O(max_keys).
+`get` is O(b log n) for a batch of b, plus amortised O(1) per key for the cooldown's
+bookkeeping (a dict and a deque in hand-out order, pruned from its old end). The heap is
+rebuilt when stale entries outnumber live ones, so memory stays O(max_keys + keys handed
+out within the last `cooldown`).
 """
 
 from __future__ import annotations
@@ -73,6 +92,7 @@ import heapq
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -172,6 +192,7 @@ class WorkQueue(Generic[K]):
         self,
         *,
         settle: float = 0.01,
+        cooldown: float = 0.0,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -179,9 +200,12 @@ class WorkQueue(Generic[K]):
         """`clock` and `sleep` must agree (tests pass a fake pair and need no real sleeps)."""
         if not settle >= 0:
             raise ValueError(f"settle must be >= 0, got {settle!r}")
+        if not cooldown >= 0:
+            raise ValueError(f"cooldown must be >= 0, got {cooldown!r}")
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, got {max_keys!r}")
         self._settle = settle
+        self._cooldown = cooldown
         self._max_keys = max_keys
         self._clock = clock
         self._sleep = sleep
@@ -191,6 +215,10 @@ class WorkQueue(Generic[K]):
         self._sweep: _Entry | None = None  # a queued full sweep
         self._sweep_running = False
         self._window_end = -math.inf
+        # G10: last hand-out per key while it is cooling down, and the same in hand-out order
+        # (the clock is monotonic, so the deque is sorted and is pruned from its left end).
+        self._last_start: dict[K, float] = {}
+        self._starts: deque[tuple[float, K]] = deque()
         self._seq = itertools.count()
         self._changed: anyio.Event | None = None  # created lazily: only waiters need one
         self._shut = False
@@ -207,15 +235,19 @@ class WorkQueue(Generic[K]):
         trigger: str = "event",
         delay: float | None = None,
         wall_time: float | None = None,
+        urgent: bool = False,
     ) -> None:
-        """Queue `key`: at the end of the settle window (G5), or after `delay` seconds (G6)."""
+        """Queue `key`: at the end of the settle window (G5), or after `delay` seconds (G6).
+
+        `urgent` exempts this add from the key's cooldown (G10).
+        """
         now = self._clock()
         if delay is None:
             ready_at = self._settle_deadline(now)
         else:
             _check_number(delay, "delay")
             ready_at = now + max(delay, 0.0)
-        self._offer(key, ready_at, now, trigger, wall_time)
+        self._offer(key, ready_at, now, trigger, wall_time, urgent=urgent)
 
     def add_at(
         self, key: K, ready_at: float, *, trigger: str = "timer", wall_time: float | None = None
@@ -241,9 +273,18 @@ class WorkQueue(Generic[K]):
         return self._window_end
 
     def _offer(
-        self, key: K, ready_at: float, now: float, trigger: str, wall_time: float | None
+        self,
+        key: K,
+        ready_at: float,
+        now: float,
+        trigger: str,
+        wall_time: float | None,
+        *,
+        urgent: bool = False,
     ) -> None:
         self._adds += 1
+        if not urgent:
+            ready_at = max(ready_at, self._cooldown_end(key, now))
         if self._shut:
             self._ignored += 1
         elif self._sweep is not None:
@@ -263,6 +304,13 @@ class WorkQueue(Generic[K]):
             self._queued[key] = entry
             if key not in self._processing:
                 self._push(key, entry)
+
+    def _cooldown_end(self, key: K, now: float) -> float:
+        """The earliest time the cooldown allows for `key` (G10); -inf when it is not cooling."""
+        last = self._last_start.get(key)
+        if last is None or last + self._cooldown <= now:
+            return -math.inf
+        return last + self._cooldown
 
     def _advance(self, key: K, entry: _Entry, ready_at: float) -> None:
         if ready_at >= entry.ready_at:
@@ -335,8 +383,25 @@ class WorkQueue(Generic[K]):
             taken[key] = entry.freeze()
         if not taken:
             return None
+        self._start_cooldowns(taken, now)
         self._handed_out += len(taken)
         return Work(tuple(taken), MappingProxyType(taken))
+
+    def _start_cooldowns(self, keys: Iterable[K], now: float) -> None:
+        if self._cooldown <= 0:
+            return
+        self._forget_cooled(now)
+        for key in keys:
+            self._last_start[key] = now
+            self._starts.append((now, key))
+
+    def _forget_cooled(self, now: float) -> None:
+        # A deque item is stale when its key was handed out again since; the dict has the
+        # newer time then, and that newer item (further right) removes it in its turn.
+        while self._starts and self._starts[0][0] + self._cooldown <= now:
+            started, key = self._starts.popleft()
+            if self._last_start.get(key) == started:
+                del self._last_start[key]
 
     def _peek(self) -> K | None:
         """The live key at the top of the heap, dropping stale items on the way."""
@@ -409,6 +474,11 @@ class WorkQueue(Generic[K]):
     def processing(self) -> int:
         """Keys handed out and not yet done (a running sweep not included)."""
         return len(self._processing)
+
+    def cooling(self) -> int:
+        """Keys whose cooldown is running (G10): the hand-out times the queue remembers."""
+        self._forget_cooled(self._clock())
+        return len(self._last_start)
 
     def sweep_queued(self) -> bool:
         return self._sweep is not None

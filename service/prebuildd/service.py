@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from prebuildd import store
 from prebuildd.config import Settings, redact_dsn
-from prebuildd.events import Event
+from prebuildd.events import Event, EventKind
 from prebuildd.http import HttpServerHandle, Readiness, start_http_server
 from prebuildd.listener import Listener
 from prebuildd.metrics import Metrics, PresetMetricsRow
@@ -39,6 +39,17 @@ BUSY_RETRY_SECONDS = 2.0
 # After a failed reconcile (database down...), retry with this delay, doubling up to the cap.
 ERROR_RETRY_SECONDS = 0.5
 ERROR_RETRY_MAX_SECONDS = 10.0
+# Changes a person made: reconciled at once, even inside the template's cooldown. The rest
+# (provisioner progress: builds, job status, agents) is churn the cooldown may batch.
+URGENT_EVENTS = frozenset(
+    {
+        EventKind.VERSION_PROMOTED,
+        EventKind.TEMPLATE_CHANGED,
+        EventKind.PRESET_CHANGED,
+        EventKind.SCHEDULE_CHANGED,
+        EventKind.CLAIMED,
+    }
+)
 # How often the per-preset metric series (created/failed/claimed totals) are refreshed.
 METRICS_REFRESH_SECONDS = 15.0
 
@@ -55,7 +66,9 @@ class Service:
         self.settings = settings
         self.conninfo = conninfo
         self.metrics = metrics or Metrics()
-        self.queue: WorkQueue[UUID] = WorkQueue(settle=settings.settle.total_seconds())
+        self.queue: WorkQueue[UUID] = WorkQueue(
+            settle=settings.settle.total_seconds(), cooldown=settings.cooldown.total_seconds()
+        )
         self.reconciler = Reconciler(settings.plan, clock=clock)
         self._clock = clock
         self._db_ok = False
@@ -155,7 +168,12 @@ class Service:
             # A global change (the pause setting): every template may be affected.
             self._request_sweep("event")
             return
-        self.queue.add(event.template_id, trigger="event", wall_time=event.at)
+        self.queue.add(
+            event.template_id,
+            trigger="event",
+            wall_time=event.at,
+            urgent=event.kind in URGENT_EVENTS,
+        )
         self.metrics.queue_depth.set(self.queue.depth())
 
     def _on_invalid(self, payload: str, reason: str) -> None:
