@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         "--settle",
         "SETTLE",
-        "10ms",
+        "2ms",
         "debounce window batching a burst of events",
         type=_duration,
     )
