@@ -50,6 +50,8 @@ URGENT_EVENTS = frozenset(
         EventKind.CLAIMED,
     }
 )
+# On SIGTERM, how long reconciles in flight may run to their commit before being rolled back.
+SHUTDOWN_GRACE_SECONDS = 3.0
 # How often the per-preset metric series (created/failed/claimed totals) are refreshed.
 METRICS_REFRESH_SECONDS = 15.0
 
@@ -133,7 +135,12 @@ class Service:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                # Take no new work; let reconciles in flight commit (they are short), and
+                # cancel (roll back) whatever is still running after the grace period.
                 self.queue.shutdown()
+                drained = await self.queue.drain(SHUTDOWN_GRACE_SECONDS)
+                if not drained:
+                    log.warning("in-flight reconciles rolled back at shutdown")
                 scope.cancel()
                 return
 
