@@ -10,6 +10,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from bench._sql import bench_query
 
 
 def machine() -> str:
@@ -124,3 +129,57 @@ def _is_postgres(pid: int) -> bool:
             return f.read().strip().startswith("postgres")
     except OSError:
         return False
+
+
+class ServerCpu:
+    """CPU seconds of a whole local PostgreSQL cluster: every backend, including those that
+    have exited since (their time is added to the postmaster's children's total when it
+    reaps them).
+
+    For code that opens its own connections (a sweep in lanes, the service's pool), whose
+    backends `CpuMeter` cannot name in advance. Counts background processes too (checkpointer,
+    autovacuum), so it is meant for an otherwise idle cluster. `available` is False when the
+    server is not on this machine.
+    """
+
+    def __init__(self, postmaster_pid: int | None) -> None:
+        self._pid = postmaster_pid
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection[Any]) -> ServerCpu:
+        """Find the postmaster through a process it always has (the checkpointer)."""
+        row = conn.execute(bench_query("checkpointer_pid")).fetchone()
+        if row is None or not _is_postgres(int(row[0])):
+            return cls(None)
+        parent = _stat_fields(int(row[0]))
+        return cls(int(parent[1]) if parent else None)
+
+    @property
+    def available(self) -> bool:
+        return self._pid is not None
+
+    def read(self) -> float:
+        if self._pid is None:
+            return 0.0
+        own = _stat_fields(self._pid)
+        if own is None:
+            return 0.0
+        # utime, stime, cutime, cstime (fields 14-17 of /proc/<pid>/stat).
+        total = sum(int(v) for v in own[11:15])
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self._pid:
+                continue
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[1]) == self._pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / self._tick
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, ...]; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None

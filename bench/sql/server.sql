@@ -26,3 +26,7 @@ SELECT datname
 FROM pg_catalog.pg_database
 WHERE datname ~ %(pattern)s
 ORDER BY datname;
+
+-- name: checkpointer_pid
+-- A process every running cluster has: its parent is the postmaster.
+SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'checkpointer';

@@ -28,6 +28,7 @@ from opentelemetry import trace
 from psycopg import AsyncConnection
 
 from prebuildd import store
+from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import ActionKind, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
 
@@ -113,7 +114,7 @@ class Reconciler:
             snapshot = await store.read_snapshot(conn, locked, now=now, config=self._config)
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.paused = snapshot.paused
-        with _tracer.start_as_current_span("prebuildd.plan"):
+        with _tracer.start_as_current_span("prebuildd.plan"), deferred_collection():
             # Presets of retired versions with nothing left to clean up are most of a big
             # fleet and can produce no action: skip them, except when the plan is the
             # product (dry runs and `status` show every preset).

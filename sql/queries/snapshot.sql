@@ -96,12 +96,15 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
 ORDER BY t.id, v.created_at, v.id, p.name, p.id;
 
 -- name: snapshot_schedules
--- Schedules of the presets above.
+-- Schedules of the presets above. Starts from the templates, as snapshot_presets does (a
+-- version's template always exists): from the versions alone, the generic plan the store asks
+-- for hashes the whole presets table, a few milliseconds per reconcile in a big fleet.
 SELECT s.preset_id, s.id, s.cron_expression, s.desired_instances
-FROM template_versions AS v
+FROM templates AS t
+JOIN template_versions AS v ON v.template_id = t.id
 JOIN template_version_presets AS p ON p.template_version_id = v.id
 JOIN template_version_preset_prebuild_schedules AS s ON s.preset_id = p.id
-WHERE v.template_id = ANY(%(template_ids)s::uuid[])
+WHERE t.id = ANY(%(template_ids)s::uuid[])
   AND p.desired_instances IS NOT NULL
 ORDER BY s.preset_id, s.id;
 
@@ -165,7 +168,6 @@ WITH live AS MATERIALIZED (
         j.canceled_at,
         j.completed_at
     FROM workspaces AS w
-    JOIN templates AS t ON t.id = w.template_id
     CROSS JOIN LATERAL (
         SELECT
             b.id, b.build_number, b.transition, b.initiator_id, b.template_version_id,
@@ -176,37 +178,72 @@ WITH live AS MATERIALIZED (
         LIMIT 1
     ) AS lb
     JOIN provisioner_jobs AS j ON j.id = lb.job_id
+    -- The workspace's template, looked up by key (memoized: one probe per template). As a
+    -- plain join the planner, expecting few templates, would start from them and walk each
+    -- one's workspaces of every owner through Coder's template index (4-5x the rows) instead
+    -- of reading the prebuilds' workspaces through prebuildd_workspaces_template_owner; as a
+    -- hash join it would read every template. OFFSET 0 keeps the subquery a lookup.
+    CROSS JOIN LATERAL (
+        SELECT tp.active_version_id, tp.deleted, tp.deprecated
+        FROM templates AS tp
+        WHERE tp.id = w.template_id
+        OFFSET 0
+    ) AS t
     WHERE w.template_id = ANY(%(template_ids)s::uuid[])
-      -- Redundant with the join, but lets the planner fetch the templates by key instead of
-      -- hashing all of them.
-      AND t.id = ANY(%(template_ids)s::uuid[])
       AND w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
       AND NOT w.deleted
 ),
-latest_starts AS (
-    -- The bound is computed per row against the presets table (an index probe), never by
-    -- joining two CTE scans: such a join is a nested loop over presets x builds, harmless for
-    -- one template and quadratic for a batch.
-    SELECT
-        l.preset_id,
-        l.build_created_at,
-        l.job_status,
-        row_number() OVER (
-            PARTITION BY l.preset_id
-            ORDER BY l.build_created_at DESC, l.build_id
-        ) AS newest_rank,
-        GREATEST(
-            p.desired_instances,
-            (SELECT max(s.desired_instances)
-             FROM template_version_preset_prebuild_schedules AS s
-             WHERE s.preset_id = p.id),
-            %(hard_limit)s::int,
-            1
-        ) AS wanted
+-- The latest start of each prebuild of an active version (what backoff and the hard limit
+-- read), and, once per preset, how many of them `recent` returns. Both reach `latest_starts`
+-- through one window over their UNION, never through a join of two CTE scans: such a join
+-- is a nested loop over presets x builds whenever the planner underestimates the CTEs
+-- (always, under generic plans), harmless for one template and quadratic for a batch.
+starts AS (
+    SELECT l.preset_id, l.build_id, l.build_created_at, l.job_status
     FROM live AS l
-    JOIN template_version_presets AS p ON p.id = l.preset_id
     WHERE l.transition = 'start'
       AND l.on_active_version
+      AND l.preset_id IS NOT NULL
+),
+bounds AS (
+    -- One index probe per preset (not per build): its own count, its largest scheduled
+    -- count and the hard limit, whichever is largest.
+    SELECT
+        p.id AS preset_id,
+        GREATEST(p.desired_instances, sb.scheduled, %(hard_limit)s::int, 1) AS wanted
+    FROM (SELECT DISTINCT st.preset_id FROM starts AS st) AS d
+    JOIN template_version_presets AS p ON p.id = d.preset_id
+    CROSS JOIN LATERAL (
+        SELECT max(s.desired_instances) AS scheduled
+        FROM template_version_preset_prebuild_schedules AS s
+        WHERE s.preset_id = p.id
+    ) AS sb
+),
+latest_starts AS (
+    SELECT r.preset_id, r.build_created_at, r.job_status, r.newest_rank, r.wanted
+    FROM (
+        SELECT
+            u.preset_id,
+            u.build_id,
+            u.build_created_at,
+            u.job_status,
+            -- A bound row has no build: it sorts after every build of its preset, so the
+            -- builds' ranks are as if it were not there.
+            row_number() OVER (
+                PARTITION BY u.preset_id
+                ORDER BY u.build_created_at DESC NULLS LAST, u.build_id
+            ) AS newest_rank,
+            max(u.wanted) OVER (PARTITION BY u.preset_id) AS wanted
+        FROM (
+            SELECT st.preset_id, st.build_id, st.build_created_at, st.job_status,
+                   NULL::int AS wanted
+            FROM starts AS st
+            UNION ALL
+            SELECT b.preset_id, NULL, NULL, NULL, b.wanted
+            FROM bounds AS b
+        ) AS u
+    ) AS r
+    WHERE r.build_id IS NOT NULL
 )
 SELECT
     'running' AS kind,

@@ -383,6 +383,31 @@ async def test_caller_settings_and_row_factory_are_respected(db_url: str, seed: 
     assert again == snap
 
 
+async def test_generic_plans_inside_an_autocommit_connections_transaction(
+    db_url: str, seed: Seed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reconciler wraps its reads in conn.transaction(), autocommit or not: the reads get
+    # their generic plans there too, and the caller's setting is back afterwards.
+    sent: list[str] = []
+    real_start = store._start
+
+    async def spy(conn: AConn, name: str, params: Any) -> Any:
+        sent.append(name)
+        return await real_start(conn, name, params)
+
+    monkeypatch.setattr(store, "_start", spy)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        plain = await store.read_snapshot(conn, [seed.tpl.id], now=NOW, config=CONFIG)
+        assert "generic_plans_begin" not in sent
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            inside = await store.read_snapshot(conn, [seed.tpl.id], now=NOW, config=CONFIG)
+            cur = await conn.execute("SELECT current_setting('plan_cache_mode')")
+            assert await cur.fetchone() == ("force_custom_plan",)
+    assert "generic_plans_begin" in sent
+    assert inside == plain
+
+
 # Tables whose size grows with the fleet: a one-template read must never scan them.
 FLEET_TABLES = {
     "workspaces", "workspace_builds", "provisioner_jobs", "workspace_resources",
