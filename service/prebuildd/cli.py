@@ -25,10 +25,10 @@ from prebuildd.claim import ClaimError
 from prebuildd.config import (
     ConfigError,
     Settings,
+    at_least,
     default_data_dir,
     env_or,
     parse_duration,
-    parse_int,
     redact_dsn,
 )
 from prebuildd.embedded import EmbeddedPostgres, EmbeddedPostgresError
@@ -244,7 +244,7 @@ def plan_config(args: argparse.Namespace) -> PlanConfig:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    pool = parse_int(str(args.pool_size), "--pool-size", minimum=2)
+    pool = at_least(args.pool_size, "--pool-size", 2)
     return replace(
         Settings(),
         database_url=args.database_url,
@@ -256,7 +256,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_addr=args.metrics_addr or "",
         pool_max_size=pool,
         pool_min_size=min(2, pool),
-        reconcile_concurrency=parse_int(str(args.concurrency), "--concurrency"),
+        reconcile_concurrency=at_least(args.concurrency, "--concurrency", 0),
         log_level=args.log_level,
         log_format=args.log_format,
     )

@@ -129,11 +129,8 @@ def env_or(env: Mapping[str, str], name: str, default: str | None) -> str | None
     return value if value not in (None, "") else default
 
 
-def parse_int(text: str, setting: str, *, minimum: int = 0) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{setting}: {text!r} is not a whole number") from None
+def at_least(value: int, setting: str, minimum: int) -> int:
+    """`value` when it is >= `minimum`; parsing is argparse's job (type=int), range is ours."""
     if value < minimum:
         raise ConfigError(f"{setting}: {value} is below the minimum {minimum}")
     return value

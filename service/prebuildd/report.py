@@ -9,11 +9,13 @@ import anyio
 import psycopg
 
 from prebuildd import store
+from prebuildd.config import Settings
 from prebuildd.model import CancelPending, Create, Delete, Plan, PlanConfig, SetStatus
 from prebuildd.reconciler import Outcome, Reconciler, Trigger
 
-# Templates per transaction: big enough for set-based reads, small enough to keep locks short.
-BATCH = 200
+# Templates per transaction: the service's own batch size (big enough for set-based reads,
+# small enough to keep locks short).
+BATCH = Settings().max_batch
 # Batches in flight at once, each on its own connection: while Python turns one batch's rows
 # into plans, PostgreSQL reads the next (the service's workers overlap the same way).
 LANES = 2
