@@ -11,9 +11,10 @@ Three kinds of SQL file, all below `sql/`:
   editing one after it was applied is an error. A file whose first line is
   `-- prebuildd: no-transaction` runs statement by statement in autocommit instead (for
   CREATE INDEX CONCURRENTLY, which a transaction forbids); see `split_statements` for the rule.
-* `triggers/*.sql` -- repeatable files (Flyway's R__): idempotent by construction (CREATE OR
-  REPLACE FUNCTION, DROP TRIGGER IF EXISTS + CREATE TRIGGER) and re-applied whenever their
-  checksum differs from the recorded one.
+* `functions/*.sql`, then `triggers/*.sql` -- repeatable files (Flyway's R__): idempotent by
+  construction (CREATE OR REPLACE FUNCTION, DROP TRIGGER IF EXISTS + CREATE TRIGGER) and
+  re-applied whenever their checksum differs from the recorded one. Functions come first so
+  that triggers may call them.
 
 `prebuildd.schema_migrations` records every applied file by its path relative to `sql/` and
 its SHA-256. Concurrent migrations serialise on the session advisory lock `MIGRATION_LOCK_KEY`.
@@ -208,8 +209,9 @@ def versioned_files() -> list[SqlFile]:
 
 
 def repeatable_files() -> list[SqlFile]:
-    """`sql/triggers/*.sql`, in name order."""
-    return _files_in("triggers", re.compile(r"^[^.].*\.sql$"))
+    """`sql/functions/*.sql`, then `sql/triggers/*.sql`, each folder in name order."""
+    keep = re.compile(r"^[^.].*\.sql$")
+    return [*_files_in("functions", keep), *_files_in("triggers", keep)]
 
 
 def base_schema() -> SqlFile:
