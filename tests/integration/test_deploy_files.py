@@ -5,7 +5,13 @@ manifests (through deploy/kustomization.yaml) are parsed and cross-checked: ever
 URL names exists, the metrics port is the same in the container, the probes and the Service,
 the service runs as the least-privilege role while migrations run as the owner, and every
 PREBUILDD_* setting is one the CLI reads and parses. When `kubectl` is installed, the
-kustomization is also built for real.
+kustomizations are also built for real (under CI=true a missing kubectl fails the test).
+
+Monitoring: compose's Prometheus scrapes every replica of the service on its metrics port and
+loads the rules file, Grafana's provisioning finds the data source and the dashboard, the
+example pools' seed runs on a migrated database, and the optional Kubernetes monitoring
+kustomization (ServiceMonitor, PrometheusRule) selects the metrics Service with the scrape job
+the alert rules expect.
 """
 
 from __future__ import annotations
@@ -13,22 +19,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
 
+from _prometheus import (
+    DASHBOARD,
+    PROMETHEUS_CONFIG,
+    RULES,
+    load_dashboard,
+    require_tool,
+    scrape_job_of_rules,
+)
 from prebuildd.cli import build_parser, settings_from
 from prebuildd.config import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ROLE_SCRIPT = DEPLOY / "sql" / "prebuildd-role.sql"
+MONITORING = DEPLOY / "kubernetes" / "monitoring"
+SEED = DEPLOY / "seed" / "example-pools.sql"
+KUBECTL_HINT = "install kubectl (its `kustomize` subcommand builds the manifests)"
 METRICS_PORT = 2118
 ROLE = "prebuildd"
 
@@ -190,6 +207,7 @@ def test_dockerfile_copies_only_what_the_context_allows() -> None:
 
 def test_compose_has_the_expected_services(services: dict[str, Doc]) -> None:
     assert {"postgres", "migrate", "grants", "prebuildd", "provisioner", "jaeger"} <= set(services)
+    assert {"prometheus", "grafana", "example-pools"} <= set(services)
     assert services["postgres"]["image"].startswith("postgres:15")
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
 
@@ -459,10 +477,10 @@ def test_configmap_metrics_addr_matches_the_container_port(k8s: dict[tuple[str, 
     assert urlsplit(data["OTEL_EXPORTER_OTLP_ENDPOINT"]).port == 4318
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomization_builds() -> None:
+    kubectl = require_tool("kubectl", KUBECTL_HINT)
     out = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY)],
+        [kubectl, "kustomize", str(DEPLOY)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -480,6 +498,219 @@ def test_kustomization_builds() -> None:
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "prebuildd", doc["metadata"]["name"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring: Prometheus, Grafana and the example pools (compose); ServiceMonitor, PrometheusRule
+# ---------------------------------------------------------------------------------------------
+
+
+def _bind_mounts(service: Doc) -> dict[str, Path]:
+    """A compose service's bind mounts of files under deploy/: container path -> host path."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = (DEPLOY / source).resolve()
+    return mounts
+
+
+def _host_path(service: Doc, container_path: str) -> Path:
+    """Where a path inside a service's container comes from on the host (via its mounts)."""
+    for target, source in sorted(_bind_mounts(service).items(), key=lambda m: -len(m[0])):
+        if container_path == target:
+            return source
+        if container_path.startswith(target.rstrip("/") + "/"):
+            return source / container_path[len(target.rstrip("/")) + 1 :]
+    raise AssertionError(f"{container_path} is not mounted from deploy/")
+
+
+def _metrics_port(service: Doc) -> int:
+    return int(_env(service)["PREBUILDD_METRICS_ADDR"].rpartition(":")[2])
+
+
+def _flag(args: list[str], name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name} given {len(values)} times"
+    return values[0]
+
+
+@pytest.fixture(scope="module")
+def prometheus_config(services: dict[str, Doc]) -> Doc:
+    prometheus = services["prometheus"]
+    path = _host_path(prometheus, _flag(prometheus["command"], "--config.file"))
+    assert path == PROMETHEUS_CONFIG.resolve()
+    config: Doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return config
+
+
+def test_compose_prometheus_scrapes_every_replica(
+    services: dict[str, Doc], prometheus_config: Doc
+) -> None:
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    job = jobs[scrape_job_of_rules()]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # A static `service:port` target would reach one replica at random: discover them all.
+    assert "static_configs" not in job
+    discovered = [name for sd in job["dns_sd_configs"] for name in sd["names"]]
+    assert "prebuildd" in discovered
+    for sd in job["dns_sd_configs"]:
+        assert sd.get("type", "SRV") == "A", "compose's DNS serves A records"
+        for name in sd["names"]:
+            service = services[name]
+            assert sd["port"] == _metrics_port(service) == METRICS_PORT, name
+            assert _container_port(service["ports"][0]) == sd["port"]
+    assert services["prebuildd"]["deploy"]["replicas"] >= 2
+    assert services["prometheus"]["depends_on"]["prebuildd"]["condition"] == "service_started"
+
+
+def test_compose_prometheus_loads_the_rules_file(
+    compose: Doc, services: dict[str, Doc], prometheus_config: Doc
+) -> None:
+    prometheus = services["prometheus"]
+    loaded = [_host_path(prometheus, path) for path in prometheus_config["rule_files"]]
+    assert loaded == [RULES.resolve()]
+    storage = _flag(prometheus["command"], "--storage.tsdb.path")
+    sources = {str(v).split(":")[1]: str(v).split(":")[0] for v in prometheus["volumes"]}
+    assert sources[storage] in compose["volumes"], "keep the TSDB on a named volume"
+    assert 9090 in {_container_port(port) for port in prometheus["ports"]}
+
+
+def test_compose_grafana_is_provisioned_with_prometheus_and_the_dashboard(
+    services: dict[str, Doc], prometheus_config: Doc
+) -> None:
+    grafana = services["grafana"]
+    provisioning = _host_path(grafana, "/etc/grafana/provisioning")
+    sources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.yaml"))
+        for source in yaml.safe_load(path.read_text(encoding="utf-8"))["datasources"]
+    ]
+    assert len(sources) == 1
+    source = sources[0]
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus" and url.hostname in services
+    assert url.port in {_container_port(port) for port in services["prometheus"]["ports"]}
+    assert source["type"] == load_dashboard()["templating"]["list"][0]["query"] == "prometheus"
+    assert source["isDefault"] is True
+    # $__rate_interval builds on the scrape interval.
+    assert source["jsonData"]["timeInterval"] == prometheus_config["global"]["scrape_interval"]
+
+    providers = [
+        provider
+        for path in sorted((provisioning / "dashboards").glob("*.yaml"))
+        for provider in yaml.safe_load(path.read_text(encoding="utf-8"))["providers"]
+    ]
+    assert len(providers) == 1 and providers[0]["type"] == "file"
+    folder = _host_path(grafana, providers[0]["options"]["path"])
+    assert DASHBOARD.resolve() in {p.resolve() for p in folder.glob("*.json")}
+    home = _env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert _host_path(grafana, home) == DASHBOARD.resolve()
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_started"
+
+
+def test_compose_grafana_matches_the_dashboard_sdk_flavour(services: dict[str, Doc]) -> None:
+    """The dashboard is built for one Grafana version (the SDK's flavour): run that one."""
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    sdk = re.search(r'"grafana-foundation-sdk==\d+!(\d+\.\d+)\.\d+"', pyproject)
+    assert sdk, "pin the SDK as <epoch>!<grafana version>"
+    image, _, tag = services["grafana"]["image"].partition(":")
+    assert image in ("grafana/grafana", "grafana/grafana-oss")
+    assert tag.startswith(sdk.group(1) + "."), (tag, sdk.group(1))
+
+
+def test_compose_example_pools_seed_runs_as_the_owner_after_migrate(
+    services: dict[str, Doc],
+) -> None:
+    seed = services["example-pools"]
+    pg = _env(services["postgres"])
+    env = _env(seed)
+    assert (env["PGHOST"], env["PGPORT"]) == ("postgres", "5432")
+    assert (env["PGUSER"], env["PGPASSWORD"]) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    assert env["PGDATABASE"] == pg["POSTGRES_DB"]
+    command = seed["command"]
+    assert command[0] == "psql" and "ON_ERROR_STOP=1" in command
+    assert _host_path(seed, command[command.index("-f") + 1]) == SEED.resolve()
+    assert seed["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert seed["restart"] == "no"
+
+
+def test_example_pools_seed_is_idempotent_on_a_migrated_database(db_url: str) -> None:
+    counts = """
+        SELECT (SELECT count(*) FROM templates),
+               (SELECT count(*) FROM template_version_presets WHERE desired_instances > 0),
+               (SELECT count(*) FROM template_version_preset_parameters),
+               (SELECT count(*) FROM provisioner_jobs)
+    """
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(SEED.read_text(encoding="utf-8"))
+        first = conn.execute(counts).fetchone()
+        conn.execute(SEED.read_text(encoding="utf-8"))
+        second = conn.execute(counts).fetchone()
+        active = conn.execute(
+            "SELECT count(*) FROM template_version_presets p"
+            " JOIN templates t ON t.active_version_id = p.template_version_id"
+        ).fetchone()
+    assert first == (2, 3, 3, 2), "two templates, three presets, their import jobs"
+    assert second == first, "a second run adds nothing"
+    assert active == (3,), "every example preset belongs to its template's active version"
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> dict[tuple[str, str], Doc]:
+    kustomization = _yaml_docs(MONITORING / "kustomization.yaml")[0]
+    listed = {(MONITORING / r).resolve() for r in kustomization["resources"]}
+    on_disk = {p.resolve() for p in MONITORING.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert listed == on_disk
+    found = {}
+    for resource in kustomization["resources"]:
+        for doc in _yaml_docs(MONITORING / resource):
+            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+def test_monitoring_is_optional_and_in_the_same_namespace(
+    kustomization: Doc, k8s: dict[tuple[str, str], Doc], monitoring: dict[tuple[str, str], Doc]
+) -> None:
+    # The main kustomization must apply on a cluster without the Prometheus Operator's CRDs.
+    assert not [key for key, doc in k8s.items() if "monitoring.coreos.com" in doc["apiVersion"]]
+    assert set(monitoring) == {("ServiceMonitor", "prebuildd"), ("PrometheusRule", "prebuildd")}
+    assert (
+        _yaml_docs(MONITORING / "kustomization.yaml")[0]["namespace"] == kustomization["namespace"]
+    )
+
+
+def test_servicemonitor_scrapes_the_metrics_service_as_the_rules_job(
+    k8s: dict[tuple[str, str], Doc], monitoring: dict[tuple[str, str], Doc], deployment: Doc
+) -> None:
+    service = k8s[("Service", "prebuildd-metrics")]
+    spec = monitoring[("ServiceMonitor", "prebuildd")]["spec"]
+    labels = service["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    # The job label comes from the Service's label named by jobLabel.
+    assert labels[spec["jobLabel"]] == scrape_job_of_rules()
+    [endpoint] = spec["endpoints"]
+    assert endpoint["port"] == _named(service["spec"]["ports"], "metrics")["name"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_monitoring_kustomization_builds() -> None:
+    kubectl = require_tool("kubectl", KUBECTL_HINT)
+    out = subprocess.run(
+        [kubectl, "kustomize", str(MONITORING)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert {d["kind"] for d in docs} == {"ServiceMonitor", "PrometheusRule"}
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "prebuildd"
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
