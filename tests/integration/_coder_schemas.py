@@ -4,7 +4,7 @@ None of Coder's text is used: every shape starts from sql/schema/coder_subset.sq
 prebuildd) and removes what a given schema lacks.
 
 * `coder_like(url, release)`: the subset without the columns Coder added after `release`
-  (e.g. "v2.25"), as in that release's dump.sql (checked by hand against Coder's history; the
+  (e.g. "v2.25.0"), as in that release's dump.sql (checked against Coder's history; the
   column -> migration -> first release table is docs/coder-compatibility.md).
 * `required_only(url)`: the subset cut down to exactly migrate.REQUIRED_COLUMNS and, for the
   enum types prebuildd names, exactly migrate.REQUIRED_ENUM_LABELS: whatever prebuildd runs
@@ -25,27 +25,23 @@ from prebuildd.queries import read_sql_file
 
 Conn = psycopg.Connection[Any]
 
-# Columns of the subset that Coder added after a release, newest release first. Older
-# releases lack every column listed for the releases after them.
-ADDED_AFTER: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    # v2.32.0 added these (migrations 000416, 000433).
-    "v2.31": {
-        "users": ("is_service_account",),
-        "templates": ("disable_module_cache",),
-    },
-    # v2.29.0 added it (migration 000399).
-    "v2.28": {
-        "template_version_presets": ("last_invalidated_at",),
-    },
-    # v2.26.0 added these (migrations 000354, 000355, 000360).
-    "v2.25": {
-        "template_versions": ("has_external_agent",),
-        "provisioner_jobs": ("logs_length", "logs_overflowed"),
-        "workspaces": ("group_acl", "user_acl"),
-        "workspace_builds": ("has_external_agent",),
-    },
+# Columns of the subset that Coder added after v2.25.0, by the release that first had them
+# (migration numbers in docs/coder-compatibility.md).
+FIRST_RELEASE: Mapping[tuple[str, str], str] = {
+    ("template_versions", "has_external_agent"): "v2.26.0",
+    ("provisioner_jobs", "logs_length"): "v2.26.0",
+    ("provisioner_jobs", "logs_overflowed"): "v2.26.0",
+    ("workspaces", "group_acl"): "v2.26.0",
+    ("workspaces", "user_acl"): "v2.26.0",
+    ("workspace_builds", "has_external_agent"): "v2.26.0",
+    ("template_version_presets", "last_invalidated_at"): "v2.29.0",
+    ("users", "is_service_account"): "v2.32.0",
+    ("templates", "disable_module_cache"): "v2.32.0",
 }
-RELEASES = tuple(ADDED_AFTER)
+
+
+def _version(release: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in release.lstrip("v").split("."))
 
 
 def install_subset(url: str) -> None:
@@ -55,24 +51,23 @@ def install_subset(url: str) -> None:
         conn.execute(sql.SQL(read_sql_file(folder, name)))
 
 
-def absent_in(release: str) -> dict[str, tuple[str, ...]]:
-    """Every subset column that `release` (one of RELEASES) does not have yet."""
-    absent: dict[str, tuple[str, ...]] = {}
-    for newer in RELEASES[: RELEASES.index(release) + 1]:
-        for table, columns in ADDED_AFTER[newer].items():
-            absent[table] = (*absent.get(table, ()), *columns)
-    return absent
+def absent_in(release: str) -> list[tuple[str, str]]:
+    """The subset's columns that Coder's `release` (e.g. "v2.25.0") does not have yet."""
+    return [
+        column
+        for column, first in FIRST_RELEASE.items()
+        if _version(first) > _version(release)
+    ]
 
 
-def coder_like(url: str, release: str) -> dict[str, tuple[str, ...]]:
+def coder_like(url: str, release: str) -> list[tuple[str, str]]:
     """The subset as Coder's `release` has it; returns the columns it removed."""
     install_subset(url)
     absent = absent_in(release)
     with psycopg.connect(url) as conn:
-        for table, columns in absent.items():
-            for column in columns:
-                # No CASCADE: nothing of the subset may depend on a column the release lacks.
-                conn.execute(_drop_column(table, column))
+        for table, column in absent:
+            # No CASCADE: nothing of the subset may depend on a column the release lacks.
+            conn.execute(_drop_column(table, column))
     return absent
 
 
