@@ -53,6 +53,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from prebuildd.queries import query, read_sql_file, sql_root
@@ -70,6 +71,9 @@ _LOCK_POLL_SECONDS = 0.1
 BASE_SCHEMA = "schema/coder_subset.sql"
 NO_TRANSACTION_MARKER = "-- prebuildd: no-transaction"
 _VERSIONED_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+
+# application_name of the sessions of `migrate` and `--uninstall`.
+APPLICATION_NAME = "prebuildd migrate"
 
 # The oldest Coder release whose schema has everything in REQUIRED_COLUMNS.
 OLDEST_CODER_RELEASE = "v2.25.0"
@@ -524,8 +528,16 @@ def migrate(conninfo: str, *, lock_policy: LockPolicy | None = None) -> MigrateR
     locks in time raises MigrationLockTimeout, leaving every file applied before it in place.
     """
     policy = lock_policy or LockPolicy()
-    with psycopg.connect(conninfo, autocommit=True) as conn, _migration_lock(conn):
+    with _connect(conninfo) as conn, _migration_lock(conn):
         return _migrate_locked(conn, policy)
+
+
+def _connect(conninfo: str) -> Connection:
+    # Named, so that an operator looking at pg_stat_activity / pg_locks sees who waits (unless
+    # the connection string names the session itself).
+    if conninfo_to_dict(conninfo).get("application_name"):
+        return psycopg.connect(conninfo, autocommit=True)
+    return psycopg.connect(conninfo, autocommit=True, application_name=APPLICATION_NAME)
 
 
 def _migrate_locked(conn: Connection, policy: LockPolicy) -> MigrateReport:
@@ -566,7 +578,7 @@ def uninstall(conninfo: str, *, lock_policy: LockPolicy | None = None) -> list[s
     meantime would restore everything, having forgotten its applied files first).
     """
     policy = lock_policy or LockPolicy()
-    with psycopg.connect(conninfo, autocommit=True) as conn, _migration_lock(conn):
+    with _connect(conninfo) as conn, _migration_lock(conn):
         try:
             return _uninstall_locked(conn, policy)
         except MigrationLockTimeout:
