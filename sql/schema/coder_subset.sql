@@ -2,11 +2,10 @@
 --
 -- Names, types, NOT NULL and defaults follow Coder's coderd/database/dump.sql so that a row
 -- written here is a row Coder would accept, and so that every query prebuildd runs works
--- unchanged against a real Coder database. Columns that nothing in prebuildd (service or
--- development tools) reads or writes are left out. `prebuildd migrate` applies this file only
--- to a database without a `templates` table; on a Coder database it verifies instead only
--- what production uses (REQUIRED_COLUMNS in service/prebuildd/migrate.py, a subset of this
--- file: tests/integration/test_schema_contract.py), so that older Coder releases fit.
+-- unchanged against a real Coder database. Columns that nothing in prebuildd reads or writes
+-- are left out. `prebuildd migrate` applies this file only to a database without a
+-- `templates` table; on a Coder database it verifies the same tables/columns instead
+-- (REQUIRED_COLUMNS in service/prebuildd/migrate.py, kept in step with this file).
 --
 -- Constraint and index names are Coder's, so that ON CONFLICT clauses and error handling that
 -- match on a constraint name behave the same here and on Coder.
