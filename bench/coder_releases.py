@@ -8,7 +8,9 @@ the first release with Coder's prebuild pause switch), this script:
 2. writes what a deployment has before prebuildd's first sweep (bench/sql/coder_releases.sql:
    an organization, the prebuilds system user, a template admin, the hard-limit notification
    template, two templates with presets, three failed creates);
-3. runs `prebuildd migrate`, then the operator's tools through prebuildd's own CLI:
+3. runs `prebuildd migrate` as the owner, applies deploy/sql/prebuildd-role.sql and, connected
+   as a login role that holds only those grants (unless --as-owner), the service's and the
+   operator's tools through prebuildd's own CLI:
    `reconcile --once` (creates; hard limit and its notification), `status`, a provisioner's
    success and a promotion then `reconcile --once` again (delete, cancel, create), Coder's
    claim and preset edit, `pause`/`resume`, `invalidate` (expected to fail cleanly where the
@@ -20,7 +22,7 @@ non-zero if any release failed or none was checked. Results are recorded by hand
 docs/coder-compatibility.md.
 
     PYTHONPATH=service python -m bench.coder_releases --coder-repo PATH
-        [--ref REF[=LABEL] ...] [--admin-url URL] [--keep]
+        [--ref REF[=LABEL] ...] [--admin-url URL] [--as-owner] [--keep]
 
 Without --admin-url the scratch databases live on the benches' throwaway PostgreSQL cluster
 (bench/_server.py); with it, on that server (a role that may CREATE DATABASE).
@@ -33,11 +35,13 @@ import contextlib
 import io
 import json
 import re
+import secrets
 import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -55,6 +59,8 @@ from prebuildd.migrate import OLDEST_CODER_RELEASE, migrate
 Conn = psycopg.Connection[Any]
 
 DUMP_PATH = "coderd/database/dump.sql"
+ROLE_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "sql" / "prebuildd-role.sql"
+ROLE = "prebuildd"
 CHANNEL = "prebuildd_events"
 ADMIN = UUID("c0de0000-0000-4000-8000-0000000000a1")
 PRESET_V1 = UUID("c0de0000-0000-4000-8000-0000000000d1")
@@ -173,9 +179,16 @@ def _value(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Any:
     return None if row is None else row[0]
 
 
-def check_release(url: str, dump: str, result: Result) -> None:
+def _as_user(url: str, user: str, password: str) -> str:
+    params = conninfo_to_dict(url)
+    params.update(user=user, password=password)
+    return make_conninfo("", **params)
+
+
+def check_release(url: str, dump: str, result: Result, *, as_role: bool) -> None:
     steps: list[tuple[str, Callable[[], None]]] = []
-    state: dict[str, Any] = {}
+    # service_url: where the service's and operator's commands connect (the role's login).
+    state: dict[str, Any] = {"service_url": url}
 
     def step(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
         def register(fn: Callable[[], None]) -> Callable[[], None]:
@@ -203,9 +216,25 @@ def check_release(url: str, dump: str, result: Result) -> None:
             result.notes.append("without " + ", ".join(report.absent_optional))
         state["events"] = Events(url)
 
+    @step("role script")
+    def _role() -> None:
+        if not as_role:
+            result.notes.append("as the owner")
+            return
+        # A file of this repository, run as is (as `psql -f` would).
+        conn.execute(sql.SQL(ROLE_SCRIPT.read_text(encoding="utf-8")))
+        login, password = f"coder_release_{secrets.token_hex(6)}", secrets.token_urlsafe(16)
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(login), sql.Literal(password), sql.Identifier(ROLE)
+            )
+        )
+        state["login"] = login
+        state["service_url"] = _as_user(url, login, password)
+
     @step("reconcile (creates, hard limit)")
     def _first_sweep() -> None:
-        code, out = _cli(url, "reconcile", "--once")
+        code, out = _cli(state["service_url"], "reconcile", "--once")
         _expect(code == EXIT_OK, f"exit {code}: {out.strip()[-300:]}")
         creates = _builds(conn, PRESET_V1)
         _expect(
@@ -220,7 +249,7 @@ def check_release(url: str, dump: str, result: Result) -> None:
 
     @step("status")
     def _status() -> None:
-        code, out = _cli(url, "status")
+        code, out = _cli(state["service_url"], "status")
         _expect(code == EXIT_OK and "release-check" in out, f"exit {code}: {out.strip()[-300:]}")
 
     @step("reconcile after a promotion (delete, cancel, create)")
@@ -230,7 +259,7 @@ def check_release(url: str, dump: str, result: Result) -> None:
             conn.execute(bench_query("provision_succeeded"), {"job": built[4]})
         with conn.transaction():
             conn.execute(bench_query("promote"))
-        code, out = _cli(url, "reconcile", "--once")
+        code, out = _cli(state["service_url"], "reconcile", "--once")
         _expect(code == EXIT_OK, f"exit {code}: {out.strip()[-300:]}")
         after = {(b[0], b[1]): (b[2], b[3]) for b in _builds(conn, PRESET_V1)}
         _expect(after.get((built[0], 2)) == ("delete", "pending"), f"no delete build: {after}")
@@ -248,14 +277,14 @@ def check_release(url: str, dump: str, result: Result) -> None:
     @step("pause / resume")
     def _pause() -> None:
         for command in ("pause", "resume"):
-            code, out = _cli(url, command)
+            code, out = _cli(state["service_url"], command)
             _expect(code == EXIT_OK, f"{command}: exit {code}: {out.strip()[-300:]}")
 
     @step("invalidate")
     def _invalidate() -> None:
         column = {"table": "template_version_presets", "column": "last_invalidated_at"}
         available = bool(_value(conn, "has_column", column))
-        code, out = _cli(url, "invalidate", "--preset", str(PRESET_V2))
+        code, out = _cli(state["service_url"], "invalidate", "--preset", str(PRESET_V2))
         if available:
             _expect(code == EXIT_OK, f"exit {code}: {out.strip()[-300:]}")
         else:
@@ -293,6 +322,12 @@ def check_release(url: str, dump: str, result: Result) -> None:
     finally:
         if "events" in state:
             state["events"].close()
+        if "login" in state:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (state["login"],),
+            )
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(state["login"])))
         conn.close()
 
 
@@ -344,6 +379,11 @@ def main() -> None:
         f"{OLDEST_CODER_RELEASE}",
     )
     parser.add_argument("--admin-url", help="server for the scratch databases")
+    parser.add_argument(
+        "--as-owner",
+        action="store_true",
+        help="run the service's commands as the owner instead of the least-privilege role",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     args = parser.parse_args()
     print_header("prebuildd against each Coder release's dump.sql")
@@ -361,7 +401,7 @@ def main() -> None:
                 commit = _git(args.coder_repo, "rev-parse", "--short=10", f"{ref}^{{commit}}")
                 result.notes.append(f"commit {commit.strip()}")
                 with scratch_database(admin_url, label, args.keep) as url:
-                    check_release(url, dump, result)
+                    check_release(url, dump, result, as_role=not args.as_owner)
             print(result.line(), flush=True)
     failed = [r for r in results if not r.verified]
     print(f"\n{len(results) - len(failed)} of {len(results)} release(s) verified")

@@ -93,7 +93,8 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 SELECT set_config('lock_timeout', %(timeout)s, false);
 
 -- name: reset_session_lock_timeout
-SELECT set_config('lock_timeout', '0', false);
+-- Back to the session's default (including a per-role or per-database setting).
+RESET lock_timeout;
 
 -- name: old_lock_holders
 -- For the message of a migration that gave up on a lock: the other sessions whose transaction
