@@ -192,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="create/upgrade the schema and install the triggers")
     _common(mig)
     mig.add_argument("--uninstall", action="store_true", help="remove prebuildd's own objects")
+    _option(
+        mig,
+        "--lock-timeout",
+        "LOCK_TIMEOUT",
+        "200ms",
+        "longest one DDL statement waits for a table lock, i.e. that Coder's statements can "
+        "queue behind it, before it gives up and retries",
+        type=_duration,
+    )
+    _option(
+        mig,
+        "--lock-retry-for",
+        "LOCK_RETRY_FOR",
+        "60s",
+        "how long each step keeps retrying (jittered backoff) before failing with a message",
+        type=_duration,
+    )
 
     rec = sub.add_parser("reconcile", help="reconcile every preset once")
     _common(rec)
@@ -325,15 +342,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from prebuildd.migrate import migrate, uninstall
+    from prebuildd.migrate import LockPolicy, MigrationError, migrate, uninstall
 
-    with database(args, start_embedded=True) as url:
-        if args.uninstall:
-            for line in uninstall(url):
-                print(line)
-        else:
-            report = migrate(url)
-            print(report)
+    try:
+        policy = LockPolicy(timeout=args.lock_timeout, retry_for=args.lock_retry_for)
+    except ValueError as exc:
+        raise ConfigError(f"--lock-timeout/--lock-retry-for: {exc}") from None
+    try:
+        with database(args, start_embedded=True) as url:
+            if args.uninstall:
+                for line in uninstall(url, lock_policy=policy):
+                    print(line)
+            else:
+                report = migrate(url, lock_policy=policy)
+                print(report)
+    except MigrationError as exc:
+        print(f"prebuildd: migrate: {redact_dsn(str(exc)).strip()}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

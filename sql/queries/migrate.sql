@@ -83,8 +83,42 @@ SET checksum = EXCLUDED.checksum,
 
 -- name: set_local_lock_timeout
 -- DDL on a live Coder table queues behind running queries, and every query after it queues
--- behind the DDL: give up instead of stalling Coder (the transaction is retried by a rerun).
+-- behind the DDL: a short timeout per attempt means Coder's writes wait at most that long
+-- behind us; migrate.py retries the transaction with backoff (LockNotAvailable).
 SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: set_session_lock_timeout
+-- For the statements of a no-transaction file (CREATE / DROP INDEX CONCURRENTLY), which run
+-- in autocommit, so a transaction-local setting would not outlive its own statement.
+SELECT set_config('lock_timeout', %(timeout)s, false);
+
+-- name: reset_session_lock_timeout
+-- Back to the session's default (including a per-role or per-database setting).
+RESET lock_timeout;
+
+-- name: old_lock_holders
+-- For the message of a migration that gave up on a lock: the other sessions whose transaction
+-- started before `since` and that hold a lock on a table or index of the current schema --
+-- the usual suspects (an idle-in-transaction session, a long report, a stuck migration).
+-- No query text: it may carry literal values.
+SELECT
+    act.pid,
+    COALESCE(NULLIF(act.application_name, ''), '?') AS application_name,
+    COALESCE(act.state, '?') AS state,
+    date_trunc('second', now() - act.xact_start)::text AS transaction_age,
+    string_agg(DISTINCT rel.relname, ', ' ORDER BY rel.relname) AS relations
+FROM pg_catalog.pg_locks lck
+JOIN pg_catalog.pg_stat_activity act ON act.pid = lck.pid
+JOIN pg_catalog.pg_class rel ON rel.oid = lck.relation
+JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+WHERE lck.granted
+  AND lck.pid <> pg_backend_pid()
+  AND lck.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+  AND ns.nspname = current_schema()
+  AND act.xact_start < %(since)s::timestamptz
+GROUP BY act.pid, act.application_name, act.state, act.xact_start
+ORDER BY act.xact_start
+LIMIT 5;
 
 -- name: invalid_own_indexes
 -- Our indexes left INVALID by an interrupted CREATE INDEX CONCURRENTLY; IF NOT EXISTS would
@@ -97,47 +131,70 @@ WHERE NOT idx.indisvalid
   AND rel.relname LIKE 'prebuildd\_%'
 ORDER BY 1;
 
--- name: own_objects
--- Everything `migrate --uninstall` removes, in a safe order: triggers named prebuildd_*,
--- indexes named prebuildd_* (both outside our schema), routines of schema prebuildd, then the
--- schema itself. Coder's objects never match. Each row carries a description for the report
--- and the statement that drops the object, identifiers quoted by format().
+-- ---------------------------------------------------------------------------------------------
+-- `migrate --uninstall`, in the order it runs. Every step is idempotent and re-derived from
+-- the catalog, so an interrupted uninstall is finished by running it again. Coder's objects
+-- never match: prebuildd's are named prebuildd_* (triggers, indexes) or live in schema
+-- prebuildd. Each listing row carries a description for the report and the statement that
+-- drops the object, identifiers quoted by format().
+-- ---------------------------------------------------------------------------------------------
+
+-- name: forget_applied_files
+-- Step 1. From here on, `migrate` re-applies every file: whatever a partial uninstall has
+-- already removed comes back (versioned files are idempotent: IF NOT EXISTS, OR REPLACE).
+DELETE FROM prebuildd.schema_migrations;
+
+-- name: has_bookkeeping
+SELECT to_regclass('prebuildd.schema_migrations') IS NOT NULL;
+
+-- name: own_triggers
+-- Step 2, one transaction per table (each locks that one table only): triggers named
+-- prebuildd_*, and any trigger calling a function of schema prebuildd, whatever its name.
+SELECT
+    format('%I.%I', ns.nspname, rel.relname) AS table_name,
+    format('trigger %s on %s.%s', trg.tgname, ns.nspname, rel.relname) AS description,
+    format('DROP TRIGGER IF EXISTS %I ON %I.%I', trg.tgname, ns.nspname, rel.relname)
+        AS statement
+FROM pg_catalog.pg_trigger trg
+JOIN pg_catalog.pg_class rel ON rel.oid = trg.tgrelid
+JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+JOIN pg_catalog.pg_proc fn ON fn.oid = trg.tgfoid
+JOIN pg_catalog.pg_namespace fns ON fns.oid = fn.pronamespace
+WHERE NOT trg.tgisinternal
+  AND (trg.tgname LIKE 'prebuildd\_%' OR fns.nspname = 'prebuildd')
+  AND ns.nspname <> 'prebuildd'
+ORDER BY 1, 2;
+
+-- name: own_indexes
+-- Step 3, each statement on its own in autocommit: CONCURRENTLY never blocks Coder's reads or
+-- writes of the table (it waits for the transactions that might use the index instead).
+SELECT
+    format('index %s.%s', ns.nspname, rel.relname) AS description,
+    format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', ns.nspname, rel.relname) AS statement
+FROM pg_catalog.pg_class rel
+JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
+WHERE rel.relkind IN ('i', 'I')
+  AND rel.relname LIKE 'prebuildd\_%'
+  AND ns.nspname <> 'prebuildd'
+ORDER BY 1;
+
+-- name: own_schema
+-- Step 4, one transaction: the schema and everything in it (functions, the bookkeeping). No
+-- trigger calls our functions any more (step 2), so nothing outside the schema is locked.
+-- The routines are listed for the report; the last row drops them all.
 SELECT description, statement
 FROM (
     SELECT
         1 AS step,
-        format('trigger %s on %s.%s', trg.tgname, ns.nspname, rel.relname) AS description,
-        format('DROP TRIGGER IF EXISTS %I ON %I.%I', trg.tgname, ns.nspname, rel.relname)
-            AS statement
-    FROM pg_catalog.pg_trigger trg
-    JOIN pg_catalog.pg_class rel ON rel.oid = trg.tgrelid
-    JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
-    WHERE NOT trg.tgisinternal
-      AND trg.tgname LIKE 'prebuildd\_%'
-      AND ns.nspname <> 'prebuildd'
-    UNION ALL
-    SELECT
-        2,
-        format('index %s.%s', ns.nspname, rel.relname),
-        format('DROP INDEX IF EXISTS %I.%I', ns.nspname, rel.relname)
-    FROM pg_catalog.pg_class rel
-    JOIN pg_catalog.pg_namespace ns ON ns.oid = rel.relnamespace
-    WHERE rel.relkind IN ('i', 'I')
-      AND rel.relname LIKE 'prebuildd\_%'
-      AND ns.nspname <> 'prebuildd'
-    UNION ALL
-    SELECT
-        3,
-        format('function %s', fn.oid::regprocedure),
-        -- CASCADE: a trigger calling our function is ours, whatever its name.
-        format('DROP ROUTINE IF EXISTS %s CASCADE', fn.oid::regprocedure)
+        format('function %s', fn.oid::regprocedure) AS description,
+        NULL::text AS statement
     FROM pg_catalog.pg_proc fn
     JOIN pg_catalog.pg_namespace ns ON ns.oid = fn.pronamespace
     WHERE ns.nspname = 'prebuildd'
       AND fn.prokind IN ('f', 'p')
     UNION ALL
     SELECT
-        4,
+        2,
         format('schema %s', ns.nspname),
         format('DROP SCHEMA IF EXISTS %I CASCADE', ns.nspname)
     FROM pg_catalog.pg_namespace ns

@@ -70,30 +70,60 @@ SELECT set_config(
 -- name: snapshot_presets
 -- Presets that want prebuilds, on every version of the templates (active or not), with the
 -- context the planner needs to tell active from inactive.
+--
+-- last_invalidated_at is optional (Coder's migration 000399, first released in v2.29.0), so
+-- it is named without a table qualifier and resolved by scope: PostgreSQL looks a column name
+-- up in the innermost query level first and moves outward only when no relation there has
+-- it. Inside `s`, only `p` can have the column (templates, organizations and versions have
+-- none of that name): on a newer Coder it is p's; on an older one the name falls through to
+-- `absent`, the one-row NULL of the enclosing level. No whole-row reference (to_jsonb(p)),
+-- so the service role needs SELECT on that column only, and the planner flattens `s` into
+-- the same plan as before (its ORDER BY sits outside for that reason).
 SELECT
-    p.id,
-    p.name,
-    t.id AS template_id,
-    t.name AS template_name,
-    o.id AS organization_id,
-    o.name AS organization_name,
-    v.id AS template_version_id,
-    v.name AS template_version_name,
-    t.active_version_id = v.id AS using_active_version,
-    t.deleted AS template_deleted,
-    t.deprecated <> '' AS template_deprecated,
-    p.desired_instances,
-    p.invalidate_after_secs,
-    p.last_invalidated_at,
-    p.scheduling_timezone,
-    p.prebuild_status
-FROM templates AS t
-JOIN organizations AS o ON o.id = t.organization_id
-JOIN template_versions AS v ON v.template_id = t.id
-JOIN template_version_presets AS p ON p.template_version_id = v.id
-WHERE t.id = ANY(%(template_ids)s::uuid[])
-  AND p.desired_instances IS NOT NULL
-ORDER BY t.id, v.created_at, v.id, p.name, p.id;
+    s.id,
+    s.name,
+    s.template_id,
+    s.template_name,
+    s.organization_id,
+    s.organization_name,
+    s.template_version_id,
+    s.template_version_name,
+    s.using_active_version,
+    s.template_deleted,
+    s.template_deprecated,
+    s.desired_instances,
+    s.invalidate_after_secs,
+    s.last_invalidated_at,
+    s.scheduling_timezone,
+    s.prebuild_status
+FROM (VALUES (NULL::timestamptz)) AS absent (last_invalidated_at)
+CROSS JOIN LATERAL (
+    SELECT
+        p.id,
+        p.name,
+        t.id AS template_id,
+        t.name AS template_name,
+        o.id AS organization_id,
+        o.name AS organization_name,
+        v.id AS template_version_id,
+        v.name AS template_version_name,
+        v.created_at AS template_version_created_at,
+        t.active_version_id = v.id AS using_active_version,
+        t.deleted AS template_deleted,
+        t.deprecated <> '' AS template_deprecated,
+        p.desired_instances,
+        p.invalidate_after_secs,
+        last_invalidated_at,
+        p.scheduling_timezone,
+        p.prebuild_status
+    FROM templates AS t
+    JOIN organizations AS o ON o.id = t.organization_id
+    JOIN template_versions AS v ON v.template_id = t.id
+    JOIN template_version_presets AS p ON p.template_version_id = v.id
+    WHERE t.id = ANY(%(template_ids)s::uuid[])
+      AND p.desired_instances IS NOT NULL
+) AS s
+ORDER BY s.template_id, s.template_version_created_at, s.template_version_id, s.name, s.id;
 
 -- name: snapshot_schedules
 -- Schedules of the presets above. Starts from the templates, as snapshot_presets does (a

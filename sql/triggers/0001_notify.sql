@@ -137,15 +137,17 @@ CREATE TRIGGER prebuildd_preset_added_or_removed
     FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('preset_changed');
 
 -- Not prebuild_status: the service writes it itself, and an event would only echo back.
+-- last_invalidated_at is optional (Coder v2.29.0 and later): read from the whole row, by
+-- name, so that the trigger can be created on older schemas too; hence no column list.
 DROP TRIGGER IF EXISTS prebuildd_preset_changed ON template_version_presets;
 CREATE TRIGGER prebuildd_preset_changed
-    AFTER UPDATE OF desired_instances, invalidate_after_secs, scheduling_timezone,
-        last_invalidated_at ON template_version_presets
+    AFTER UPDATE ON template_version_presets
     FOR EACH ROW
     WHEN (OLD.desired_instances IS DISTINCT FROM NEW.desired_instances
           OR OLD.invalidate_after_secs IS DISTINCT FROM NEW.invalidate_after_secs
           OR OLD.scheduling_timezone IS DISTINCT FROM NEW.scheduling_timezone
-          OR OLD.last_invalidated_at IS DISTINCT FROM NEW.last_invalidated_at)
+          OR (to_jsonb(OLD) -> 'last_invalidated_at')
+             IS DISTINCT FROM (to_jsonb(NEW) -> 'last_invalidated_at'))
     EXECUTE FUNCTION prebuildd.notify_event('preset_changed');
 
 DROP TRIGGER IF EXISTS prebuildd_schedule_added_or_removed

@@ -159,3 +159,55 @@ def test_a_dead_database_is_an_error_without_the_password(
     err = capsys.readouterr().err
     assert err.startswith("prebuildd: ")
     assert "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--lock-timeout", "0"], {}, "the lock timeout must be positive"),
+        (["--lock-timeout", "soon"], {}, "invalid duration 'soon'"),
+        ([], {"PREBUILDD_LOCK_RETRY_FOR": "bogus"}, "--lock-retry-for: invalid duration"),
+    ],
+)
+def test_migrate_lock_flags_reject_bad_values_and_write_nothing(
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+    empty_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        raise SystemExit(main(["migrate", "--database-url", empty_db_url, *args]))
+    assert exited.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    with psycopg.connect(empty_db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'prebuildd'")
+        assert row.fetchone() == (0,)
+
+
+def test_migrate_gives_up_on_a_held_lock_with_a_clear_message_then_succeeds(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE prebuildd.schema_migrations SET checksum = 'stale'"
+            " WHERE path LIKE 'triggers/%'"
+        )
+    # Coder's transaction, open with a write on templates: our trigger DDL cannot get its lock.
+    blocker = psycopg.connect(db_url)
+    try:
+        blocker.execute("UPDATE templates SET updated_at = updated_at WHERE false")
+        flags = ["--lock-timeout", "50ms", "--lock-retry-for", "300ms"]
+        assert run(db_url, "migrate", *flags) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert err.startswith("prebuildd: migrate: triggers/")
+        assert "run the same command again" in err
+        assert f"pid {blocker.info.backend_pid} " in err
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert run(db_url, "migrate", "--lock-timeout", "50ms") == EXIT_OK
+    assert "triggers/" in capsys.readouterr().out

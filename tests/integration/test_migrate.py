@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import LiteralString
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from prebuildd import migrate as migrate_module
 from prebuildd.migrate import (
     BASE_SCHEMA,
+    LockPolicy,
     MigrateReport,
     MigrationError,
+    MigrationLockTimeout,
     SchemaMismatch,
     SqlFile,
     migrate,
+    repeatable_files,
     split_statements,
     uninstall,
     versioned_files,
@@ -165,14 +174,18 @@ def test_foreign_schema_with_gaps_fails_listing_all_and_creates_nothing(
     # Whole tables that are absent are named once, as tables.
     assert "table provisioner_jobs" in missing
     assert "table template_version_presets" in missing
-    assert "table workspace_latest_builds" in missing
+    assert "table workspace_agents" in missing
     assert not any(item.startswith("column provisioner_jobs.") for item in missing)
     # Tables that exist are checked column by column, every gap listed.
     assert "column templates.active_version_id" in missing
     assert "column templates.deprecated" in missing
     assert "column workspaces.deleted" in missing
-    assert "column organizations.display_name" in missing
+    assert "column templates.provisioner" in missing
     assert "column templates.name" not in missing
+    # Only what production uses: organizations (id, name) is complete; Coder's views, which
+    # only development tools read, are not demanded.
+    assert not any(item.startswith("column organizations.") for item in missing)
+    assert "table workspace_latest_builds" not in missing
     assert "enum label prebuild_status.'hard_limited'" in missing
     message = str(caught.value)
     for item in missing:
@@ -298,3 +311,319 @@ def test_uninstall_removes_own_objects_and_keeps_coder_data(db_url: str) -> None
     report = migrate(db_url)
     assert not report.installed_base_schema
     assert report.applied[: len(VERSIONED)] == tuple(VERSIONED)
+
+
+def test_every_versioned_file_can_be_applied_again(db_url: str) -> None:
+    """After an interrupted uninstall, `migrate` re-applies every file (uninstall forgets the
+    applied files first): each versioned file must therefore be idempotent."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for file in versioned_files():
+            if file.no_transaction:
+                for statement in split_statements(file.text):
+                    conn.execute(sql.SQL(statement))
+            else:
+                with conn.transaction():
+                    conn.execute(sql.SQL(file.text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks: migrate and uninstall never make Coder wait behind them
+# ---------------------------------------------------------------------------------------------
+
+# A write's table lock (ROW EXCLUSIVE), as every UPDATE of Coder's takes it; no row needed.
+CODER_WRITE: dict[str, LiteralString] = {
+    "templates": "UPDATE templates SET updated_at = updated_at WHERE false",
+    "workspaces": "UPDATE workspaces SET updated_at = updated_at WHERE false",
+}
+SHORT = LockPolicy(timeout=timedelta(milliseconds=100), retry_for=timedelta(seconds=1))
+# Generous bound for anything a test waits for; never a measured figure.
+PATIENCE_SECONDS = 60.0
+
+
+class Blocker:
+    """An open transaction of Coder's that has written to `table` and is not done yet (a long
+    request, an idle-in-transaction session): it holds the table's write lock until released.
+    """
+
+    def __init__(self, url: str, table: str) -> None:
+        self.conn = psycopg.connect(url)
+        self.conn.execute(CODER_WRITE[table])
+        self.pid = self.conn.info.backend_pid
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.commit()
+            self.conn.close()
+
+
+def coder_write(url: str, table: str, *, statement_timeout: str = "60s") -> None:
+    """One autocommit write of Coder's; `statement_timeout` only keeps a stuck test finite."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
+        conn.execute(CODER_WRITE[table])
+
+
+class InThread:
+    """Run `work()` in a thread; `.result()` re-raises what it raised."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        self._outcome: list[object] = []
+        self._error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._outcome.append(work())
+            except BaseException as exc:  # handed to the test by result()
+                self._error.append(exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def result(self) -> object:
+        self.thread.join(timeout=PATIENCE_SECONDS)
+        assert not self.thread.is_alive(), "still running"
+        if self._error:
+            raise self._error[0]
+        return self._outcome[0]
+
+
+class RetryWatch(logging.Handler):
+    """Set when migrate logs that a step of `step_contains` hit a busy lock and will retry."""
+
+    def __init__(self, step_contains: str) -> None:
+        super().__init__(level=logging.INFO)
+        self.step_contains = step_contains
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        step = str(getattr(record, "step", ""))
+        if record.getMessage() == "lock busy, retrying" and self.step_contains in step:
+            self.seen.set()
+
+
+@pytest.fixture
+def retry_watch() -> Iterator[Callable[[str], RetryWatch]]:
+    logger = logging.getLogger("prebuildd.migrate")
+    level = logger.level
+    handlers: list[RetryWatch] = []
+
+    def watch(step_contains: str) -> RetryWatch:
+        handler = RetryWatch(step_contains)
+        logger.addHandler(handler)
+        handlers.append(handler)
+        logger.setLevel(logging.INFO)
+        return handler
+
+    yield watch
+    for handler in handlers:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _stale_repeatables(url: str) -> list[str]:
+    """Make the next migrate re-apply every repeatable file (as after an upgrade)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE prebuildd.schema_migrations SET checksum = 'stale'"
+            " WHERE path LIKE 'triggers/%' OR path LIKE 'functions/%'"
+        )
+    return [file.path for file in repeatable_files()]
+
+
+_OWN_TRIGGERS = """
+SELECT tgrelid::regclass::text || ' ' || tgname || ' ' || md5(pg_get_triggerdef(oid))
+FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'prebuildd\\_%'
+"""
+
+
+def own_triggers(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {str(row[0]) for row in conn.execute(_OWN_TRIGGERS)}
+
+
+def _waiting_on(url: str, table: str) -> bool:
+    """Some session waits for a lock on `table` (a request queued behind a holder)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+            (table,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def _eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_migrate_waiting_for_a_lock_never_queues_coders_writes(
+    db_url: str, retry_watch: Callable[[str], RetryWatch]
+) -> None:
+    files = _stale_repeatables(db_url)
+    triggers = own_triggers(db_url)
+    watch = retry_watch("triggers/")
+    blocker = Blocker(db_url, "templates")
+    try:
+        running = InThread(lambda: migrate(db_url))
+        assert watch.seen.wait(PATIENCE_SECONDS), "migrate never met the blocker's lock"
+
+        # Migrate is retrying; a Coder write to the same table goes through meanwhile.
+        coder_write(db_url, "templates")
+        assert running.running, "migrate finished although the blocker still holds the lock"
+    finally:
+        blocker.release()
+    report = running.result()
+    assert isinstance(report, MigrateReport)
+    assert list(report.applied) == files
+    assert own_triggers(db_url) == triggers
+    assert set(recorded(db_url).values()) - {"stale"} == set(recorded(db_url).values())
+
+
+def test_without_the_lock_timeout_coders_writes_would_queue(db_url: str) -> None:
+    """The control: the same scenario with a lock_timeout that never fires shows what the
+    test above guards against -- Coder's write stuck behind our waiting DDL."""
+    _stale_repeatables(db_url)
+    blocker = Blocker(db_url, "templates")
+    try:
+        patient = LockPolicy(timeout=timedelta(hours=1), retry_for=timedelta(hours=1))
+        running = InThread(lambda: migrate(db_url, lock_policy=patient))
+        _eventually(lambda: _waiting_on(db_url, "templates"), "migrate waits for templates")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            coder_write(db_url, "templates", statement_timeout="2s")
+        assert running.running
+    finally:
+        blocker.release()
+    assert isinstance(running.result(), MigrateReport)
+
+
+def test_migrate_gives_up_with_a_clear_message_and_a_rerun_completes(db_url: str) -> None:
+    files = _stale_repeatables(db_url)
+    triggers = own_triggers(db_url)
+    blocker = Blocker(db_url, "templates")
+    try:
+        with pytest.raises(MigrationLockTimeout) as caught:
+            migrate(db_url, lock_policy=SHORT)
+        # Nothing of the file that gave up was applied; the triggers are as they were.
+        assert caught.value.step in files
+        assert recorded(db_url)[caught.value.step] == "stale"
+        assert own_triggers(db_url) == triggers
+    finally:
+        blocker.release()
+    message = str(caught.value)
+    assert caught.value.step in message
+    assert "run the same command again" in message
+    assert f"pid {blocker.pid} " in message, "the old transaction holding the lock is named"
+    assert "--lock-retry-for" in message
+
+    report = migrate(db_url, lock_policy=SHORT)
+    assert caught.value.step in report.applied
+    assert "stale" not in recorded(db_url).values()
+    assert own_triggers(db_url) == triggers
+
+
+# CREATE INDEX CONCURRENTLY waiting for a transaction to end (its virtual transaction id).
+_INDEX_BUILD_WAITING = """
+SELECT count(*) FROM pg_stat_activity
+WHERE application_name = 'prebuildd migrate' AND wait_event = 'virtualxid'
+"""
+
+
+def test_concurrent_index_builds_wait_for_old_transactions_without_blocking_coder(
+    empty_db_url: str,
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits by design for the transactions that are writing to its
+    table (and for older snapshots); Coder's new writes to that table carry on meanwhile."""
+    _install_coder_subset_by_hand(empty_db_url)
+    blocker = Blocker(empty_db_url, "workspaces")
+    try:
+        running = InThread(lambda: migrate(empty_db_url))
+        _eventually(
+            lambda: bool(scalar(empty_db_url, _INDEX_BUILD_WAITING)),
+            "an index build waits for the old transaction",
+        )
+        coder_write(empty_db_url, "workspaces")
+        assert running.running
+    finally:
+        blocker.release()
+    report = running.result()
+    assert isinstance(report, MigrateReport)
+    assert report.applied[: len(VERSIONED)] == tuple(VERSIONED)
+    assert "prebuildd_workspaces_template_owner" in own_index_names(empty_db_url)
+
+
+def test_a_concurrent_index_build_that_gives_up_is_redone_by_the_next_run(
+    empty_db_url: str,
+) -> None:
+    _install_coder_subset_by_hand(empty_db_url)
+    blocker = Blocker(empty_db_url, "workspaces")
+    try:
+        with pytest.raises(MigrationLockTimeout) as caught:
+            migrate(empty_db_url, lock_policy=SHORT)
+    finally:
+        blocker.release()
+    assert caught.value.step == VERSIONED[0]
+    assert "CONCURRENTLY" in str(caught.value)
+    assert f"pid {blocker.pid} " in str(caught.value)
+    assert VERSIONED[0] not in recorded(empty_db_url)
+
+    report = migrate(empty_db_url, lock_policy=SHORT)
+    assert report.applied[: len(VERSIONED)] == tuple(VERSIONED)
+    invalid = scalar(empty_db_url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+    assert invalid == 0
+    assert "prebuildd_workspaces_template_owner" in own_index_names(empty_db_url)
+
+
+def test_uninstall_waiting_for_a_lock_never_queues_coders_writes(
+    db_url: str, retry_watch: Callable[[str], RetryWatch]
+) -> None:
+    watch = retry_watch("triggers on public.workspaces")
+    blocker = Blocker(db_url, "workspaces")
+    try:
+        running = InThread(lambda: uninstall(db_url))
+        assert watch.seen.wait(PATIENCE_SECONDS), "uninstall never met the blocker's lock"
+        coder_write(db_url, "workspaces")
+        assert running.running
+        # The other tables' triggers are already gone: one table at a time.
+        assert {t.split()[0] for t in own_triggers(db_url)} == {"workspaces"}
+    finally:
+        blocker.release()
+    removed = running.result()
+    assert isinstance(removed, list) and removed[-1] == "schema prebuildd"
+    assert own_triggers(db_url) == set()
+    assert own_index_names(db_url) == set()
+
+
+@pytest.mark.parametrize("then", ["uninstall", "migrate"])
+def test_interrupted_uninstall_is_finished_by_a_rerun_or_undone_by_migrate(
+    db_url: str, template_db_url: str, then: str
+) -> None:
+    full = own_triggers(db_url)
+    blocker = Blocker(db_url, "workspaces")
+    try:
+        with pytest.raises(MigrationLockTimeout) as caught:
+            uninstall(db_url, lock_policy=SHORT)
+    finally:
+        blocker.release()
+    assert "workspaces" in caught.value.step
+    assert "run the same command again" in str(caught.value)
+    # Partial: only the table that timed out still has its triggers.
+    left = own_triggers(db_url)
+    assert left and left < full
+    assert {t.split()[0] for t in left} == {"workspaces"}
+
+    if then == "uninstall":
+        uninstall(db_url, lock_policy=SHORT)
+        assert own_triggers(db_url) == set()
+        assert own_index_names(db_url) == set()
+        assert scalar(db_url, "SELECT count(*) FROM pg_namespace WHERE nspname = 'prebuildd'") == 0
+    else:
+        # uninstall forgot the applied files first, so migrate restores everything.
+        migrate(db_url, lock_policy=SHORT)
+        assert own_triggers(db_url) == full
+        assert own_index_names(db_url) == own_index_names(template_db_url)

@@ -1,21 +1,46 @@
-"""The Coder subset, introspected, against a list written from Coder's dump.sql by hand.
+"""The Coder subset, introspected, against a list written from Coder's dump.sql by hand; and
+the contract between migrate.REQUIRED_COLUMNS and what production really runs.
 
 The expectations below are deliberately not derived from sql/schema/coder_subset.sql: they are
 what Coder's schema says for each included column (type as PostgreSQL's format_type() prints
 it, and NOT NULL), so a drift in the subset file fails here.
+
+REQUIRED_COLUMNS / REQUIRED_ENUM_LABELS are what `migrate` demands of a Coder database. The
+tests at the end build a database with exactly those (tests/integration/_coder_schemas.py)
+and run production there: every production query (EXPLAIN: parse analysis resolves every
+column and enum literal), `migrate` itself (indexes, triggers, functions), and the service's
+whole job end to end, which also executes the late-bound PL/pgSQL of the triggers and
+functions. A query that needs one more column fails here, not on an operator's database.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, LiteralString, cast
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from _coder_schemas import UNNAMEABLE_LABEL, EventInbox, required_only
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from prebuildd.migrate import REQUIRED_COLUMNS, find_missing
-from prebuildd.model import PREBUILDS_USER_ID
+from prebuildd.cli import EXIT_ERROR, EXIT_OK
+from prebuildd.cli import main as cli_main
+from prebuildd.migrate import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    REQUIRED_ENUM_LABELS,
+    find_absent_optional,
+    find_missing,
+    migrate,
+)
+from prebuildd.model import PREBUILDS_USER_ID, PrebuildStatus
+from prebuildd.queries import parse_blocks, query, read_sql_file, sql_root
 
-Conn = psycopg.Connection[tuple[object, ...]]
+Conn = psycopg.Connection[Any]
 
 TS = "timestamp with time zone"
 
@@ -511,9 +536,366 @@ def test_prebuilds_system_user_row(conn: Conn) -> None:
     assert row == ("prebuilds", True, "none", "active", False)
 
 
-def test_required_columns_manifest_is_exactly_the_subset(conn: Conn) -> None:
+def test_required_and_optional_columns_are_in_the_subset(conn: Conn) -> None:
+    """The subset holds everything production needs (and may hold more, for dev tools)."""
     found = _columns(conn, "rv")
     introspected = {(t, c) for t, cols in found.items() for c, _, _ in cols}
-    manifest = {(t, c) for t, cols in REQUIRED_COLUMNS.items() for c in cols}
-    assert manifest == introspected
+    required = {(t, c) for t, cols in REQUIRED_COLUMNS.items() for c in cols}
+    optional = {(t, c) for t, cols in OPTIONAL_COLUMNS.items() for c in cols}
+    assert required <= introspected, required - introspected
+    assert optional <= introspected, optional - introspected
+    assert not required & optional
     assert find_missing(conn) == ()
+    assert find_absent_optional(conn) == ()
+
+
+def test_required_enum_labels_are_in_the_subset_and_cover_what_the_service_writes() -> None:
+    for type_name, labels in REQUIRED_ENUM_LABELS.items():
+        assert set(labels) <= set(EXPECTED_ENUMS[type_name]), type_name
+    # set_preset_status binds these values as parameters: no query text names them.
+    assert set(REQUIRED_ENUM_LABELS["prebuild_status"]) == {s.value for s in PrebuildStatus}
+
+
+# ---------------------------------------------------------------------------------------------
+# Production needs nothing beyond REQUIRED_COLUMNS / REQUIRED_ENUM_LABELS
+# ---------------------------------------------------------------------------------------------
+
+# Files of sql/queries/ run in production (`run`, `reconcile`, `status`, `pause`, `resume`,
+# `invalidate`), and files only `migrate` or the development tools run, with why.
+PRODUCTION_FILES = {
+    "snapshot.sql",
+    "actions.sql",
+    "admin.sql",
+    "health.sql",
+    "listener.sql",
+    "notifications.sql",
+}
+NOT_PRODUCTION_FILES = {
+    "migrate.sql": "catalog queries of `migrate` itself (they name no Coder column)",
+    "claim.sql": "`prebuildd claim` is a development tool: Coder claims prebuilds",
+    "provisioner.sql": "the simulated provisioner stands in for Coder's provisioners",
+    "demo.sql": "`prebuildd demo` seeds its own database",
+}
+# Production queries that write an OPTIONAL_COLUMNS column, so they cannot work without it:
+# on such a schema they must fail on that column, not on any other.
+OPTIONAL_WRITES = {"invalidate_preset": "template_version_presets.last_invalidated_at"}
+
+
+def _query_files() -> set[str]:
+    return {e.name for e in (sql_root() / "queries").iterdir() if e.name.endswith(".sql")}
+
+
+def _production_queries() -> list[str]:
+    names: list[str] = []
+    for file in sorted(PRODUCTION_FILES & _query_files()):
+        for name, text in parse_blocks(read_sql_file("queries", file), file).items():
+            # LISTEN takes no parameters and cannot be EXPLAINed; the end-to-end test
+            # below listens for real.
+            if not re.search(r"^\s*LISTEN\b", text, re.MULTILINE | re.IGNORECASE):
+                names.append(name)
+    return names
+
+
+def test_every_query_file_is_classified_production_or_not() -> None:
+    assert _query_files() == PRODUCTION_FILES | set(NOT_PRODUCTION_FILES)
+    production = set(_production_queries())
+    assert set(OPTIONAL_WRITES) <= production
+
+
+def _sample(name: str) -> object:
+    """A value of the right type for a query parameter, by its name."""
+    fixed: dict[str, object] = {
+        "count": 1,
+        "hard_limit": 3,
+        "paused": True,
+        "status": "healthy",
+        "trace_metadata": Jsonb({}),
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.endswith("_ids"):
+        return [uuid4()]
+    if name.endswith("_id"):
+        return uuid4()
+    if name == "now" or name.endswith(("_at", "_since")):
+        return datetime.now(UTC)
+    raise LookupError(f"no sample value for %({name})s: teach _sample() its type")
+
+
+@pytest.fixture
+def required_only_url(empty_db_url: str) -> str:
+    """Coder's subset cut down to REQUIRED_COLUMNS / REQUIRED_ENUM_LABELS, then migrated."""
+    required_only(empty_db_url)
+    report = migrate(empty_db_url)
+    assert not report.installed_base_schema
+    assert report.absent_optional == ("template_version_presets.last_invalidated_at",)
+    return empty_db_url
+
+
+@pytest.mark.parametrize("name", _production_queries())
+def test_production_query_needs_only_required_columns(required_only_url: str, name: str) -> None:
+    """Parse analysis resolves every table, column and enum literal of a statement, so
+    EXPLAIN fails on anything the database lacks, on every branch of the query."""
+    text = str(query(name).as_string(None))
+    params = {p: _sample(p) for p in set(re.findall(r"%\((\w+)\)s", text))} or None
+    with psycopg.connect(required_only_url, autocommit=True) as conn:
+        if name not in OPTIONAL_WRITES:
+            conn.execute(sql.SQL("EXPLAIN ") + query(name), params)
+            return
+        try:
+            conn.execute(sql.SQL("EXPLAIN ") + query(name), params)
+        except psycopg.errors.UndefinedColumn as exc:
+            assert OPTIONAL_WRITES[name].split(".")[1] in str(exc)
+
+
+def test_minimal_database_really_is_minimal(required_only_url: str) -> None:
+    """The shrinking did happen (the test above would pass vacuously on the full subset)."""
+    with psycopg.connect(required_only_url) as conn:
+        found = _columns(conn, "r")
+        kept = {(t, c) for t, cols in found.items() for c, _, _ in cols}
+        required = {(t, c) for t, cols in REQUIRED_COLUMNS.items() for c in cols}
+        # Coder computes job_status from these; they stay with it.
+        generated_inputs = {("provisioner_jobs", "error")}
+        assert kept == required | generated_inputs
+        labels = conn.execute(
+            "SELECT enum_range(NULL::workspace_transition)::text[],"
+            " enum_range(NULL::provisioner_type)::text[]"
+        ).fetchone()
+        assert labels == (["start", "delete"], [UNNAMEABLE_LABEL])
+
+
+# Rows of the minimal database: every required NOT NULL column given, nothing else named.
+# Enum types prebuildd never names hold only UNNAMEABLE_LABEL there.
+_ORG: LiteralString = "INSERT INTO organizations (id, name) VALUES (%(id)s, %(name)s)"
+_ADMIN: LiteralString = """
+INSERT INTO users (id, email, username, name, deleted, status, is_system, rbac_roles)
+VALUES (%(id)s, 'admin@example.com', 'admin', 'Admin', false, 'active', false,
+        ARRAY['template-admin'])
+"""
+_JOB: LiteralString = """
+INSERT INTO provisioner_jobs (
+    id, created_at, updated_at, started_at, completed_at, error, organization_id,
+    initiator_id, provisioner, storage_method, type, input, file_id, tags
+)
+VALUES (
+    %(id)s, now(), now(), now(), now(), %(error)s, %(org)s, %(initiator)s,
+    'minimal_db_only', 'minimal_db_only', 'workspace_build', '{}', gen_random_uuid(),
+    '{"scope": "organization", "owner": ""}'
+)
+"""
+_TEMPLATE: LiteralString = """
+INSERT INTO templates (id, name, organization_id, active_version_id, deleted, deprecated,
+                       provisioner)
+VALUES (%(id)s, %(name)s, %(org)s, %(version)s, false, '', 'minimal_db_only')
+"""
+_VERSION: LiteralString = """
+INSERT INTO template_versions (id, template_id, name, created_at, job_id)
+VALUES (%(id)s, %(template)s, %(name)s, clock_timestamp(), %(job)s)
+"""
+_PRESET: LiteralString = """
+INSERT INTO template_version_presets (id, template_version_id, name, desired_instances,
+                                      invalidate_after_secs, scheduling_timezone,
+                                      prebuild_status)
+VALUES (%(id)s, %(version)s, %(name)s, %(desired)s, NULL, '', 'healthy')
+"""
+_WORKSPACE: LiteralString = """
+INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id, template_id,
+                        deleted, name, last_used_at, automatic_updates, favorite)
+VALUES (%(id)s, now(), now(), %(owner)s, %(org)s, %(template)s, false, %(name)s, now(),
+        'never', false)
+"""
+_BUILD: LiteralString = """
+INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id,
+                              build_number, transition, initiator_id, job_id, deadline,
+                              max_deadline, reason, template_version_preset_id)
+VALUES (gen_random_uuid(), now(), now(), %(workspace)s, %(version)s, 1, 'start',
+        %(initiator)s, %(job)s, now(), now(), 'initiator', %(preset)s)
+"""
+
+
+class _MinimalWorld:
+    """Builds rows on the minimal database with the statements above."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.org = uuid4()
+        self.admin = uuid4()
+        conn.execute(_ORG, {"id": self.org, "name": "minimal-org"})
+        conn.execute(_ADMIN, {"id": self.admin})
+
+    def job(self, *, initiator: UUID, error: str | None = None) -> UUID:
+        job = uuid4()
+        self.conn.execute(
+            _JOB, {"id": job, "error": error, "org": self.org, "initiator": initiator}
+        )
+        return job
+
+    def template(self, name: str, *, import_job: bool = True) -> tuple[UUID, UUID]:
+        template, version = uuid4(), uuid4()
+        self.conn.execute(
+            _TEMPLATE, {"id": template, "name": name, "org": self.org, "version": version}
+        )
+        self.version(template, version, import_job=import_job)
+        return template, version
+
+    def version(self, template: UUID, version: UUID, *, import_job: bool = True) -> UUID:
+        job = self.job(initiator=self.admin) if import_job else uuid4()
+        params = {"id": version, "template": template, "name": f"v-{version.hex[:6]}", "job": job}
+        self.conn.execute(_VERSION, params)
+        return version
+
+    def preset(self, version: UUID, desired: int) -> UUID:
+        preset = uuid4()
+        params = {"id": preset, "version": version, "name": f"p-{preset.hex[:6]}"}
+        self.conn.execute(_PRESET, {**params, "desired": desired})
+        return preset
+
+    def failed_prebuild(self, template: UUID, version: UUID, preset: UUID) -> None:
+        workspace = uuid4()
+        self.conn.execute(
+            _WORKSPACE,
+            {
+                "id": workspace,
+                "owner": PREBUILDS_USER_ID,
+                "org": self.org,
+                "template": template,
+                "name": f"failed-{workspace.hex[:8]}",
+            },
+        )
+        job = self.job(initiator=PREBUILDS_USER_ID, error="boom")
+        self.conn.execute(
+            _BUILD,
+            {
+                "workspace": workspace,
+                "version": version,
+                "initiator": PREBUILDS_USER_ID,
+                "job": job,
+                "preset": preset,
+            },
+        )
+
+
+def _cli(url: str, *args: str) -> int:
+    return cli_main([args[0], "--database-url", url, "--log-level", "warning", *args[1:]])
+
+
+def _one(conn: Conn, statement: LiteralString, *params: object) -> object:
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+_PREBUILD_JOBS: LiteralString = """
+SELECT j.id, j.job_status::text, b.transition::text
+FROM workspace_builds b
+JOIN provisioner_jobs j ON j.id = b.job_id
+WHERE b.template_version_preset_id = %s
+ORDER BY b.build_number, j.id
+"""
+
+
+def test_production_end_to_end_on_required_columns_only(
+    required_only_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service's whole job on a database with nothing but REQUIRED_COLUMNS: creates,
+    statuses, the hard-limit notification, deletes, cancels, status, pause/resume, and every
+    trigger's event -- so the PL/pgSQL bodies run too."""
+    url = required_only_url
+    inbox = EventInbox(url)
+    try:
+        with psycopg.connect(url) as conn:
+            world = _MinimalWorld(conn)
+            a, a_v1 = world.template("alpha")
+            a1 = world.preset(a_v1, desired=2)
+            b, b_v1 = world.template("beta")
+            b1 = world.preset(b_v1, desired=1)
+            for _ in range(3):
+                world.failed_prebuild(b, b_v1, b1)
+            c, c_v1 = world.template("gamma", import_job=False)
+            c1 = world.preset(c_v1, desired=1)
+            conn.commit()
+
+            assert _cli(url, "reconcile", "--once") == EXIT_OK
+            creates = conn.execute(_PREBUILD_JOBS, (a1,)).fetchall()
+            assert [(status, transition) for _, status, transition in creates] == [
+                ("pending", "start"),
+                ("pending", "start"),
+            ]
+            status_of = "SELECT prebuild_status::text FROM template_version_presets WHERE id = %s"
+            assert _one(conn, status_of, b1) == "hard_limited"
+            assert _one(conn, status_of, c1) == "validation_failed"
+            notified = "SELECT count(*) FROM notification_messages WHERE user_id = %s"
+            assert _one(conn, notified, world.admin) == 2  # smtp and inbox
+
+            # A provisioner finishes the first create, with a ready agent; the second stays
+            # queued. Then version 2 is promoted.
+            done, queued = creates[0][0], creates[1][0]
+            conn.execute(
+                "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(),"
+                " worker_id = gen_random_uuid() WHERE id = %s",
+                (done,),
+            )
+            resource = uuid4()
+            conn.execute(
+                "INSERT INTO workspace_resources (id, job_id) VALUES (%s, %s)", (resource, done)
+            )
+            conn.execute(
+                "INSERT INTO workspace_agents (resource_id, lifecycle_state, parent_id, deleted)"
+                " VALUES (%s, 'ready', NULL, false)",
+                (resource,),
+            )
+            a_v2 = world.version(a, uuid4())
+            a2 = world.preset(a_v2, desired=1)
+            conn.execute("UPDATE templates SET active_version_id = %s WHERE id = %s", (a_v2, a))
+            conn.commit()
+
+            assert _cli(url, "reconcile", "--once") == EXIT_OK
+            after = conn.execute(_PREBUILD_JOBS, (a1,)).fetchall()
+            by_job = {job: (status, transition) for job, status, transition in after}
+            assert by_job[done] == ("succeeded", "start")
+            assert by_job[queued] == ("canceled", "start")
+            assert sorted(by_job.values()).count(("pending", "delete")) == 1
+            assert [row[1:] for row in conn.execute(_PREBUILD_JOBS, (a2,)).fetchall()] == [
+                ("pending", "start")
+            ]
+
+            capsys.readouterr()
+            assert _cli(url, "status") == EXIT_OK
+            assert "alpha" in capsys.readouterr().out
+            setting = "SELECT value FROM site_configs WHERE key = 'prebuilds_settings'"
+            assert _cli(url, "pause") == EXIT_OK
+            assert json.loads(str(_one(conn, setting))) == {"reconciliation_paused": True}
+            assert _cli(url, "resume") == EXIT_OK
+            assert json.loads(str(_one(conn, setting))) == {"reconciliation_paused": False}
+            conn.commit()
+            # Writing an optional column cannot work without it: an error, nothing written.
+            assert _cli(url, "invalidate", "--preset", str(a2)) == EXIT_ERROR
+
+            # Coder's writes that the remaining triggers watch.
+            conn.execute("UPDATE templates SET deprecated = 'old' WHERE id = %s", (c,))
+            conn.execute(
+                "INSERT INTO template_version_preset_prebuild_schedules"
+                " (id, preset_id, cron_expression, desired_instances)"
+                " VALUES (gen_random_uuid(), %s, '* 9-17 * * 1-5', 1)",
+                (c1,),
+            )
+            conn.execute(
+                "UPDATE workspaces SET owner_id = %s WHERE id = ("
+                " SELECT workspace_id FROM workspace_builds WHERE job_id = %s)",
+                (world.admin, done),
+            )
+            conn.commit()
+
+        assert inbox.kinds() >= {
+            "build_inserted",
+            "job_status",
+            "agent_ready",
+            "version_promoted",
+            "preset_changed",
+            "settings_changed",
+            "template_changed",
+            "schedule_changed",
+            "claimed",
+        }
+    finally:
+        inbox.close()
