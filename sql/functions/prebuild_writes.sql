@@ -119,15 +119,17 @@ BEGIN
             queue_builds.build_numbers, queue_builds.previous_build_ids
         ) AS s (workspace_id, template_version_id, preset_id, build_number, previous_build_id)
     ),
-    -- Once per distinct version, not per build.
+    -- Once per distinct version, not per build. Each lookup is a primary-key probe (OFFSET 0
+    -- keeps it a lookup): the planner, guessing 200 versions, would otherwise hash whole
+    -- tables, provisioner_jobs among them.
     origin AS MATERIALIZED (
         SELECT
             d.template_version_id,
-            t.organization_id,
-            t.provisioner,
-            ij.storage_method,
-            ij.file_id,
-            CASE WHEN ij.id IS NOT NULL THEN
+            src.organization_id,
+            src.provisioner,
+            src.storage_method,
+            src.file_id,
+            CASE WHEN src.import_job_id IS NOT NULL THEN
                 kept.tags || jsonb_build_object(
                     'scope', scope.value,
                     'owner', CASE scope.value
@@ -137,12 +139,19 @@ BEGIN
                 )
             END AS tags
         FROM (SELECT DISTINCT sp.template_version_id FROM spec AS sp) AS d
-        LEFT JOIN template_versions AS v ON v.id = d.template_version_id
-        LEFT JOIN templates AS t ON t.id = v.template_id
-        LEFT JOIN provisioner_jobs AS ij ON ij.id = v.job_id
+        LEFT JOIN LATERAL (
+            SELECT
+                t.organization_id, t.provisioner, ij.id AS import_job_id, ij.storage_method,
+                ij.file_id, ij.tags
+            FROM template_versions AS v
+            LEFT JOIN templates AS t ON t.id = v.template_id
+            LEFT JOIN provisioner_jobs AS ij ON ij.id = v.job_id
+            WHERE v.id = d.template_version_id
+            OFFSET 0
+        ) AS src ON true
         CROSS JOIN LATERAL (
             SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{}'::jsonb) AS tags
-            FROM jsonb_each_text(COALESCE(ij.tags, '{}'::jsonb)) AS e
+            FROM jsonb_each_text(COALESCE(src.tags, '{}'::jsonb)) AS e
             WHERE e.value <> ''
         ) AS kept
         CROSS JOIN LATERAL (
@@ -199,17 +208,22 @@ BEGIN
         FROM planned AS p
         RETURNING id
     ),
+    -- Index probes per build (OFFSET 0 again): a hash join would read the whole table.
     new_parameters AS (
         INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
-        SELECT p.build_id, pp.name, pp.value
+        SELECT p.build_id, param.name, param.value
         FROM planned AS p
-        JOIN template_version_preset_parameters AS pp
-            ON pp.template_version_preset_id = p.preset_id
-        WHERE p.previous_build_id IS NULL
-        UNION ALL
-        SELECT p.build_id, bp.name, bp.value
-        FROM planned AS p
-        JOIN workspace_build_parameters AS bp ON bp.workspace_build_id = p.previous_build_id
+        CROSS JOIN LATERAL (
+            SELECT pp.name, pp.value
+            FROM template_version_preset_parameters AS pp
+            WHERE p.previous_build_id IS NULL
+              AND pp.template_version_preset_id = p.preset_id
+            UNION ALL
+            SELECT bp.name, bp.value
+            FROM workspace_build_parameters AS bp
+            WHERE bp.workspace_build_id = p.previous_build_id
+            OFFSET 0
+        ) AS param
         RETURNING workspace_build_id
     ),
     posted AS (
