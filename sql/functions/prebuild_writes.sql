@@ -32,6 +32,12 @@
 --   * Set-based: one call per action, whatever the number of rows, as the statements they
 --     replace. Each call runs in the caller's transaction; the reconciler's savepoint per
 --     preset still rolls a failed action back alone.
+--   * Generic plans (plan_cache_mode = force_generic_plan): PL/pgSQL caches each statement's
+--     plan per session, but left to itself PostgreSQL re-plans these statements on every call
+--     (their custom plans always look cheaper), and planning costs more than running them.
+--     The statements are written so that their generic plans are the index lookups a
+--     custom plan would pick (tests/integration/test_actions.py and bench/privilege.py
+--     watch both the rows and the cost).
 --
 -- Repeatable file: `prebuildd migrate` applies it in one transaction whenever its checksum
 -- changes (CREATE OR REPLACE keeps the role's grants). Changing a function's arguments needs
@@ -104,6 +110,7 @@ RETURNS bigint
 LANGUAGE plpgsql
 VOLATILE
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
     postings bigint;
@@ -262,6 +269,7 @@ RETURNS TABLE (workspace_id uuid, postings bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -331,6 +339,7 @@ RETURNS TABLE (workspace_id uuid, postings bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -401,6 +410,7 @@ RETURNS TABLE (workspace_id uuid)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -481,6 +491,7 @@ RETURNS SETOF text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -508,6 +519,7 @@ RETURNS SETOF uuid
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -575,6 +587,7 @@ RETURNS SETOF uuid
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
