@@ -22,9 +22,12 @@ and interleaved in one run (alternating which side goes first):
   preset that wants prebuilds, fail none, and the first must create, delete and cancel the
   same numbers on both sides.
 
-Verdict per figure: median(role or functions) / median(owner or baseline) <= 1.10 (wall
-time; CPU is printed beside it), and the work happened. Anything else prints MISSED and the
-exit status is 1, as is an ERROR log line from the code under test.
+Verdict per figure: median(role or functions) / median(owner or baseline) <= 1.10, and the
+work happened. The ratio judged is that of CPU time (this process + the server's processes),
+what the work costs; wall time, printed beside it, also holds the wait for a core on a shared
+machine. (Without a local server, CPU is not measurable and wall time is judged.) Anything
+else prints MISSED and the exit status is 1, as is an ERROR log line from the code under
+test.
 
     PYTHONPATH=service python -m bench.privilege [--quick] [--reuse] [--rounds N]
                                                  [--fleet NAME] [--part bulk|actions|targeted|sweep]
@@ -41,7 +44,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,13 +103,24 @@ class Figure:
 
     @property
     def cpu_ratio(self) -> float | None:
-        if not self.new_cpu or not self.old_cpu or min(self.old_cpu) <= 0:
+        complete = len(self.new_cpu) == len(self.new_wall) and len(self.old_cpu) == len(
+            self.old_wall
+        )
+        if not complete or not self.old_cpu or min(self.old_cpu) <= 0:
             return None
         return Stats.of(self.new_cpu).median / Stats.of(self.old_cpu).median
 
     @property
+    def judged(self) -> tuple[str, float]:
+        """The ratio the verdict uses: CPU (client + server) when the server's processes are
+        measurable -- what the work costs, unlike wall time, which on a shared machine also
+        holds the wait for a core -- else wall time."""
+        cpu = self.cpu_ratio
+        return ("CPU", cpu) if cpu is not None else ("wall", self.ratio)
+
+    @property
     def met(self) -> bool:
-        return self.work_ok and self.ratio <= BUDGET
+        return self.work_ok and self.judged[1] <= BUDGET
 
     def report(self) -> str:
         new, old = Stats.of(self.new_wall), Stats.of(self.old_wall)
@@ -127,10 +141,11 @@ class Figure:
         cpu = self.cpu_ratio
         cpu_text = f", CPU ratio {cpu:.3f}" if cpu is not None else ""
         new, old = Stats.of(self.new_wall), Stats.of(self.old_wall)
+        basis, ratio = self.judged
         return (
             f"{self.label}: {self.new} {new.median:.1f} ms vs {self.old} {old.median:.1f} ms "
-            f"(median of {new.n}), ratio {self.ratio:.3f}{cpu_text}; {self.work}; "
-            f"<= {BUDGET:.2f} and work done: {verdict(self.met)}"
+            f"(median of {new.n}), wall ratio {self.ratio:.3f}{cpu_text}; {self.work}; "
+            f"{basis} ratio {ratio:.3f} <= {BUDGET:.2f} and work done: {verdict(self.met)}"
         )
 
 
@@ -475,53 +490,53 @@ class SweepRun:
     actions: tuple[int, int, int]
 
 
-@dataclass(slots=True)
-class SweepSamples:
-    drift: Figure
-    steady: Figure
-    # Per side ("new": the role, "old": the owner): (drift sweep, steady sweep) per round.
-    runs: dict[str, list[tuple[SweepRun, SweepRun]]] = field(
-        default_factory=lambda: {"new": [], "old": []}
-    )
-
-
 async def run_sweep(
     server: BenchServer, fleet_db: str, login: Login, rounds: int
 ) -> tuple[Figure, Figure]:
+    """Per round, per side (alternating which goes first): a fresh clone, a dry sweep to warm
+    it (untimed), the sweep that fixes the drift (timed); then, on that now steady clone,
+    steady sweeps of both sides in the order A B B A (timed), so that load that comes and
+    goes on the machine hits both sides alike."""
     print(
-        f"\n-- sweep: sweep_once on a fresh clone (drift, then steady), role vs owner, "
-        f"{rounds} rounds"
+        f"\n-- sweep: sweep_once on fresh clones (the drift, then steady sweeps A B B A), "
+        f"role vs owner, {rounds} rounds"
     )
     with psycopg.connect(server.url(fleet_db), autocommit=True) as conn:
         row = conn.execute(bench_query("privilege_templates_to_sweep")).fetchone()
         meter = ServerCpu.of(conn)
     templates = int(row[0]) if row else -1
-    samples = SweepSamples(
-        Figure("sweep, fixing the drift", "sweep as the role", "sweep as the owner",
-               [], [], [], [], "", True),
-        Figure("sweep, steady", "sweep as the role", "sweep as the owner",
-               [], [], [], [], "", True),
-    )  # fmt: skip
+    drift = Figure("sweep, fixing the drift", "sweep as the role", "sweep as the owner",
+                   [], [], [], [], "", True)  # fmt: skip
+    steady = Figure("sweep, steady", "sweep as the role", "sweep as the owner",
+                    [], [], [], [], "", True)  # fmt: skip
+    drift_runs: list[SweepRun] = []
+    steady_runs: list[SweepRun] = []
     for i in range(rounds):
         for side in ("new", "old") if i % 2 == 0 else ("old", "new"):
             clone = Clone.of(server, fleet_db, "priv")
             try:
-                url = login.url(clone.owner_url) if side == "new" else clone.owner_url
-                await sweep_once(url, PlanConfig(), dry_run=True)  # warm caches, untimed
-                first, first_wall, first_cpu = await _timed_sweep(url, meter)
-                steady, steady_wall, steady_cpu = await _timed_sweep(url, meter)
+                urls = {"new": login.url(clone.owner_url), "old": clone.owner_url}
+                await sweep_once(urls[side], PlanConfig(), dry_run=True)  # warm, untimed
+                run, wall, cpu = await _timed_sweep(urls[side], meter)
+                drift_runs.append(run)
+                _record(drift, side, wall, cpu)
+                other = "old" if side == "new" else "new"
+                steady_walls: list[str] = []
+                for turn in (side, other, other, side):
+                    run, wall, cpu = await _timed_sweep(urls[turn], meter)
+                    steady_runs.append(run)
+                    _record(steady, turn, wall, cpu)
+                    steady_walls.append(f"{'R' if turn == 'new' else 'O'} {wall * 1000:.0f}")
             finally:
                 clone.drop()
-            samples.runs[side].append((first, steady))
-            _record(samples.drift, side, first_wall, first_cpu)
-            _record(samples.steady, side, steady_wall, steady_cpu)
             print(
-                f"round {i + 1} {'role ' if side == 'new' else 'owner'}: drift "
-                f"{first_wall * 1000:7.1f} ms {first.actions}, steady {steady_wall * 1000:7.1f} ms"
+                f"round {i + 1}, clone fixed by the {'role ' if side == 'new' else 'owner'}: "
+                f"drift {drift.new_wall[-1] if side == 'new' else drift.old_wall[-1]:.3f} s "
+                f"{drift_runs[-1].actions}; steady ms: {', '.join(steady_walls)}"
             )
-    every = [run for runs in samples.runs.values() for pair in runs for run in pair]
-    drift_work = {pair[0].actions for runs in samples.runs.values() for pair in runs}
-    steady_work = {pair[1].actions for runs in samples.runs.values() for pair in runs}
+    every = drift_runs + steady_runs
+    drift_work = {run.actions for run in drift_runs}
+    steady_work = {run.actions for run in steady_runs}
     reconciled = {run.reconciled for run in every}
     planned = sorted({run.planned for run in every})
     failed = sum(run.failed + run.busy for run in every)
@@ -536,18 +551,18 @@ async def run_sweep(
     text = f"{seen}; (created, deleted, canceled) per drift sweep {sorted(drift_work)}"
     steady_text = f"{seen}; actions per steady sweep {sorted(steady_work)}"
     return (
-        _with_work(samples.drift, text, drift_ok),
-        _with_work(samples.steady, steady_text, coverage and steady_work == {(0, 0, 0)}),
+        _with_work(drift, text, drift_ok),
+        _with_work(steady, steady_text, coverage and steady_work == {(0, 0, 0)}),
     )
 
 
-async def _timed_sweep(url: str, meter: ServerCpu) -> tuple[SweepRun, float, float]:
+async def _timed_sweep(url: str, meter: ServerCpu) -> tuple[SweepRun, float, float | None]:
     server_before, client_before = meter.read(), time.process_time()
     started = time.perf_counter()
     outcomes = await sweep_once(url, PlanConfig(), dry_run=False)
     wall = time.perf_counter() - started
     cpu = (meter.read() - server_before) + (time.process_time() - client_before)
-    return _describe(outcomes), wall, cpu
+    return _describe(outcomes), wall, cpu if meter.available else None
 
 
 def _describe(outcomes: Sequence[Outcome]) -> SweepRun:
@@ -569,19 +584,21 @@ def _describe(outcomes: Sequence[Outcome]) -> SweepRun:
 # ---------------------------------------------------------------------------------------------
 
 
-async def _timed(run: Callable[[], Awaitable[None]], meter: CpuMeter) -> tuple[float, float]:
+async def _timed(run: Callable[[], Awaitable[None]], meter: CpuMeter) -> tuple[float, float | None]:
+    """Wall and CPU seconds; CPU only when the server's backend is measurable here."""
     cpu_before, started = meter.read(), time.perf_counter()
     await run()
-    return time.perf_counter() - started, meter.read() - cpu_before
+    wall, cpu = time.perf_counter() - started, meter.read() - cpu_before
+    return wall, cpu if meter.includes_server else None
 
 
-def _record(figure: Figure, side: str, wall: float, cpu: float) -> None:
-    if side == "new":
-        figure.new_wall.append(wall)
-        figure.new_cpu.append(cpu)
-    else:
-        figure.old_wall.append(wall)
-        figure.old_cpu.append(cpu)
+def _record(figure: Figure, side: str, wall: float, cpu: float | None) -> None:
+    walls, cpus = (
+        (figure.new_wall, figure.new_cpu) if side == "new" else (figure.old_wall, figure.old_cpu)
+    )
+    walls.append(wall)
+    if cpu is not None:
+        cpus.append(cpu)
 
 
 def _with_work(figure: Figure, work: str, ok: bool) -> Figure:
