@@ -36,8 +36,8 @@
 --     plan per session, but left to itself PostgreSQL re-plans these statements on every call
 --     (their custom plans always look cheaper), and planning costs more than running them.
 --     The statements are written so that their generic plans are the index lookups a
---     custom plan would pick (tests/integration/test_actions.py and bench/privilege.py
---     watch both the rows and the cost).
+--     custom plan would pick (tests/integration/test_actions.py checks the rows written,
+--     bench/privilege.py the cost against the statements these functions replaced).
 --
 -- Repeatable file: `prebuildd migrate` applies it in one transaction whenever its checksum
 -- changes (CREATE OR REPLACE keeps the role's grants). Changing a function's arguments needs
