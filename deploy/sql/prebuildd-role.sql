@@ -11,8 +11,44 @@
 --     rights the service must not have (hand workspaces to users, complete jobs, insert agents),
 --     so run them as the owner, and only outside production.
 --
+-- What the role CAN do -- all a leaked password gives away:
+--   * read, column by column, what the reconciler reads (below): organizations', templates',
+--     versions' and presets' names and settings, and of EVERY workspace (users' included) its
+--     id, name, owner id, template, creation time and deleted flag, its builds' numbers,
+--     transitions, versions, presets and initiators, their jobs' status, their agents'
+--     lifecycle states. Column grants cannot filter rows: this metadata of users' workspaces is
+--     readable. Nothing else is: no Terraform state (workspace_builds.provisioner_state), no
+--     agent token, no password hash, no API key, no user's e-mail or name, no job input or
+--     log, no site setting other than the pause switch;
+--   * call the SECURITY DEFINER functions of schema `prebuildd` (sql/functions/): create,
+--     delete and retire prebuilds, store a preset's prebuild status, invalidate a preset,
+--     notify template admins that a hard-limited preset is hard-limited, pause and resume
+--     reconciliation. Those act only on workspaces owned by the prebuilds user and jobs it
+--     initiated. So the worst a leaked credential does is to the prebuild pools: delete
+--     unclaimed prebuilds, queue new ones (each costs what the template provisions; nothing
+--     bounds how many), mark presets hard_limited or validation_failed, pause reconciliation;
+--   * take advisory locks, LISTEN and NOTIFY (not access-controlled in PostgreSQL), run
+--     functions PUBLIC may run.
+-- What the role CANNOT do: insert, update or delete any row of Coder's tables directly; touch
+-- a user's workspace, build or job (no soft delete, no cancel, no claim); read the secrets
+-- above; write site_configs beyond the pause switch; create tables, temporary tables or any
+-- object; call prebuildd's internal functions. The script ends by verifying the most
+-- important of these and rolls back if one does not hold.
+--
+-- TEMPORARY tables, and CREATE on Coder's schema, usually come from PUBLIC (every role is a
+-- member): TEMPORARY on every database by default, CREATE on schema public before
+-- PostgreSQL 15. A privilege of PUBLIC cannot be withheld from one role, so where PUBLIC holds
+-- one of them the script grants it explicitly to every other existing role (not superusers,
+-- not `prebuildd` and its members), then revokes it from PUBLIC. Nobody who had it loses it.
+-- Trade-off: a role created AFTER the script does not get TEMPORARY on this database (or
+-- CREATE on the schema) implicitly any more: grant it explicitly when a new role needs it
+-- (`GRANT TEMPORARY ON DATABASE <db> TO <role>`). The database owner keeps both as owner.
+-- Changing PUBLIC's privileges needs the database's (schema's) owner or a superuser; the
+-- script fails with a hint otherwise.
+--
 -- How to apply (after `prebuildd migrate`, connected to Coder's database as the owner of
--- Coder's tables, or as a superuser; creating the role also needs CREATEROLE):
+-- Coder's tables and of the database, or as a superuser; creating the role also needs
+-- CREATEROLE):
 --
 --     psql "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -f deploy/sql/prebuildd-role.sql
 --
@@ -22,34 +58,26 @@
 --     echo "ALTER ROLE prebuildd PASSWORD :'pw';" | psql "$OWNER_DATABASE_URL" -v pw="$PW"
 --
 -- Idempotent and converging: the script first revokes everything the role holds on the
--- schema, then grants exactly what is listed below, in one transaction, so a re-run after an
--- upgrade also removes grants a newer prebuildd no longer needs, and a running service never
--- sees a window without its grants. Re-apply it after every upgrade of prebuildd.
+-- schemas, their tables and routines, and the database, then grants exactly what is listed
+-- below, in one transaction, so a re-run after an upgrade also removes grants a newer
+-- prebuildd no longer needs, and a running service never sees a window without its grants.
+-- Re-apply it after every upgrade of prebuildd.
 --
 -- Table names are unqualified, like Coder's own queries and `prebuildd migrate`: run the
 -- script with the search_path that finds Coder's tables (normally `public`).
 --
--- Every grant below is column-level and names the queries (sql/queries/*.sql) or the trigger
--- function (sql/triggers/0001_notify.sql) that need it. Keep them in step:
+-- Every grant below names the queries (sql/queries/*.sql) that need it. Keep them in step:
 -- tests/integration/test_least_privilege.py runs every query of the service as this role and
 -- fails on a missing grant, and on a query nobody has classified.
 --
 -- Needs no grant at all:
 --   * LISTEN prebuildd_events and NOTIFY (pg_notify): channels are not access-controlled;
---   * pg_try_advisory_xact_lock, hashtext, gen_random_uuid, md5 (lock_templates,
---     create_prebuilds): executable by PUBLIC;
+--   * pg_try_advisory_xact_lock(_shared), hashtext, set_config (lock_templates,
+--     generic_plans_*): executable by PUBLIC;
 --   * the trigger function prebuildd.notify_event(): a trigger runs its function without a
---     privilege check on the function or its schema; the function's own lookups run with the
---     privileges of whoever writes the row, hence the "trigger" notes below;
---   * foreign-key checks on the rows the service inserts: they run as the table owner;
---   * schema `prebuildd`: only USAGE, to reach the pause switch's view and function below;
---     the bookkeeping of migrate stays unreadable.
---
--- Known limits of column-level grants (they cannot filter rows):
---   * workspace_builds.provisioner_state (Terraform state) is readable for every build:
---     delete_prebuilds copies it into the delete build, as Coder's own builder does.
---   * users' e-mail addresses and names are readable for every user: notify_hard_limited
---     picks the recipients and fills the message payload in SQL.
+--     privilege check; and the role writes no row itself -- the functions write as their
+--     owner, so triggers on those writes (prebuildd's and Coder's, e.g. Coder's notification
+--     enqueue checks) run with the owner's privileges too.
 
 BEGIN;
 
@@ -64,6 +92,12 @@ BEGIN
         RAISE EXCEPTION 'prebuildd objects not found in database %', current_database()
             USING HINT = 'Run `prebuildd migrate` as the owner of Coder''s tables first, '
                          'with the search_path that finds them.';
+    END IF;
+    IF to_regprocedure('prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)')
+       IS NULL THEN
+        RAISE EXCEPTION 'prebuildd''s write functions are not installed in database %',
+                        current_database()
+            USING HINT = 'Run `prebuildd migrate` of this prebuildd version first.';
     END IF;
 END
 $pre$;
@@ -120,11 +154,13 @@ BEGIN
     -- Revoking a table privilege also revokes the column privileges of that kind.
     EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM prebuildd', current_schema());
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM prebuildd', current_schema());
+    EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA %I FROM prebuildd', current_schema());
     EXECUTE format('REVOKE ALL ON SCHEMA %I FROM prebuildd', current_schema());
     REVOKE ALL ON ALL TABLES IN SCHEMA prebuildd FROM prebuildd;
     REVOKE ALL ON ALL SEQUENCES IN SCHEMA prebuildd FROM prebuildd;
     REVOKE ALL ON ALL ROUTINES IN SCHEMA prebuildd FROM prebuildd;
     REVOKE ALL ON SCHEMA prebuildd FROM prebuildd;
+    EXECUTE format('REVOKE ALL ON DATABASE %I FROM prebuildd', current_database());
 
     -- Every connection (pool, listener, CLI). PUBLIC usually has CONNECT too; a hardened
     -- database that revoked it still lets this role in.
@@ -135,39 +171,101 @@ END
 $reset$;
 
 -- ---------------------------------------------------------------------------------------------
+-- Privileges PUBLIC holds that the role must not: TEMPORARY, CREATE on Coder's schema
+-- ---------------------------------------------------------------------------------------------
+
+-- Temporary tables would let the role shadow tables in code that searches pg_temp first, and
+-- CREATE on Coder's schema would let it plant functions or operators that the owner's code
+-- resolves to (the CVE-2018-1058 pattern). See the header for the trade-off.
+DO $public$
+DECLARE
+    schema_name text := current_schema();
+    keeper record;
+    public_has_temp boolean;
+    public_has_create boolean;
+BEGIN
+    -- A NULL ACL is the built-in default, in which PUBLIC has TEMPORARY on a database.
+    SELECT d.datacl IS NULL OR EXISTS (
+               SELECT 1 FROM aclexplode(d.datacl) AS a
+               WHERE a.grantee = 0 AND a.privilege_type = 'TEMPORARY')
+    INTO public_has_temp
+    FROM pg_catalog.pg_database AS d
+    WHERE d.datname = current_database();
+
+    SELECT EXISTS (
+               SELECT 1 FROM aclexplode(n.nspacl) AS a
+               WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
+    INTO public_has_create
+    FROM pg_catalog.pg_namespace AS n
+    WHERE n.nspname = schema_name;
+
+    IF public_has_temp OR public_has_create THEN
+        -- Everyone who had it through PUBLIC keeps it: ordinary roles (not the built-in ones,
+        -- not superusers, who need no grant), except prebuildd and the roles that are members
+        -- of it (its login roles).
+        FOR keeper IN
+            SELECT r.rolname
+            FROM pg_catalog.pg_roles AS r
+            WHERE r.oid >= 16384
+              AND NOT r.rolsuper
+              AND r.rolname <> 'prebuildd'
+              AND NOT pg_has_role(r.oid, 'prebuildd', 'MEMBER')
+            ORDER BY r.rolname
+        LOOP
+            IF public_has_temp THEN
+                EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I',
+                               current_database(), keeper.rolname);
+            END IF;
+            IF public_has_create THEN
+                EXECUTE format('GRANT CREATE ON SCHEMA %I TO %I', schema_name, keeper.rolname);
+            END IF;
+        END LOOP;
+        IF public_has_temp THEN
+            EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+        END IF;
+        IF public_has_create THEN
+            EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', schema_name);
+        END IF;
+    END IF;
+END
+$public$;
+
+-- ---------------------------------------------------------------------------------------------
 -- Reads of configuration: organizations, templates, versions, presets, schedules, settings
 -- ---------------------------------------------------------------------------------------------
 
 -- snapshot_presets, prebuild_metrics: the organization's name labels plans and metrics.
 GRANT SELECT (id, name) ON organizations TO prebuildd;
 
--- id, active_version_id, deleted, deprecated: snapshot_presets, snapshot_prebuilds,
---   create_prebuilds (only the active version of a live template), cancel_pending_prebuilds;
--- name: snapshot_presets, prebuild_metrics;
--- organization_id, provisioner: create_prebuilds, delete_prebuilds (the job's owner and kind).
-GRANT SELECT (id, name, organization_id, active_version_id, deleted, deprecated, provisioner)
+-- id, organization_id, active_version_id, deleted, deprecated: snapshot_presets,
+--   snapshot_prebuilds (active or retired version), prebuild_metrics (live templates);
+-- name: snapshot_presets, prebuild_metrics.
+GRANT SELECT (id, name, organization_id, active_version_id, deleted, deprecated)
     ON templates TO prebuildd;
 
--- id, template_id: list_prebuild_templates, snapshot_presets, snapshot_schedules,
---   create_prebuilds, trigger (preset_changed after `invalidate`);
--- name, created_at: snapshot_presets;
--- job_id (the import job: storage, file, tags of new jobs): create_prebuilds, delete_prebuilds.
-GRANT SELECT (id, template_id, name, created_at, job_id) ON template_versions TO prebuildd;
+-- id, template_id: list_prebuild_templates, snapshot_presets, snapshot_schedules;
+-- name, created_at: snapshot_presets.
+GRANT SELECT (id, template_id, name, created_at) ON template_versions TO prebuildd;
 
 -- list_prebuild_templates, snapshot_presets, snapshot_schedules, snapshot_prebuilds,
--- prebuild_metrics, create_prebuilds; RETURNING of set_preset_status and invalidate_preset.
+-- prebuild_metrics. No UPDATE: statuses and invalidations go through functions.
 GRANT SELECT (
     id, template_version_id, name, desired_instances, invalidate_after_secs,
-    last_invalidated_at, scheduling_timezone, prebuild_status
+    scheduling_timezone, prebuild_status
 ) ON template_version_presets TO prebuildd;
 
--- prebuild_status: set_preset_status (hard_limited, validation_failed, back to healthy).
--- last_invalidated_at: invalidate_preset (`prebuildd invalidate`).
-GRANT UPDATE (prebuild_status, last_invalidated_at) ON template_version_presets TO prebuildd;
-
--- create_prebuilds: a new prebuild's build parameters are its preset's.
-GRANT SELECT (template_version_preset_id, name, value)
-    ON template_version_preset_parameters TO prebuildd;
+-- snapshot_presets: the invalidation instant. Coder releases before v2.29 lack the column.
+DO $invalidated$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute
+        WHERE attrelid = 'template_version_presets'::regclass
+          AND attname = 'last_invalidated_at' AND NOT attisdropped
+    ) THEN
+        GRANT SELECT (last_invalidated_at) ON template_version_presets TO prebuildd;
+    END IF;
+END
+$invalidated$;
 
 -- snapshot_schedules; snapshot_prebuilds (largest scheduled desired count).
 GRANT SELECT (id, preset_id, cron_expression, desired_instances)
@@ -175,80 +273,30 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
 
 -- The pause switch, and nothing else of site_configs (whose other keys Coder keeps secret):
 -- prebuilds_settings (read by every reconcile and the metrics loop) selects from a view of
--- that one row; set_reconciliation_paused (`pause`/`resume`) calls a security-definer
--- function. Both are created by migrate (sql/schema/0002_pause_switch.sql).
+-- that one row (sql/schema/0002_pause_switch.sql).
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
 GRANT SELECT ON prebuildd.prebuilds_settings TO prebuildd;
-GRANT EXECUTE ON FUNCTION prebuildd.set_reconciliation_paused(boolean) TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
--- Prebuilds: workspaces, builds, parameters, jobs
+-- Reads of prebuilds' state: workspaces, builds, jobs, agents
 -- ---------------------------------------------------------------------------------------------
 
--- id, template_id, owner_id, deleted: snapshot_prebuilds, delete_prebuilds (re-check under
---   the row lock), cancel_pending_prebuilds, prebuild_metrics, trigger (build_inserted,
---   job_status); id is also returned by create_prebuilds and cancel_pending_prebuilds;
--- name, created_at (TTL expiry is measured from it): snapshot_prebuilds;
--- organization_id: prebuild_metrics.
+-- snapshot_prebuilds (the prebuilds user's live workspaces of the templates),
+-- prebuild_metrics (claimed = owned by someone else now; organization label).
 GRANT SELECT (id, name, created_at, owner_id, organization_id, template_id, deleted)
     ON workspaces TO prebuildd;
 
--- create_prebuilds: the new prebuild workspace, owned by the prebuilds user.
-GRANT INSERT (
-    id, created_at, updated_at, owner_id, organization_id, template_id, deleted, name,
-    autostart_schedule, ttl, last_used_at, automatic_updates, favorite, next_start_at
-) ON workspaces TO prebuildd;
-
--- deleted: cancel_pending_prebuilds retires never-built workspaces. Also what lets
--- delete_prebuilds and cancel_pending_prebuilds lock rows (SELECT ... FOR UPDATE needs UPDATE
--- on at least one column). No UPDATE of owner_id or name: claiming is Coder's job.
-GRANT UPDATE (deleted) ON workspaces TO prebuildd;
-
--- snapshot_prebuilds (latest build of each prebuild), prebuild_metrics, delete_prebuilds
--- (the latest build to repeat: version, preset, number, provisioner_state),
--- cancel_pending_prebuilds, trigger (job_status: which workspace a job belongs to).
+-- snapshot_prebuilds (latest build of each prebuild), prebuild_metrics (first builds started
+-- by the prebuilds user). Not provisioner_state: the delete function copies it itself.
 GRANT SELECT (
     id, workspace_id, build_number, transition, initiator_id, template_version_id,
-    template_version_preset_id, created_at, job_id, provisioner_state
+    template_version_preset_id, created_at, job_id
 ) ON workspace_builds TO prebuildd;
 
--- create_prebuilds (build 1, start), delete_prebuilds (delete build),
--- cancel_pending_prebuilds (build 2, delete, already completed).
-GRANT INSERT (
-    id, created_at, updated_at, workspace_id, template_version_id, build_number, transition,
-    initiator_id, provisioner_state, job_id, deadline, max_deadline, reason,
-    template_version_preset_id
-) ON workspace_builds TO prebuildd;
-
--- delete_prebuilds and cancel_pending_prebuilds copy the previous build's parameters;
--- the three inserts return workspace_build_id.
-GRANT SELECT (workspace_build_id, name, value) ON workspace_build_parameters TO prebuildd;
-GRANT INSERT (workspace_build_id, name, value) ON workspace_build_parameters TO prebuildd;
-
--- job_status, worker_id, canceled_at, completed_at: snapshot_prebuilds, prebuild_metrics,
---   delete_prebuilds, cancel_pending_prebuilds;
--- organization_id, provisioner, storage_method, file_id, tags: create_prebuilds and
---   delete_prebuilds (from the import job), cancel_pending_prebuilds (from the canceled job);
--- id: every join on jobs, and the inserts' RETURNING.
-GRANT SELECT (
-    id, organization_id, provisioner, storage_method, file_id, tags, job_status, worker_id,
-    canceled_at, completed_at
-) ON provisioner_jobs TO prebuildd;
-
--- create_prebuilds, delete_prebuilds (pending jobs for Coder's provisioners),
--- cancel_pending_prebuilds (a delete job completed at once: started_at, completed_at).
-GRANT INSERT (
-    id, created_at, updated_at, started_at, completed_at, organization_id, initiator_id,
-    provisioner, storage_method, type, input, file_id, tags, trace_metadata
-) ON provisioner_jobs TO prebuildd;
-
--- cancel_pending_prebuilds: cancel queued first-build jobs nobody picked up. Nothing else:
--- no started_at, error, worker_id (running jobs are the provisioners' business).
-GRANT UPDATE (canceled_at, completed_at, updated_at) ON provisioner_jobs TO prebuildd;
-
--- ---------------------------------------------------------------------------------------------
--- Readiness of prebuilds: resources and agents
--- ---------------------------------------------------------------------------------------------
+-- snapshot_prebuilds (in progress, cancelable, recent outcomes), prebuild_metrics (failed).
+-- Not input, error, logs or tags.
+GRANT SELECT (id, job_status, worker_id, canceled_at, completed_at)
+    ON provisioner_jobs TO prebuildd;
 
 -- snapshot_prebuilds: a build's agents, through its resources.
 GRANT SELECT (id, job_id) ON workspace_resources TO prebuildd;
@@ -258,38 +306,93 @@ GRANT SELECT (id, job_id) ON workspace_resources TO prebuildd;
 GRANT SELECT (resource_id, lifecycle_state, parent_id, deleted) ON workspace_agents TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
--- Hard-limit notifications to template admins, through Coder's notification queue
+-- Writes: the security-definer functions of sql/functions/prebuild_writes.sql
 -- ---------------------------------------------------------------------------------------------
 
--- notify_hard_limited: the recipients (active, non-system template admins and owners) and
--- the fields of Coder's message payload. No hashed_password, no login or OAuth columns.
-GRANT SELECT (id, email, name, username, deleted, status, is_system, rbac_roles)
-    ON users TO prebuildd;
+-- create_prebuilds, delete_prebuilds, cancel_pending_prebuilds, set_preset_status
+-- (actions.sql); notify_hard_limited (notifications.sql); invalidate_preset,
+-- set_reconciliation_paused (admin.sql).
+GRANT EXECUTE ON FUNCTION
+    prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb),
+    prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
+    prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
+    prebuildd.set_preset_status(uuid, text),
+    prebuildd.notify_hard_limited(uuid),
+    prebuildd.invalidate_preset(uuid, timestamptz),
+    prebuildd.set_reconciliation_paused(boolean)
+TO prebuildd;
 
--- notify_hard_limited: only when Coder's "Prebuild Failure Limit Reached" template exists.
-GRANT SELECT (id) ON notification_templates TO prebuildd;
+-- ---------------------------------------------------------------------------------------------
+-- Verify what the header promises (counting what PUBLIC grants too); roll back otherwise
+-- ---------------------------------------------------------------------------------------------
 
--- notify_hard_limited: one pending message per admin and method (dedupe_hash is filled by
--- Coder's own BEFORE INSERT trigger). SELECT: user_id is returned; dedupe_hash is the
--- ON CONFLICT target, which PostgreSQL checks like a read.
-GRANT INSERT (
-    id, notification_template_id, user_id, method, status, created_by, payload, targets,
-    created_at
-) ON notification_messages TO prebuildd;
-GRANT SELECT (user_id, dedupe_hash) ON notification_messages TO prebuildd;
-
--- Coder's full schema has a second BEFORE INSERT trigger on notification_messages,
--- inhibit_enqueue_if_disabled(), which runs as the writer and reads the template's default and
--- the user's preference. The subset prebuildd creates on an empty database has neither that
--- trigger nor that table, hence the condition.
-DO $coder_trigger$
+DO $verify$
+DECLARE
+    schema_name text := current_schema();
+    found text;
 BEGIN
-    IF to_regclass('notification_preferences') IS NOT NULL THEN
-        GRANT SELECT (id, enabled_by_default) ON notification_templates TO prebuildd;
-        GRANT SELECT (notification_template_id, user_id, disabled)
-            ON notification_preferences TO prebuildd;
+    IF has_database_privilege('prebuildd', current_database(), 'TEMPORARY') THEN
+        RAISE EXCEPTION 'role prebuildd can still create temporary tables in database %',
+                        current_database()
+            USING HINT = 'Run this script as the database''s owner or a superuser, so that it '
+                         'can revoke TEMPORARY from PUBLIC.';
+    END IF;
+    IF has_schema_privilege('prebuildd', schema_name, 'CREATE')
+       OR has_schema_privilege('prebuildd', 'prebuildd', 'CREATE') THEN
+        RAISE EXCEPTION 'role prebuildd can still create objects in schema % or prebuildd',
+                        schema_name
+            USING HINT = 'Run this script as the schema''s owner or a superuser, so that it '
+                         'can revoke CREATE from PUBLIC.';
+    END IF;
+
+    -- No direct write of any kind on any table or view of Coder's schema or prebuildd's.
+    SELECT string_agg(format('%s on %I.%I', w.privilege, n.nspname, c.relname), ', ')
+    INTO found
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    CROSS JOIN (VALUES ('INSERT'), ('UPDATE'), ('DELETE'), ('TRUNCATE'), ('REFERENCES'),
+                       ('TRIGGER')) AS w (privilege)
+    WHERE n.nspname IN (schema_name, 'prebuildd')
+      AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND (has_table_privilege('prebuildd', c.oid, w.privilege)
+           OR (w.privilege IN ('INSERT', 'UPDATE', 'REFERENCES')
+               AND has_any_column_privilege('prebuildd', c.oid, w.privilege)));
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'role prebuildd can still write directly: %', found;
+    END IF;
+
+    -- Secrets stay unreadable (where this Coder release has the column).
+    SELECT string_agg(format('%I.%I', s.tbl, s.col), ', ')
+    INTO found
+    FROM (VALUES ('workspace_builds', 'provisioner_state'), ('users', 'hashed_password'),
+                 ('users', 'hashed_one_time_passcode'), ('workspace_agents', 'auth_token'),
+                 ('api_keys', 'hashed_secret'), ('site_configs', 'value'),
+                 ('provisioner_jobs', 'input')) AS s (tbl, col)
+    JOIN pg_catalog.pg_attribute AS a
+        ON a.attrelid = to_regclass(format('%I.%I', schema_name, s.tbl))
+       AND a.attname = s.col AND NOT a.attisdropped
+    WHERE has_column_privilege('prebuildd', a.attrelid, a.attnum, 'SELECT');
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'role prebuildd can still read %', found;
+    END IF;
+
+    -- None of prebuildd's routines is left executable by PUBLIC (functions are, unless
+    -- revoked): the internal helpers would write without the entry points' checks. The role
+    -- executes exactly the routines granted to it by name above.
+    SELECT string_agg(p.oid::regprocedure::text, ', ')
+    INTO found
+    FROM pg_catalog.pg_proc AS p
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE n.nspname = 'prebuildd'
+      AND p.prorettype <> 'trigger'::regtype  -- callable only as a trigger
+      AND (p.proacl IS NULL OR EXISTS (
+               SELECT 1 FROM aclexplode(p.proacl) AS a
+               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'));
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'prebuildd routines executable by PUBLIC, so by role prebuildd: %', found
+            USING HINT = 'REVOKE ALL ON FUNCTION ... FROM PUBLIC in the file that creates them.';
     END IF;
 END
-$coder_trigger$;
+$verify$;
 
 COMMIT;

@@ -6,10 +6,12 @@ the same whatever the size of the fleet, and reading a batch of 200 is still fou
 `read_snapshot` sends them in one pipeline (one network round trip) and asks PostgreSQL to
 reuse their generic plans, because planning the prebuild read costs more than running it.
 
-Writes (`actions.sql`) are one statement per action, run inside the caller's transaction (the
-reconciler wraps each preset in a savepoint). They write exactly the rows Coder's workspace
-builder writes and queue Coder's provisioner wake-up (`provisioner_job_posted`), which
-PostgreSQL delivers at commit and drops on rollback.
+Writes (`actions.sql`) are one call per action of a SECURITY DEFINER function of schema
+`prebuildd` (sql/functions/prebuild_writes.sql: the service role itself may write nothing and
+the functions touch only prebuilds' rows), run inside the caller's transaction (the reconciler
+wraps each preset in a savepoint). They write exactly the rows Coder's workspace builder
+writes and queue Coder's provisioner wake-up (`provisioner_job_posted`), which PostgreSQL
+delivers at commit and drops on rollback.
 
 Isolation: the reconciler runs in READ COMMITTED. The facts about prebuilds come from a single
 statement and are therefore mutually consistent; presets, schedules and the pause flag are read
@@ -354,7 +356,7 @@ async def execute(
         return await _delete(conn, action, now, traced)
     if isinstance(action, CancelPending):
         return await _cancel_pending(conn, action, now)
-    return await _set_status(conn, action, now)
+    return await _set_status(conn, action)
 
 
 async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
@@ -416,26 +418,26 @@ async def _cancel_pending(conn: Conn, action: CancelPending, now: datetime) -> A
     )
 
 
-async def _set_status(conn: Conn, action: SetStatus, now: datetime) -> ActionResult:
+async def _set_status(conn: Conn, action: SetStatus) -> ActionResult:
     params = {"preset_id": action.preset_id, "status": action.status.value}
     rows = await _fetch(conn, "set_preset_status", params)
     stored = PrebuildStatus(rows[0][0]) if rows else None
     if stored is PrebuildStatus.HARD_LIMITED:
-        await _notify_hard_limited(conn, action.preset_id, now)
+        await _notify_hard_limited(conn, action.preset_id)
     return ActionResult(ActionKind.SET_STATUS, action.preset_id, status=stored)
 
 
-async def _notify_hard_limited(conn: Conn, preset_id: UUID, now: datetime) -> None:
+async def _notify_hard_limited(conn: Conn, preset_id: UUID) -> None:
     """Queue Coder's "Prebuild Failure Limit Reached" notification for template admins.
 
     The planner emits SetStatus(hard_limited) only on the transition, so admins hear about it
-    once (Coder's dedupe hash also limits it to one a day). Best effort, in its own savepoint:
-    Coder's enqueue trigger raises when a user disabled the notification, and a notification
-    must never undo the status change or stop the reconcile.
+    once (Coder's dedupe hash also limits it to one a day; the time is the server's). Best
+    effort, in its own savepoint: Coder's enqueue trigger raises when a user disabled the
+    notification, and a notification must never undo the status change or stop the reconcile.
     """
     try:
         async with conn.transaction():
-            rows = await _fetch(conn, "notify_hard_limited", {"preset_id": preset_id, "now": now})
+            rows = await _fetch(conn, "notify_hard_limited", {"preset_id": preset_id})
     except psycopg.Error as exc:
         log.warning(
             "could not queue the hard-limit notification",

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 from uuid import UUID, uuid4
@@ -64,16 +65,38 @@ async def aconn(db_url: str) -> AsyncIterator[AConn]:
         yield connection
 
 
+@dataclass(frozen=True)
+class Inbox:
+    conn: Conn
+    url: str
+
+
 @pytest.fixture
-def listener(db_url: str) -> Iterator[Conn]:
+def listener(db_url: str) -> Iterator[Inbox]:
     """An autocommit connection listening where Coder's provisioners listen."""
     with psycopg.connect(db_url, autocommit=True) as lconn:
         lconn.execute("LISTEN provisioner_job_posted")
-        yield lconn
+        yield Inbox(lconn, db_url)
 
 
-def postings(lconn: Conn, timeout: float = 0.3) -> list[dict[str, Any]]:
-    return [json.loads(n.payload) for n in lconn.notifies(timeout=timeout, stop_after=50)]
+SENTINEL = "prebuildd-test-sentinel"
+
+
+def postings(listener: Inbox, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every wake-up committed before this call, and only those.
+
+    A sentinel is posted now, from another session: PostgreSQL delivers notifications in
+    commit order, so everything before it has arrived when it does. An empty list therefore
+    means "nothing was posted", not "nothing arrived in time".
+    """
+    with psycopg.connect(listener.url, autocommit=True) as other:
+        other.execute("SELECT pg_notify('provisioner_job_posted', %s)", (SENTINEL,))
+    got: list[dict[str, Any]] = []
+    for n in listener.conn.notifies(timeout=timeout):
+        if n.payload == SENTINEL:
+            return got
+        got.append(json.loads(n.payload))
+    raise AssertionError(f"the sentinel notification did not arrive within {timeout:.0f}s")
 
 
 def rows(conn: Conn, sql: LiteralString, *args: object) -> list[dict[str, Any]]:
@@ -137,7 +160,7 @@ def untagged_posting(org: UUID) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_create_writes_what_coder_writes(aconn: AConn, conn: Conn, listener: Conn) -> None:
+async def test_create_writes_what_coder_writes(aconn: AConn, conn: Conn, listener: Inbox) -> None:
     pool = Pool(conn, import_tags={"scope": "organization", "owner": "", "region": "eu"})
     conn.commit()
     (result,) = await run(aconn, pool.create(3))
@@ -193,7 +216,7 @@ async def test_create_writes_what_coder_writes(aconn: AConn, conn: Conn, listene
     ]
 
 
-async def test_rolled_back_create_posts_nothing(aconn: AConn, conn: Conn, listener: Conn) -> None:
+async def test_rolled_back_create_posts_nothing(aconn: AConn, conn: Conn, listener: Inbox) -> None:
     pool = Pool(conn)
     conn.commit()
     (result,) = await run(aconn, pool.create(2), commit=False)
@@ -202,7 +225,7 @@ async def test_rolled_back_create_posts_nothing(aconn: AConn, conn: Conn, listen
     assert scalar(conn, "SELECT count(*) FROM workspaces") == 0
 
 
-async def test_one_posting_per_distinct_tag_set(aconn: AConn, conn: Conn, listener: Conn) -> None:
+async def test_one_posting_per_distinct_tag_set(aconn: AConn, conn: Conn, listener: Inbox) -> None:
     org = make_org(conn)
     first, second = Pool(conn, org=org), Pool(conn, org=org)
     tagged = Pool(conn, org=org, import_tags={"scope": "organization", "gpu": "yes"})
@@ -304,7 +327,7 @@ async def test_action_of_another_preset_is_refused(aconn: AConn, conn: Conn) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_delete_rechecks_every_workspace(aconn: AConn, conn: Conn, listener: Conn) -> None:
+async def test_delete_rechecks_every_workspace(aconn: AConn, conn: Conn, listener: Inbox) -> None:
     pool = Pool(conn)
     user = make_user(conn)
     ok = make_prebuild(conn, pool.preset)
@@ -353,7 +376,7 @@ async def test_delete_rechecks_every_workspace(aconn: AConn, conn: Conn, listene
 
 
 async def test_nothing_left_to_delete_posts_nothing(
-    aconn: AConn, conn: Conn, listener: Conn
+    aconn: AConn, conn: Conn, listener: Inbox
 ) -> None:
     pool = Pool(conn)
     failed = make_prebuild(conn, pool.preset, job_status="failed")
@@ -476,7 +499,7 @@ class Matrix:
         return {r[0]: (r[1], r[2], r[3]) for r in found}
 
 
-async def test_cancel_pending_scope(aconn: AConn, conn: Conn, listener: Conn) -> None:
+async def test_cancel_pending_scope(aconn: AConn, conn: Conn, listener: Inbox) -> None:
     m = Matrix(conn)
     conn.commit()
     before = m.job_states(conn)

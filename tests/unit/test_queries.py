@@ -38,9 +38,11 @@ def test_every_shipped_query_loads_and_unknown_names_fail_clearly() -> None:
     ("name", "verb"),
     [
         ("snapshot_prebuilds", "SELECT"),
-        ("create_prebuilds", "INSERT"),  # a CTE that inserts, then selects what it wrote
-        ("cancel_pending_prebuilds", "UPDATE"),
-        ("set_preset_status", "UPDATE"),
+        ("claim_prebuild", "UPDATE"),  # a CTE that updates and inserts, then selects
+        ("provisioner_insert_agent", "INSERT"),
+        ("provisioner_complete_job", "UPDATE"),
+        # The service's writes are calls of prebuildd's SECURITY DEFINER functions.
+        ("create_prebuilds", "SELECT"),
         ("listen_events", "LISTEN"),
     ],
 )
