@@ -10,6 +10,3 @@ UPDATE template_version_presets
 SET last_invalidated_at = %(now)s
 WHERE id = %(preset_id)s
 RETURNING id;
-
--- name: database_name
-SELECT current_database();
