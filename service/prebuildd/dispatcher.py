@@ -114,6 +114,7 @@ class Dispatcher:
 
     @property
     def one_pass(self) -> bool:
+        """No collector: nothing follows a reconcile and errors propagate (the CLI)."""
         return self._collector is None
 
     # ---- the worker loop -----------------------------------------------------------------
@@ -140,7 +141,7 @@ class Dispatcher:
             async with connect() as conn:
                 outcome = await self._reconciler.reconcile(conn, ids, cause)
         except Exception as exc:
-            if self._collector is None:
+            if self.one_pass:
                 raise
             outcome = Outcome(cause, failed=tuple(ids), error=exc)
         self.follow_up(outcome)

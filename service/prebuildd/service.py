@@ -62,6 +62,8 @@ class Service:
         self.metrics.queue_depth.set_function(self.queue.depth)
         self.collector = MetricsCollector(self.metrics)
         self.sweeper = Sweeper(self.queue)
+        # A sweep lists every template that has prebuilds: the plans of others are stale.
+        self.sweeper.on_sweep.append(lambda swept: self.collector.keep_only(swept.templates))
         self.dispatcher = Dispatcher(
             self.queue,
             Reconciler(settings.plan, clock=clock),
