@@ -56,9 +56,10 @@ class Service:
         self.settings = settings
         self.conninfo = conninfo
         self.metrics = metrics or Metrics()
-        self.queue: WorkQueue[UUID] = queue or WorkQueue(
-            settle=settings.settle.total_seconds(), cooldown=settings.cooldown.total_seconds()
-        )
+        if queue is None:
+            settle, cooldown = settings.settle, settings.cooldown
+            queue = WorkQueue(settle=settle.total_seconds(), cooldown=cooldown.total_seconds())
+        self.queue = queue
         self.metrics.queue_depth.set_function(self.queue.depth)
         self.collector = MetricsCollector(self.metrics)
         self.sweeper = Sweeper(self.queue)

@@ -99,4 +99,3 @@ async def test_a_sweep_queues_every_template_with_its_trigger(db_url: str) -> No
     assert work.meta[ids[0]].triggers == {Trigger.EVENT, Trigger.STARTUP}
     assert work.meta[ids[0]].event_at == 1.0
     assert all(work.meta[t].triggers == {Trigger.STARTUP} for t in ids[1:])
-
