@@ -30,7 +30,8 @@ from bench.fleet import SCALES, ensure_fleet, steady_template, template_id, vers
 from prebuildd import store
 from prebuildd.model import Create, Plan, PlanConfig
 from prebuildd.plan import plan_preset
-from prebuildd.reconciler import Reconciler, Trigger
+from prebuildd.reconciler import Cause, Reconciler
+from prebuildd.trigger import Trigger
 
 COUNT = 500
 TARGET_MS = 1000.0
@@ -62,7 +63,7 @@ class BulkProbe:
         await self._set_desired(COUNT)
         reconciler = Reconciler(PLAN)
         cpu, started = self.cpu.read(), time.perf_counter()
-        outcome = await reconciler.reconcile(self.conn, [self.template], Trigger("cli"))
+        outcome = await reconciler.reconcile(self.conn, [self.template], Cause(Trigger.CLI))
         elapsed, cpu_used = time.perf_counter() - started, self.cpu.read() - cpu
         created = sum(len(r.created) for r in outcome.results)
         if created != COUNT:

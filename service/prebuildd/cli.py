@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,13 @@ from prebuildd.claim import ClaimError
 from prebuildd.config import (
     ConfigError,
     Settings,
-    at_least,
     default_data_dir,
     env_or,
+    format_duration,
     parse_duration,
+    plan_config,
     redact_dsn,
+    settings_from,
 )
 from prebuildd.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from prebuildd.model import PlanConfig
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         "--settle",
         "SETTLE",
-        "2ms",
+        format_duration(Settings().settle),
         "debounce window batching a burst of events",
         type=_duration,
     )
@@ -247,38 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan_config(args: argparse.Namespace) -> PlanConfig:
-    if args.failure_hard_limit < 0:
-        raise ConfigError("--failure-hard-limit must be >= 0")
-    if args.max_creates_per_cycle < 1:
-        raise ConfigError("--max-creates-per-cycle must be >= 1")
-    return PlanConfig(
-        backoff_interval=args.backoff_interval,
-        backoff_lookback=args.backoff_lookback,
-        failure_hard_limit=args.failure_hard_limit,
-        max_creates_per_cycle=args.max_creates_per_cycle,
-    )
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    pool = at_least(args.pool_size, "--pool-size", 2)
-    return replace(
-        Settings(),
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        sweep_interval=args.sweep_interval,
-        settle=args.settle,
-        cooldown=args.cooldown,
-        plan=plan_config(args),
-        metrics_addr=args.metrics_addr or "",
-        pool_max_size=pool,
-        pool_min_size=min(2, pool),
-        reconcile_concurrency=at_least(args.concurrency, "--concurrency", 0),
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
-
-
 @contextlib.contextmanager
 def database(args: argparse.Namespace, *, start_embedded: bool) -> Iterator[str]:
     """The URL to use: --database-url, else the embedded server (started if allowed)."""
@@ -297,7 +266,7 @@ def database(args: argparse.Namespace, *, start_embedded: bool) -> Iterator[str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from prebuildd.telemetry import setup_logging
+    from prebuildd.logs import setup_logging
 
     try:
         setup_logging(args.log_level, args.log_format)
@@ -363,7 +332,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from prebuildd.report import print_plans, sweep_once
+    from prebuildd.report import print_plans
+    from prebuildd.sweep import sweep_once
 
     with database(args, start_embedded=False) as url:
         outcomes = anyio.run(sweep_once, url, plan_config(args), args.dry_run)
@@ -372,7 +342,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from prebuildd.report import print_status, sweep_once
+    from prebuildd.report import print_status
+    from prebuildd.sweep import sweep_once
 
     with database(args, start_embedded=False) as url:
         outcomes = anyio.run(sweep_once, url, plan_config(args), True)

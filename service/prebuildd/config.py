@@ -6,14 +6,16 @@ defaults marked Coder are Coder's own, so operators feel at home).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
 from prebuildd.model import PlanConfig
+from prebuildd.queue.settle import DEFAULT_SETTLE_SECONDS
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -83,6 +85,11 @@ def default_data_dir() -> Path:
     return Path(base) / "prebuildd"
 
 
+# Without a setting of its own, the per-preset series are refreshed this often (or every sweep
+# interval, when that is shorter).
+_METRICS_REFRESH_SECONDS = 15.0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `prebuildd run` needs; built by the CLI from flags and environment."""
@@ -94,7 +101,7 @@ class Settings:
     # commit, so 2 ms batch them; every millisecond here is added to a promotion's reaction
     # (bench/reaction.py: p50 50.3 ms with 10 ms, 44.9 ms with 2 ms). Bursts that go on for
     # longer are the cooldown's business, not the settle window's.
-    settle: timedelta = timedelta(milliseconds=2)
+    settle: timedelta = timedelta(seconds=DEFAULT_SETTLE_SECONDS)
     # A template reconciled less than this ago waits for the rest of it before its next
     # reconcile: a template that keeps receiving events (a storm of job status changes) is
     # reconciled about once per cooldown, not once per settle window. 0 disables it.
@@ -108,6 +115,9 @@ class Settings:
     reconcile_concurrency: int = 0
     # Upper bound on templates reconciled together in one transaction (sweeps, bursts).
     max_batch: int = 200
+    # How often the per-preset series (desired, running, created_total...) are refreshed;
+    # None: every 15 s, or every sweep interval when that is shorter.
+    metrics_refresh: timedelta | None = None
     liveness_interval: timedelta = timedelta(seconds=5)
     liveness_timeout: timedelta = timedelta(seconds=2)
     # A lost LISTEN connection loses notifications until it is back (then a sweep runs), so
@@ -122,6 +132,12 @@ class Settings:
             return self.reconcile_concurrency
         return max(1, self.pool_max_size // 2)
 
+    @property
+    def metrics_refresh_seconds(self) -> float:
+        if self.metrics_refresh is not None:
+            return self.metrics_refresh.total_seconds()
+        return min(_METRICS_REFRESH_SECONDS, self.sweep_interval.total_seconds())
+
 
 def env_or(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     """`PREBUILDD_<NAME>` from the environment, else the default."""
@@ -134,3 +150,37 @@ def at_least(value: int, setting: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{setting}: {value} is below the minimum {minimum}")
     return value
+
+
+def plan_config(args: argparse.Namespace) -> PlanConfig:
+    """The planner's knobs from parsed flags (`prebuildd run|reconcile|status`)."""
+    if args.failure_hard_limit < 0:
+        raise ConfigError("--failure-hard-limit must be >= 0")
+    if args.max_creates_per_cycle < 1:
+        raise ConfigError("--max-creates-per-cycle must be >= 1")
+    return PlanConfig(
+        backoff_interval=args.backoff_interval,
+        backoff_lookback=args.backoff_lookback,
+        failure_hard_limit=args.failure_hard_limit,
+        max_creates_per_cycle=args.max_creates_per_cycle,
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """`prebuildd run`'s settings from its parsed flags (each already falls back to env)."""
+    pool = at_least(args.pool_size, "--pool-size", 2)
+    return replace(
+        Settings(),
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        sweep_interval=args.sweep_interval,
+        settle=args.settle,
+        cooldown=args.cooldown,
+        plan=plan_config(args),
+        metrics_addr=args.metrics_addr or "",
+        pool_max_size=pool,
+        pool_min_size=min(2, pool),
+        reconcile_concurrency=at_least(args.concurrency, "--concurrency", 0),
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )

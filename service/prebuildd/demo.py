@@ -32,8 +32,8 @@ from prebuildd.model import Plan
 from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
 from prebuildd.queries import query
 from prebuildd.reconciler import Outcome
-from prebuildd.report import sweep_once
 from prebuildd.service import Service
+from prebuildd.sweep import sweep_once
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +207,14 @@ class Demo:
             metrics_addr="127.0.0.1:0",
         )
         self.service = Service(settings, url)
-        self.service.on_outcome = self._on_outcome
+        self.service.dispatcher.on_outcome.append(self._on_outcome)
         self.provisioner = SimulatedProvisioner(
             # Few, slow provisioners: jobs queue up, as they do in real deployments.
             url,
             ProvisionerConfig(build_time=0.8, agent_ready_delay=0.3, concurrency=2),
         )
 
-    def _on_outcome(self, outcome: Outcome, _work: object) -> None:
+    def _on_outcome(self, outcome: Outcome) -> None:
         s = self.summary
         s.reconciles += 1
         for result in outcome.results:
@@ -229,7 +229,7 @@ class Demo:
         actions = ", ".join(f"{k} x{v}" for k, v in outcome.actions_by_kind().items()) or "no-op"
         latency = f"{reaction:6.1f} ms" if reaction is not None else "     -   "
         self.log_lines.append(
-            f"{time.strftime('%H:%M:%S')}  {outcome.trigger:7} {latency}  "
+            f"{time.strftime('%H:%M:%S')}  {outcome.cause.trigger:7} {latency}  "
             f"{self._names(outcome.locked)}: {actions}"
         )
         if not self.live:
@@ -242,7 +242,7 @@ class Demo:
         if self.world.python_template not in outcome.locked or not outcome.results:
             return
         s.promotion_reaction_ms = reaction
-        s.promotion_trigger = outcome.trigger
+        s.promotion_trigger = outcome.cause.trigger
 
     def _names(self, ids: tuple[UUID, ...]) -> str:
         names = {self.world.python_template: "python", self.world.go_template: "go"}
@@ -303,7 +303,7 @@ class Demo:
 
     async def _wait_converged(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
-            while not _converged(list(self.service.latest_plans())):
+            while not _converged(list(self.service.collector.latest_plans())):
                 await anyio.sleep(0.2)
 
     async def _live_view(self) -> None:
@@ -313,7 +313,7 @@ class Demo:
 
         with Live(refresh_per_second=4, screen=False) as live:
             while True:
-                table = _preset_table(list(self.service.latest_plans()))
+                table = _preset_table(list(self.service.collector.latest_plans()))
                 log_panel = Panel("\n".join(self.log_lines), title="reconciles (trigger, latency)")
                 port = self.service.http_port
                 footer = (

@@ -46,8 +46,26 @@ class EventKind(enum.StrEnum):
         """Concerns every template: the payload names none."""
         return self in _GLOBAL_KINDS
 
+    @property
+    def is_urgent(self) -> bool:
+        """A change a person made: reconciled at once, even inside the template's cooldown.
+
+        The other kinds (provisioner progress: builds, job status, agents) are churn that the
+        cooldown may batch.
+        """
+        return self in _URGENT_KINDS
+
 
 _GLOBAL_KINDS = frozenset({EventKind.SETTINGS_CHANGED})
+_URGENT_KINDS = frozenset(
+    {
+        EventKind.VERSION_PROMOTED,
+        EventKind.TEMPLATE_CHANGED,
+        EventKind.PRESET_CHANGED,
+        EventKind.SCHEDULE_CHANGED,
+        EventKind.CLAIMED,
+    }
+)
 
 
 class InvalidPayload(ValueError):
@@ -59,8 +77,9 @@ class Event:
     kind: EventKind
     # None exactly when `kind.is_global`.
     template_id: UUID | None
-    # Start of the writing transaction, epoch seconds (None if the sender omitted it).
-    at: float | None
+    # Start of the writing transaction, epoch seconds (None if the sender omitted it); the
+    # queue keeps the earliest of a template's events under the same name, for the lag.
+    event_at: float | None
     version: int = PAYLOAD_VERSION
 
 
@@ -71,7 +90,8 @@ def parse_payload(text: str) -> Event:
     fields = _decode_object(text)
     version = _version(fields)
     kind = _kind(fields)
-    return Event(kind=kind, template_id=_template(fields, kind), at=_at(fields), version=version)
+    template_id = _template(fields, kind)
+    return Event(kind=kind, template_id=template_id, event_at=_at(fields), version=version)
 
 
 def format_payload(event: Event) -> str:
@@ -79,8 +99,8 @@ def format_payload(event: Event) -> str:
     fields: dict[str, object] = {"v": event.version, "k": event.kind.value}
     if event.template_id is not None:
         fields["t"] = str(event.template_id)
-    if event.at is not None:
-        fields["at"] = event.at
+    if event.event_at is not None:
+        fields["at"] = event.event_at
     return json.dumps(fields, separators=(",", ":"))
 
 

@@ -1,12 +1,13 @@
 """Prometheus metrics: Coder's prebuild metrics under the `prebuildd_` prefix, plus our own.
 
 Everything lives in one `Metrics` object with its own `CollectorRegistry` (never the global
-default), so tests and several services in one process do not share series.
+default), so tests and several services in one process do not share series. This module only
+declares them; prebuildd.collector turns what the service observes into their values.
 
 Two kinds of data:
 
 * Per-preset series (desired, running, eligible, created/failed/claimed totals, hard-limited,
-  validation-failed) come from a *snapshot* the service replaces wholesale with
+  validation-failed) come from a *snapshot* the collector replaces wholesale with
   `set_preset_rows`. The collector renders whatever the latest snapshot holds, so the series
   of a deleted preset vanish on the next snapshot and cardinality stays bounded by the number
   of live presets. The created/failed/claimed totals are cumulative counts that the database
@@ -29,22 +30,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from prebuildd.model import ActionKind
+from prebuildd.model import ActionKind, InputErrorKind
+from prebuildd.trigger import Trigger
 
 PREFIX = "prebuildd_"
 PRESET_LABELS = ("template_name", "preset_name", "organization_name")
 
 # What started a reconcile (the `trigger` label and span attribute).
-TRIGGERS = ("event", "timer", "sweep", "startup")
-# Where a reconcile failed; kept small on purpose (it is a label).
-RECONCILE_ERROR_KINDS = ("preset", "template", "database")
+TRIGGERS = tuple(Trigger)
+# Where a reconcile (or a sweep's listing) failed; kept small on purpose (it is a label).
+RECONCILE_ERROR_KINDS = ("preset", "template", "database", "sweep")
 # Invalid input found while planning (counted, then the planner falls back to a safe value).
-INPUT_ERROR_KINDS = (
-    "invalid_cron",
-    "invalid_timezone",
-    "overlapping_schedules",
-    "negative_desired",
-)
+INPUT_ERROR_KINDS = tuple(InputErrorKind)
 
 # A reconcile touches one template (or a small batch): milliseconds usually, seconds when the
 # database is slow; the tail buckets catch a stuck cycle.
@@ -56,7 +53,7 @@ _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 @dataclass(frozen=True, slots=True)
 class PresetMetricsRow:
-    """One preset's numbers in a metrics snapshot (built by the service from the store)."""
+    """One preset's numbers in a metrics snapshot (built by prebuildd.collector)."""
 
     template_name: str
     preset_name: str

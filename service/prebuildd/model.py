@@ -204,6 +204,27 @@ class SetStatus:
 Action = Create | Delete | CancelPending | SetStatus
 
 
+class InputErrorKind(enum.StrEnum):
+    """What is wrong with a preset's settings (the `kind` label of `input_errors_total`)."""
+
+    INVALID_CRON = "invalid_cron"
+    INVALID_TIMEZONE = "invalid_timezone"
+    OVERLAPPING_SCHEDULES = "overlapping_schedules"
+    NEGATIVE_DESIRED = "negative_desired"
+
+
+@dataclass(frozen=True, slots=True)
+class InputError:
+    """Invalid input the planner met and worked around (it falls back to a safe value)."""
+
+    kind: InputErrorKind
+    # For people: names the preset's offending value (logs, `reconcile --dry-run`).
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True, slots=True)
 class PresetState:
     """The numbers behind a plan (what `status` and `reconcile --dry-run` print)."""
@@ -234,4 +255,4 @@ class Plan:
     # Human-readable reasons for the actions (and for holding back), for logs and --dry-run.
     reasons: tuple[str, ...] = ()
     # Invalid input found while planning (bad cron, unknown timezone, negative count, ...).
-    errors: tuple[str, ...] = ()
+    errors: tuple[InputError, ...] = ()

@@ -49,10 +49,7 @@ from prebuildd.model import (
 from prebuildd.schedule import desired_instances
 
 __all__ = [
-    "Backoff",
-    "backoff",
     "can_skip",
-    "hard_limit_reached",
     "inactive_reason",
     "is_expired",
     "plan_preset",
@@ -60,8 +57,8 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """A hold on creates and deletes after recent failed builds."""
+class _Hold:
+    """The backoff: a hold on creates and deletes after recent failed builds."""
 
     until: datetime
     failures: int
@@ -100,28 +97,11 @@ def inactive_reason(preset: Preset) -> str | None:
     return None
 
 
-def hard_limit_reached(recent_builds: Sequence[BuildRecord], limit: int) -> bool:
-    """The latest `limit` builds (there must be that many) all failed; `limit` <= 0 disables."""
-    return _hard_limit_reached(_newest_first(recent_builds), limit)
-
-
 def _hard_limit_reached(newest_first: Sequence[BuildRecord], limit: int) -> bool:
+    """The latest `limit` builds (there must be that many) all failed; `limit` <= 0 disables."""
     if limit <= 0 or len(newest_first) < limit:
         return False
     return all(b.job_status == JobStatus.FAILED for b in newest_first[:limit])
-
-
-def backoff(
-    snapshot: PresetSnapshot, desired: int, now: datetime, config: PlanConfig
-) -> Backoff | None:
-    """The hold in force at `now`, if any of the latest `desired` builds failed recently.
-
-    The hold lasts `failures_in_lookback x backoff_interval` from the newest such failure.
-    The count is at least the failures seen among the latest builds, so an inconsistent
-    snapshot cannot shorten the hold to nothing.
-    """
-    newest = _newest_first(snapshot.recent_builds)
-    return _backoff(newest, snapshot.failures_in_lookback, desired, now, config)
 
 
 def _backoff(
@@ -130,7 +110,13 @@ def _backoff(
     desired: int,
     now: datetime,
     config: PlanConfig,
-) -> Backoff | None:
+) -> _Hold | None:
+    """The hold in force at `now`, if any of the latest `desired` builds failed recently.
+
+    The hold lasts `failures_in_lookback x backoff_interval` from the newest such failure.
+    The count is at least the failures seen among the latest builds, so an inconsistent
+    snapshot cannot shorten the hold to nothing.
+    """
     since = now - config.backoff_lookback
     failed = [
         b
@@ -144,7 +130,7 @@ def _backoff(
     if now >= until:
         return None
     ages_out = min(b.created_at for b in failed) + config.backoff_lookback
-    return Backoff(until=until, failures=failures, recheck=min(until, ages_out))
+    return _Hold(until=until, failures=failures, recheck=min(until, ages_out))
 
 
 def plan_preset(snapshot: PresetSnapshot, now: datetime, config: PlanConfig) -> Plan:
@@ -266,7 +252,7 @@ class _Work:
     capped: bool = False
 
 
-def _held(counts: _Counts, hold: Backoff) -> _Work:
+def _held(counts: _Counts, hold: _Hold) -> _Work:
     """Backoff holds creates *and* deletes: a failing template should not churn workspaces."""
     held_deletes = len(counts.expired) + counts.surplus
     reason = (
@@ -348,7 +334,7 @@ def _state(
     snapshot: PresetSnapshot,
     counts: _Counts,
     work: _Work,
-    hold: Backoff | None,
+    hold: _Hold | None,
     limited: bool,
 ) -> PresetState:
     progress = snapshot.in_progress

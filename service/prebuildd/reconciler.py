@@ -31,6 +31,7 @@ from prebuildd import store
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import ActionKind, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
+from prebuildd.trigger import Trigger
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("prebuildd.reconciler")
@@ -41,23 +42,29 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class Trigger:
-    """Why a reconcile runs, carried into its span and log line."""
+class Cause:
+    """Why a reconcile runs, carried into its span, its log line and its metrics."""
 
-    kind: str  # event | timer | sweep | startup | retry | cli
+    trigger: Trigger
+    # Queue adds coalesced into this reconcile (notifications, timers, sweep entries...).
     events: int = 0
-    # Wall-clock time (epoch seconds) of the earliest event that led here; None for timers.
-    first_event_at: float | None = None
+    # Wall-clock epoch seconds of the earliest event that led here (`Event.event_at`); None
+    # when no notification did (timers, sweeps).
+    event_at: float | None = None
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What one reconcile saw and did."""
+    """What one reconcile saw and did, or which templates it failed for and why."""
 
-    requested: tuple[UUID, ...]
-    trigger: str = ""
+    cause: Cause
+    # Templates reconciled (their lock was free), and those another replica held.
     locked: tuple[UUID, ...] = ()
     busy: tuple[UUID, ...] = ()
+    # Set by the dispatcher when the reconcile failed as a whole (rolled back): its templates
+    # and the error. The reconciler itself raises instead.
+    failed: tuple[UUID, ...] = ()
+    error: BaseException | None = None
     paused: bool = False
     plans: list[Plan] = field(default_factory=list)
     results: list[store.ActionResult] = field(default_factory=list)
@@ -86,27 +93,29 @@ class Reconciler:
         self._dry_run = dry_run
 
     async def reconcile(
-        self, conn: AsyncConnection[object], template_ids: Sequence[UUID], trigger: Trigger
+        self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
     ) -> Outcome:
         """Reconcile `template_ids` on `conn` (which must not be inside a transaction)."""
-        outcome = Outcome(requested=tuple(template_ids), trigger=trigger.kind)
+        outcome = Outcome(cause)
         started = time.monotonic()
-        if trigger.first_event_at is not None:
-            outcome.lag = max(0.0, time.time() - trigger.first_event_at)
+        if cause.event_at is not None:
+            outcome.lag = max(0.0, time.time() - cause.event_at)
         with _tracer.start_as_current_span("prebuildd.reconcile") as span:
-            _annotate_start(span, template_ids, trigger, outcome.lag)
+            _annotate_start(span, template_ids, cause, outcome.lag)
             async with conn.transaction():
-                await self._locked_cycle(conn, outcome)
+                await self._locked_cycle(conn, template_ids, outcome)
             outcome.duration = time.monotonic() - started
             _annotate_end(span, outcome)
         return outcome
 
-    async def _locked_cycle(self, conn: AsyncConnection[object], outcome: Outcome) -> None:
+    async def _locked_cycle(
+        self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
+    ) -> None:
         with _tracer.start_as_current_span("prebuildd.lock_templates"):
-            locked = await store.lock_templates(conn, outcome.requested)
+            locked = await store.lock_templates(conn, template_ids)
         outcome.locked = tuple(locked)
         held = set(locked)
-        outcome.busy = tuple(t for t in outcome.requested if t not in held)
+        outcome.busy = tuple(t for t in dict.fromkeys(template_ids) if t not in held)
         if not locked:
             return
         now = self._clock()
@@ -186,13 +195,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _annotate_start(
-    span: trace.Span, template_ids: Sequence[UUID], trigger: Trigger, lag: float | None
+    span: trace.Span, template_ids: Sequence[UUID], cause: Cause, lag: float | None
 ) -> None:
-    span.set_attribute("prebuildd.trigger", trigger.kind)
+    span.set_attribute("prebuildd.trigger", str(cause.trigger))
     span.set_attribute("prebuildd.templates", len(template_ids))
     if len(template_ids) == 1:
         span.set_attribute("prebuildd.template_id", str(template_ids[0]))
-    span.set_attribute("prebuildd.events_coalesced", trigger.events)
+    span.set_attribute("prebuildd.events_coalesced", cause.events)
     if lag is not None:
         span.set_attribute("prebuildd.lag_ms", round(lag * 1000, 3))
 

@@ -1,78 +1,19 @@
-"""One-shot sweeps for the CLI (`reconcile --once`, `--dry-run`, `status`) and their tables."""
+"""The CLI's tables: `status` and `reconcile --once [--dry-run]` print sweep outcomes here.
+
+Printing only: the sweep itself (and every write) is prebuildd.sweep's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-import anyio
-import psycopg
+from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
+from prebuildd.reconciler import Outcome
 
-from prebuildd import store
-from prebuildd.config import Settings
-from prebuildd.model import CancelPending, Create, Delete, Plan, PlanConfig, SetStatus
-from prebuildd.reconciler import Outcome, Reconciler, Trigger
-
-# Templates per transaction: the service's own batch size (big enough for set-based reads,
-# small enough to keep locks short).
-BATCH = Settings().max_batch
-# Batches in flight at once, each on its own connection: while Python turns one batch's rows
-# into plans, PostgreSQL reads the next (the service's workers overlap the same way).
-LANES = 2
-
-Conn = psycopg.AsyncConnection[object]
-
-
-async def sweep_once(
-    url: str, config: PlanConfig, dry_run: bool, *, batch: int = BATCH, lanes: int = LANES
-) -> list[Outcome]:
-    """Reconcile (or only plan) every template with prebuild presets, in batches.
-
-    Outcomes are in batch order (templates by id), whichever lane ran them.
-    """
-    reconciler = Reconciler(config, dry_run=dry_run)
-    async with await _connect(url) as conn:
-        ids = await store.list_prebuild_templates(conn)
-        await conn.commit()
-        batches = [ids[start : start + batch] for start in range(0, len(ids), batch)]
-        outcomes: list[Outcome] = [Outcome(requested=tuple(b)) for b in batches]
-        # One shared iterator: a lane that is done takes the next batch.
-        work = iter(enumerate(batches))
-
-        async def lane(lane_conn: Conn) -> None:
-            for index, chunk in work:
-                outcomes[index] = await reconciler.reconcile(lane_conn, chunk, Trigger("cli"))
-
-        await _in_lanes(url, conn, min(lanes, len(batches)), lane)
-    return outcomes
-
-
-async def _in_lanes(
-    url: str, conn: Conn, lanes: int, lane: Callable[[Conn], Awaitable[None]]
-) -> None:
-    """Run `lane` on `conn` and on `lanes - 1` more connections of its own, concurrently."""
-
-    async def extra_lane() -> None:
-        async with await _connect(url) as lane_conn:
-            await lane(lane_conn)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for _ in range(lanes - 1):
-                tg.start_soon(extra_lane)
-            await lane(conn)
-    except BaseExceptionGroup as group:
-        # Callers handle a database error as such (the CLI prints it), not as a group.
-        raise _first_error(group) from None
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error = group.exceptions[0]
-    return _first_error(error) if isinstance(error, BaseExceptionGroup) else error
-
-
-async def _connect(url: str) -> Conn:
-    return await psycopg.AsyncConnection.connect(url, application_name="prebuildd-cli")
+# The sweep's old import path, kept for tests of other branches that still import it from here
+# (tests/integration/test_least_privilege.py, test_hard_limit.py). New code imports
+# prebuildd.sweep.
+from prebuildd.sweep import sweep_once as sweep_once
 
 
 def _plans(outcomes: list[Outcome]) -> list[Plan]:

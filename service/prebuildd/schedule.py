@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterError, croniter
 
-from prebuildd.model import Schedule
+from prebuildd.model import InputError, InputErrorKind, Schedule
 
 __all__ = [
     "HORIZON",
@@ -102,7 +102,7 @@ class DesiredResult:
     # The schedule that set `desired`; None when the preset's default applies.
     schedule_id: UUID | None
     # Invalid input found (bad zone, bad or overlapping cron, negative counts).
-    errors: tuple[str, ...]
+    errors: tuple[InputError, ...]
     # Next instant (UTC) at which the covering schedule may change; None: not within HORIZON,
     # no schedules, or schedules unusable.
     next_change: datetime | None
@@ -142,7 +142,7 @@ def desired_instances(
     Negative counts are reported and read as 0.
     """
     now = _as_utc(now)
-    errors: list[str] = []
+    errors: list[InputError] = []
     base = _non_negative(default, "desired_instances", errors)
     if not schedules:
         return DesiredResult(base, None, tuple(errors), None)
@@ -207,18 +207,20 @@ def _zone(name: str) -> ZoneInfo | str:
         return f"unknown scheduling timezone {name!r}"
 
 
-def _schedule_problems(schedules: Sequence[Schedule], timezone: str) -> list[str]:
+def _schedule_problems(schedules: Sequence[Schedule], timezone: str) -> list[InputError]:
     """Reasons the set of schedules cannot be used (empty when usable)."""
-    problems: list[str] = []
+    problems: list[InputError] = []
     zone = _zone(timezone)
     if isinstance(zone, str):
-        problems.append(zone)
+        problems.append(InputError(InputErrorKind.INVALID_TIMEZONE, zone))
     for schedule in schedules:
         parsed = _parse(schedule.cron_expression)
         if isinstance(parsed, str):
-            problems.append(f"schedule {schedule.id}: {parsed}")
+            message = f"schedule {schedule.id}: {parsed}"
+            problems.append(InputError(InputErrorKind.INVALID_CRON, message))
     if not problems:
-        problems.extend(_overlaps(tuple(s.cron_expression for s in schedules)))
+        overlaps = _overlaps(tuple(s.cron_expression for s in schedules))
+        problems.extend(InputError(InputErrorKind.OVERLAPPING_SCHEDULES, m) for m in overlaps)
     return problems
 
 
@@ -307,8 +309,9 @@ def _as_utc(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
-def _non_negative(count: int, what: str, errors: list[str]) -> int:
+def _non_negative(count: int, what: str, errors: list[InputError]) -> int:
     if count >= 0:
         return count
-    errors.append(f"{what} is negative ({count}); treated as 0")
+    message = f"{what} is negative ({count}); treated as 0"
+    errors.append(InputError(InputErrorKind.NEGATIVE_DESIRED, message))
     return 0

@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter, itemgetter
@@ -65,12 +66,11 @@ log = logging.getLogger(__name__)
 
 Conn = AsyncConnection[Any]
 Row = TupleRow
+# Where the service's loops get a connection for one piece of work (`pool.connection`).
+Connect = Callable[[], AbstractAsyncContextManager[Conn]]
 
 # key1 of every advisory lock prebuildd takes per template: the ASCII bytes of "PBLD".
 LOCK_KEY_SPACE = 0x50424C44
-
-# Channel Coder's provisioner daemons listen on to learn that a job was queued.
-PROVISIONER_JOB_POSTED = "provisioner_job_posted"
 
 # Enum labels -> members by dict lookup: calling the Enum class costs microseconds per value,
 # which adds up over the tens of thousands of rows of a batched sweep.

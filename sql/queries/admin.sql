@@ -9,6 +9,3 @@ SELECT prebuildd.set_reconciliation_paused(%(paused)s::boolean);
 -- the preset's id, no row when there is no such preset.
 SELECT i.preset_id
 FROM prebuildd.invalidate_preset(%(preset_id)s::uuid, %(now)s::timestamptz) AS i (preset_id);
-
--- name: database_name
-SELECT current_database();

@@ -80,8 +80,3 @@ VALUES (%(preset_id)s, %(cron)s, %(desired)s);
 UPDATE templates
 SET active_version_id = %(version_id)s, updated_at = now()
 WHERE id = %(template_id)s;
-
--- name: demo_set_desired
-UPDATE template_version_presets
-SET desired_instances = %(desired)s
-WHERE id = %(preset_id)s;

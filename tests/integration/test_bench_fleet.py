@@ -26,7 +26,7 @@ from bench.fleet import (
 )
 
 from prebuildd.model import CancelPending, Create, Delete, PlanConfig
-from prebuildd.report import sweep_once
+from prebuildd.sweep import sweep_once
 
 SPEC = SCALES["tiny"]
 

@@ -14,7 +14,7 @@ import pytest
 from factories import make_org, make_prebuild, make_preset, make_template, make_version, set_paused
 from prebuildd.model import PlanConfig
 from prebuildd.reconciler import Outcome
-from prebuildd.report import sweep_once
+from prebuildd.sweep import sweep_once
 
 pytestmark = pytest.mark.anyio
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -25,7 +26,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from factories import make_org, make_preset, make_template, make_user, make_version, promote
+from prebuildd.model import PlanConfig, Preset, PresetSnapshot
+from prebuildd.plan import plan_preset
+from prebuildd.reconciler import Cause, Outcome
+from prebuildd.service import Service
 from prebuildd.telemetry import setup_tracing
+from prebuildd.trigger import Trigger
 
 pytestmark = pytest.mark.anyio
 
@@ -230,3 +236,37 @@ async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
         "prebuildd.action.create",
         "prebuildd.action.cancel_pending",
     } <= children
+
+
+async def test_a_sweep_forgets_the_plans_of_templates_it_no_longer_lists(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        make_preset(conn, tpl.version_id, desired=1)
+        conn.commit()
+    service = Service(fast_settings(), db_url)  # wired, not running: the sweep is called here
+    gone = UUID(int=0xDEAD)  # a template reconciled earlier, deleted since
+    stale = plan_preset(PresetSnapshot(_preset_of(gone)), datetime.now(UTC), PlanConfig())
+    service.collector.observe(Outcome(Cause(Trigger.EVENT), locked=(gone,), plans=[stale]))
+    assert list(service.collector.latest_plans()) == [stale]
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        swept = await service.sweeper.sweep(conn, Trigger.SWEEP)
+    assert tpl.id in swept.templates and gone not in swept.templates
+    assert list(service.collector.latest_plans()) == []
+    assert service.queue.depth() == len(swept.templates)
+
+
+def _preset_of(template_id: UUID) -> Preset:
+    return Preset(
+        id=UUID(int=0xBEEF),
+        name="p",
+        template_id=template_id,
+        template_name="gone",
+        organization_id=UUID(int=1),
+        organization_name="o",
+        template_version_id=UUID(int=2),
+        template_version_name="v",
+        using_active_version=True,
+        template_deleted=False,
+        template_deprecated=False,
+        desired_instances=1,
+    )

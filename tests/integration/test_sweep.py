@@ -1,5 +1,6 @@
-"""`report.sweep_once` in lanes: every batch once, outcomes in batch order, the same plans as
-one lane, and a database error raised as itself (the CLI prints it), not as a task group's."""
+"""The CLI's sweep (`sweep.sweep_once`) in lanes: every batch once, outcomes in batch order, the
+same plans as one lane, and a database error raised as itself (the CLI prints it), not as a
+task group's."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 from factories import make_org, make_prebuild, make_preset, make_template
 from prebuildd.model import Plan, PlanConfig
-from prebuildd.reconciler import Outcome, Reconciler, Trigger
-from prebuildd.report import sweep_once
+from prebuildd.queue import WorkQueue
+from prebuildd.reconciler import Cause, Outcome, Reconciler
+from prebuildd.sweep import Sweeper, Swept, sweep_once
+from prebuildd.trigger import Trigger
 
 pytestmark = pytest.mark.anyio
 
@@ -47,8 +50,8 @@ async def test_lanes_cover_every_batch_once_in_order(db_url: str) -> None:
     one = await sweep_once(db_url, PlanConfig(), dry_run=True, batch=2, lanes=1)
     three = await sweep_once(db_url, PlanConfig(), dry_run=True, batch=2, lanes=3)
     expected = [tuple(ids[i : i + 2]) for i in range(0, len(ids), 2)]
-    assert [o.requested for o in one] == expected
-    assert [o.requested for o in three] == expected
+    assert [o.locked for o in one] == expected
+    assert [o.locked for o in three] == expected
     assert _decisions(three) == _decisions(one)
 
 
@@ -68,12 +71,31 @@ async def test_a_failing_lane_raises_the_database_error(
     real = Reconciler.reconcile
 
     async def failing(
-        self: Reconciler, conn: psycopg.AsyncConnection[object], chunk: list[UUID], t: Trigger
+        self: Reconciler, conn: psycopg.AsyncConnection[object], chunk: list[UUID], cause: Cause
     ) -> Outcome:
         if ids[2] in chunk:
             raise psycopg.OperationalError("connection lost")
-        return await real(self, conn, chunk, t)
+        return await real(self, conn, chunk, cause)
 
     monkeypatch.setattr(Reconciler, "reconcile", failing)
     with pytest.raises(psycopg.OperationalError, match="connection lost"):
         await sweep_once(db_url, PlanConfig(), dry_run=True, batch=1, lanes=2)
+
+
+async def test_a_sweep_queues_every_template_with_its_trigger(db_url: str) -> None:
+    ids = _seed(db_url, 3)
+    queue: WorkQueue[UUID] = WorkQueue(settle=0.0)
+    queue.add(ids[0], trigger=Trigger.EVENT, event_at=1.0)  # already queued: coalesces
+    sweeper = Sweeper(queue)
+    seen: list[Swept] = []
+    sweeper.on_sweep.append(seen.append)
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        swept = await sweeper.sweep(conn, Trigger.STARTUP)
+    assert set(ids) <= set(swept.templates)
+    assert seen == [swept] and swept.trigger is Trigger.STARTUP
+    assert swept.started <= swept.listed
+    work = queue.get_nowait(len(swept.templates))
+    assert work is not None and set(work.keys) == set(swept.templates)
+    assert work.meta[ids[0]].triggers == {Trigger.EVENT, Trigger.STARTUP}
+    assert work.meta[ids[0]].event_at == 1.0
+    assert all(work.meta[t].triggers == {Trigger.STARTUP} for t in ids[1:])

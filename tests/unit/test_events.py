@@ -35,8 +35,8 @@ def test_global_kind_has_no_template() -> None:
 
 
 def test_at_is_optional_and_integers_are_accepted() -> None:
-    assert parse_payload(f'{{"v":1,"k":"claimed","t":"{TEMPLATE}"}}').at is None
-    assert parse_payload(f'{{"v":1,"k":"claimed","t":"{TEMPLATE}","at":5}}').at == 5.0
+    assert parse_payload(f'{{"v":1,"k":"claimed","t":"{TEMPLATE}"}}').event_at is None
+    assert parse_payload(f'{{"v":1,"k":"claimed","t":"{TEMPLATE}","at":5}}').event_at == 5.0
 
 
 def test_unknown_keys_are_ignored_within_a_version() -> None:
@@ -154,3 +154,14 @@ _json = st.recursive(
 )
 def test_any_json_object_is_an_event_or_invalid(fields: dict[str, object]) -> None:
     _parse_or_invalid(json.dumps(fields))
+
+
+def test_changes_people_make_are_urgent_provisioner_progress_is_not() -> None:
+    urgent = {kind for kind in EventKind if kind.is_urgent}
+    assert urgent == {
+        EventKind.VERSION_PROMOTED,
+        EventKind.TEMPLATE_CHANGED,
+        EventKind.PRESET_CHANGED,
+        EventKind.SCHEDULE_CHANGED,
+        EventKind.CLAIMED,
+    }

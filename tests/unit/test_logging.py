@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from prebuildd import telemetry
+from prebuildd import logs, telemetry
 
 DSN = "postgresql://u:secret@h/db"
 
@@ -45,7 +45,7 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_line_has_fields_and_extras(stream: io.StringIO) -> None:
-    telemetry.setup_logging("info", "json", stream=stream)
+    logs.setup_logging("info", "json", stream=stream)
     logging.getLogger("prebuildd.test").info(
         "reconciled %s", "go", extra={"template_id": "t1", "actions": {"create": 2}}
     )
@@ -63,7 +63,7 @@ def test_json_line_has_fields_and_extras(stream: io.StringIO) -> None:
 def test_json_line_carries_the_current_trace_id(
     stream: io.StringIO, exporter: InMemorySpanExporter
 ) -> None:
-    telemetry.setup_logging("debug", "json", stream=stream)
+    logs.setup_logging("debug", "json", stream=stream)
     with telemetry.span("reconcile") as current:
         logging.getLogger("prebuildd.test").info("inside")
     context = current.get_span_context()
@@ -75,7 +75,7 @@ def test_json_line_carries_the_current_trace_id(
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_dsn_password_never_appears(stream: io.StringIO, fmt: str) -> None:
-    telemetry.setup_logging("info", fmt, stream=stream)  # type: ignore[arg-type]
+    logs.setup_logging("info", fmt, stream=stream)  # type: ignore[arg-type]
     log = logging.getLogger("prebuildd.test")
     log.info("connecting to %s", DSN, extra={"database_url": DSN, "urls": [DSN]})
     try:
@@ -90,7 +90,7 @@ def test_dsn_password_never_appears(stream: io.StringIO, fmt: str) -> None:
 
 
 def test_text_format_is_readable(stream: io.StringIO) -> None:
-    telemetry.setup_logging("INFO", "text", stream=stream)
+    logs.setup_logging("INFO", "text", stream=stream)
     logging.getLogger("prebuildd.test").warning(
         "slow", extra={"duration_ms": 12, "trigger": "event"}
     )
@@ -100,15 +100,15 @@ def test_text_format_is_readable(stream: io.StringIO) -> None:
 
 
 def test_setup_logging_replaces_its_own_handler(stream: io.StringIO) -> None:
-    telemetry.setup_logging("info", "json", stream=io.StringIO())
-    telemetry.setup_logging("info", "json", stream=stream)
+    logs.setup_logging("info", "json", stream=io.StringIO())
+    logs.setup_logging("info", "json", stream=stream)
     logging.getLogger("prebuildd.test").info("once")
     assert len(lines(stream)) == 1
 
 
 def test_unknown_level_is_rejected() -> None:
     with pytest.raises(ValueError, match="log level"):
-        telemetry.setup_logging("loud", "json")
+        logs.setup_logging("loud", "json")
 
 
 def test_span_records_exceptions_without_the_password(exporter: InMemorySpanExporter) -> None:

@@ -18,6 +18,8 @@ from prebuildd.model import (
     Delete,
     DeleteReason,
     InProgress,
+    InputError,
+    InputErrorKind,
     JobStatus,
     Plan,
     PlanConfig,
@@ -494,7 +496,11 @@ def test_negative_preset_desired() -> None:
     plan = run(snap(preset(-2), running=prebuilds(HOUR)))
     assert plan.state.desired == 0
     assert plan.actions == (delete(SURPLUS, 1),)
-    assert plan.errors == ("desired_instances is negative (-2); treated as 0",)
+    assert plan.errors == (
+        InputError(
+            InputErrorKind.NEGATIVE_DESIRED, "desired_instances is negative (-2); treated as 0"
+        ),
+    )
 
 
 def test_naive_now_is_rejected() -> None:

@@ -11,7 +11,7 @@ from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prebuildd.model import Schedule
+from prebuildd.model import InputErrorKind, Schedule
 from prebuildd.schedule import (
     HORIZON,
     ScheduleError,
@@ -237,12 +237,13 @@ def test_invalid_input_falls_back_to_default(
     assert result.desired == 1
     assert result.schedule_id is None
     assert result.next_change is None
-    assert any(message in error for error in result.errors), result.errors
+    assert any(message in error.message for error in result.errors), result.errors
 
 
 def test_bad_cron_error_names_the_schedule() -> None:
     result = desired_instances(1, (sched("0 9 * * *", 3, 7),), "", utc(2025, 6, 2, 10))
-    assert str(UUID(int=7)) in result.errors[0]
+    assert str(UUID(int=7)) in result.errors[0].message
+    assert result.errors[0].kind is InputErrorKind.INVALID_CRON
 
 
 @pytest.mark.parametrize(
@@ -281,7 +282,27 @@ def test_negative_counts_are_zero_and_reported(
     result = desired_instances(default, schedules, "", now)
     assert result.desired == desired
     assert len(result.errors) == errors
-    assert all("negative" in e for e in result.errors)
+    assert all("negative" in e.message for e in result.errors)
+    assert all(e.kind is InputErrorKind.NEGATIVE_DESIRED for e in result.errors)
+
+
+@pytest.mark.parametrize(
+    ("schedules", "timezone", "kind"),
+    [
+        pytest.param((sched("0 9 * * *", 3),), "", InputErrorKind.INVALID_CRON, id="cron"),
+        pytest.param((sched(WEEKDAYS, 3),), "Mars/Olympus", InputErrorKind.INVALID_TIMEZONE,
+                     id="timezone"),
+        pytest.param((sched(WEEKDAYS, 3, 1), sched("* 9 * * *", 2, 2)), "",
+                     InputErrorKind.OVERLAPPING_SCHEDULES, id="overlap"),
+        pytest.param((sched(WEEKDAYS, -1),), "", InputErrorKind.NEGATIVE_DESIRED, id="negative"),
+    ],
+)  # fmt: skip
+def test_every_error_carries_its_kind(
+    schedules: tuple[Schedule, ...], timezone: str, kind: InputErrorKind
+) -> None:
+    """The kind is typed (the metric label), not parsed back out of the message."""
+    result = desired_instances(1, schedules, timezone, utc(2025, 6, 2, 10))
+    assert [e.kind for e in result.errors] == [kind], result.errors
 
 
 def test_naive_now_is_a_programming_error() -> None:

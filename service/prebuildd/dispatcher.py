@@ -1,0 +1,199 @@
+"""The dispatcher: takes work out of the queue, runs it on a connection, puts back what follows.
+
+    queue --get--> worker --Work -> Cause--> reconciler (one transaction per batch)
+                     |                           |
+                     |  the sweep marker         v Outcome
+                     +--> Sweeper (list + add)   collector.observe, on_outcome hooks
+                                                 |
+    queue <--add----------- follow_up(outcome) --+   (the one path back into the queue)
+
+What it owns:
+
+* the worker loop: `get` a batch (or the sweep marker), run it, `done` it, whatever happened;
+* Work -> `Cause`: which trigger names a batch (`cause_of`), how many adds it stands for, and
+  the earliest event behind it (for the lag);
+* `follow_up(outcome)`: after every piece of work, what must happen next goes back into the
+  queue from here and nowhere else: the timers a plan asked for (schedule boundary, TTL,
+  backoff end, capped creates), the busy retry of templates another replica held, the
+  error retry of a batch that failed (its delay doubling per template), and the retry of a
+  sweep whose listing failed;
+* the periodic sweep, so that every piece of work the service does on the pool runs here.
+
+Without a collector the dispatcher makes one pass (the CLI's sweep, prebuildd.sweep): nothing
+follows a reconcile and errors propagate to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+import anyio
+import psycopg
+
+from prebuildd.collector import MetricsCollector
+from prebuildd.queue import KeyMeta, QueueShutDown, Work, WorkQueue
+from prebuildd.reconciler import Cause, Outcome, Reconciler, utc_now
+from prebuildd.store import Conn, Connect
+from prebuildd.trigger import Trigger
+
+# After a reconcile could not lock a template (another replica holds it), look again after
+# this long: the holder normally follows up itself, this only covers a holder that died.
+BUSY_RETRY_SECONDS = 2.0
+# After a failed reconcile (database down...), retry with this delay, doubling up to the cap.
+ERROR_RETRY_SECONDS = 0.5
+ERROR_RETRY_MAX_SECONDS = 10.0
+
+# When one batch was queued for several reasons, the first of these names it: what a person
+# did beats what the clock asked for, which beats the safety nets.
+PRECEDENCE = (
+    Trigger.EVENT,
+    Trigger.STARTUP,
+    Trigger.OVERFLOW,
+    Trigger.TIMER,
+    Trigger.SWEEP,
+    Trigger.CLI,
+    Trigger.RETRY,
+)
+# The sweep marker stands for every template; what its sweep is called.
+_SWEEP_PRECEDENCE = (Trigger.STARTUP, Trigger.OVERFLOW)
+
+
+class Sweep(Protocol):
+    """What the dispatcher needs of a sweep (prebuildd.sweep.Sweeper)."""
+
+    async def sweep(self, conn: Conn, trigger: Trigger) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SweepFailed:
+    """A sweep could not list the templates (nothing was queued)."""
+
+    trigger: Trigger
+
+
+def cause_of(work: Work[UUID]) -> Cause:
+    """Why a batch runs: its most telling trigger, its adds, its earliest event."""
+    metas = list(work.meta.values())
+    triggers = {t for m in metas for t in m.triggers}
+    trigger = next((t for t in PRECEDENCE if t in triggers), Trigger.RETRY)
+    event_at = min((m.event_at for m in metas if m.event_at is not None), default=None)
+    return Cause(trigger, events=sum(m.events for m in metas), event_at=event_at)
+
+
+def sweep_trigger(meta: KeyMeta) -> Trigger:
+    """The trigger of the templates a sweep marker queues: startup, overflow, else sweep."""
+    return next((t for t in _SWEEP_PRECEDENCE if t in meta.triggers), Trigger.SWEEP)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: WorkQueue[UUID],
+        reconciler: Reconciler,
+        sweeper: Sweep,
+        *,
+        max_batch: int,
+        collector: MetricsCollector | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._queue = queue
+        self._reconciler = reconciler
+        self._sweeper = sweeper
+        self._max_batch = max_batch
+        self._collector = collector
+        self._clock = clock
+        # Consecutive failed reconciles per template: the error retry doubles with it.
+        self._error_streak: dict[UUID, int] = {}
+        # Called with every outcome, failed ones too (the demo narrates them; benches count).
+        # The dispatcher keeps no history: at fleet scale outcomes hold every plan of a sweep.
+        self.on_outcome: list[Callable[[Outcome], None]] = []
+
+    @property
+    def one_pass(self) -> bool:
+        """No collector: nothing follows a reconcile and errors propagate (the CLI)."""
+        return self._collector is None
+
+    # ---- the worker loop -----------------------------------------------------------------
+
+    async def worker(self, connect: Connect) -> None:
+        """Take work until the queue shuts down; each piece on a connection from `connect`."""
+        while True:
+            try:
+                work = await self._queue.get(self._max_batch)
+            except QueueShutDown:
+                return
+            try:
+                if work.sweep_meta is not None:
+                    await self._sweep(sweep_trigger(work.sweep_meta), connect)
+                else:
+                    await self._reconcile(work, connect)
+            finally:
+                self._queue.done(work)
+
+    async def _reconcile(self, work: Work[UUID], connect: Connect) -> None:
+        ids = list(work.keys)
+        cause = cause_of(work)
+        try:
+            async with connect() as conn:
+                outcome = await self._reconciler.reconcile(conn, ids, cause)
+        except Exception as exc:
+            if self.one_pass:
+                raise
+            outcome = Outcome(cause, failed=tuple(ids), error=exc)
+        self.follow_up(outcome)
+        if self._collector is not None:
+            self._collector.observe(outcome)
+        for hook in self.on_outcome:
+            hook(outcome)
+
+    async def _sweep(self, trigger: Trigger, connect: Connect) -> None:
+        try:
+            async with connect() as conn:
+                await self._sweeper.sweep(conn, trigger)
+        except psycopg.Error as exc:
+            if self._collector is None:
+                raise
+            self._collector.database_error(exc, "sweep")
+            self.follow_up(SweepFailed(trigger))
+
+    async def sweep_periodically(self, interval: float, connect: Connect) -> None:
+        """The safety net: a sweep every `interval` seconds; a failed one waits for the next."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                async with connect() as conn:
+                    await self._sweeper.sweep(conn, Trigger.SWEEP)
+            except psycopg.Error as exc:
+                if self._collector is not None:
+                    self._collector.database_error(exc, "sweep")
+
+    # ---- the one path back into the queue ------------------------------------------------
+
+    def follow_up(self, outcome: Outcome | SweepFailed) -> None:
+        """Queue what must follow a piece of work; nothing else puts work back."""
+        if self.one_pass:
+            return
+        queue = self._queue
+        if isinstance(outcome, SweepFailed):
+            # At once, as the marker: a listing that keeps failing keeps the queue busy
+            # (issue 10 item 7 is to back this off without blocking event work).
+            queue.request_sweep(trigger=Trigger.RETRY)
+            return
+        for template_id in outcome.locked:
+            self._error_streak.pop(template_id, None)
+        for template_id in outcome.failed:
+            streak = self._error_streak.get(template_id, 0) + 1
+            self._error_streak[template_id] = streak
+            delay = min(ERROR_RETRY_MAX_SECONDS, ERROR_RETRY_SECONDS * 2 ** (streak - 1))
+            queue.add(template_id, trigger=Trigger.RETRY, delay=delay)
+        for template_id in outcome.busy:
+            queue.add(template_id, trigger=Trigger.RETRY, delay=BUSY_RETRY_SECONDS)
+        if outcome.next_attention:
+            now = self._clock()
+            for template_id, when in outcome.next_attention.items():
+                delay = (when - now).total_seconds()
+                queue.add(template_id, trigger=Trigger.TIMER, delay=delay)

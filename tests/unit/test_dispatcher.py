@@ -1,0 +1,262 @@
+"""The dispatcher without a database: Work -> Cause, and `follow_up`, the one path back into
+the queue (timers, busy retries, error retries, a failed sweep's retry), and the worker loop
+around a reconciler that succeeds or fails.
+
+The queue is the real one on a fake clock (tests/unit/_queue_support.py); the reconciler and
+the connection are stand-ins, which is all a test of *what goes back into the queue* needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+from uuid import UUID
+
+import anyio
+import psycopg
+import pytest
+from _queue_support import FakeClock, all_blocked
+
+from prebuildd.collector import MetricsCollector
+from prebuildd.dispatcher import (
+    BUSY_RETRY_SECONDS,
+    Dispatcher,
+    SweepFailed,
+    cause_of,
+    sweep_trigger,
+)
+from prebuildd.metrics import Metrics
+from prebuildd.queue import KeyMeta, Work, WorkQueue
+from prebuildd.reconciler import Cause, Outcome
+from prebuildd.trigger import Trigger
+
+NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+A, B, C = UUID(int=1), UUID(int=2), UUID(int=3)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def meta(*triggers: Trigger, events: int = 1, event_at: float | None = None) -> KeyMeta:
+    return KeyMeta(0.0, event_at, events, frozenset(triggers))
+
+
+def work(**metas: KeyMeta) -> Work[UUID]:
+    by_key = {UUID(int=int(k[1:])): m for k, m in metas.items()}
+    return Work(tuple(by_key), MappingProxyType(by_key))
+
+
+# ---- Work -> Cause ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("triggers", "expected"),
+    [
+        ({Trigger.TIMER, Trigger.EVENT}, Trigger.EVENT),
+        ({Trigger.SWEEP, Trigger.STARTUP}, Trigger.STARTUP),
+        ({Trigger.RETRY, Trigger.TIMER}, Trigger.TIMER),
+        ({Trigger.RETRY, Trigger.SWEEP}, Trigger.SWEEP),
+        ({Trigger.RETRY}, Trigger.RETRY),
+        ({Trigger.CLI}, Trigger.CLI),
+    ],
+)
+def test_the_most_telling_trigger_names_a_batch(triggers: set[Trigger], expected: Trigger) -> None:
+    # Spread over two keys: the batch is named by the union of its keys' triggers.
+    first, *rest = sorted(triggers)
+    assert cause_of(work(k1=meta(first), k2=meta(*(rest or [first])))).trigger is expected
+
+
+def test_a_cause_sums_the_adds_and_keeps_the_earliest_event() -> None:
+    cause = cause_of(
+        work(
+            k1=meta(Trigger.EVENT, events=3, event_at=20.0),
+            k2=meta(Trigger.EVENT, events=2, event_at=10.0),
+            k3=meta(Trigger.TIMER),
+        )
+    )
+    assert cause == Cause(Trigger.EVENT, events=6, event_at=10.0)
+
+
+def test_a_sweep_is_named_startup_then_overflow_then_sweep() -> None:
+    assert sweep_trigger(meta(Trigger.STARTUP, Trigger.RETRY)) is Trigger.STARTUP
+    assert sweep_trigger(meta(Trigger.EVENT, Trigger.OVERFLOW)) is Trigger.OVERFLOW
+    assert sweep_trigger(meta(Trigger.EVENT)) is Trigger.SWEEP
+    assert sweep_trigger(meta(Trigger.RETRY)) is Trigger.SWEEP
+
+
+# ---- follow_up: the one path back into the queue --------------------------------------------
+
+
+class FakeReconciler:
+    """Returns (or raises) what the test queued up, and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.results: list[Outcome | BaseException] = []
+        self.calls: list[tuple[list[UUID], Cause]] = []
+
+    async def reconcile(self, conn: Any, template_ids: Sequence[UUID], cause: Cause) -> Outcome:
+        self.calls.append((list(template_ids), cause))
+        result = self.results.pop(0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+class FlakySweep:
+    """Fails its first listing, then succeeds (queueing nothing)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Trigger] = []
+
+    async def sweep(self, conn: Any, trigger: Trigger) -> None:
+        self.calls.append(trigger)
+        if len(self.calls) == 1:
+            raise psycopg.errors.InsufficientPrivilege("permission denied for table templates")
+
+
+@contextlib.asynccontextmanager
+async def no_connection() -> AsyncIterator[Any]:
+    yield None
+
+
+def make(
+    clock: FakeClock, *, one_pass: bool = False
+) -> tuple[WorkQueue[UUID], Dispatcher, FakeReconciler, MetricsCollector]:
+    queue: WorkQueue[UUID] = WorkQueue(settle=0, clock=clock, sleep=clock.sleep)
+    reconciler = FakeReconciler()
+    collector = MetricsCollector(Metrics())
+    dispatcher = Dispatcher(
+        queue,
+        reconciler,  # type: ignore[arg-type]
+        FlakySweep(),
+        max_batch=10,
+        collector=None if one_pass else collector,
+        clock=lambda: NOW,
+    )
+    return queue, dispatcher, reconciler, collector
+
+
+def handed_out(queue: WorkQueue[UUID]) -> dict[UUID, frozenset[Trigger]]:
+    work = queue.get_nowait(100)
+    if work is None:
+        return {}
+    queue.done(work)
+    return {k: m.triggers for k, m in work.meta.items()}
+
+
+@pytest.mark.anyio
+async def test_timers_and_busy_retries_come_back_at_their_time(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock)
+    outcome = Outcome(Cause(Trigger.EVENT), locked=(A,), busy=(B,))
+    outcome.next_attention = {A: NOW + timedelta(seconds=30)}
+    dispatcher.follow_up(outcome)
+    assert queue.depth() == 2
+    await clock.advance(BUSY_RETRY_SECONDS - 0.5)
+    assert handed_out(queue) == {}
+    await clock.advance(0.5)
+    assert handed_out(queue) == {B: {Trigger.RETRY}}
+    await clock.advance(30 - BUSY_RETRY_SECONDS)
+    assert handed_out(queue) == {A: {Trigger.TIMER}}
+
+
+@pytest.mark.anyio
+async def test_error_retries_double_per_template_until_it_succeeds(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock)
+    waits = []
+    for _ in range(3):
+        dispatcher.follow_up(Outcome(Cause(Trigger.EVENT), failed=(C,), error=RuntimeError()))
+        started = clock.now
+        while not handed_out(queue):
+            await clock.advance(0.25)
+        waits.append(clock.now - started)
+    assert waits == [0.5, 1.0, 2.0]
+    dispatcher.follow_up(Outcome(Cause(Trigger.RETRY), locked=(C,)))  # it worked: reset
+    dispatcher.follow_up(Outcome(Cause(Trigger.EVENT), failed=(C,), error=RuntimeError()))
+    await clock.advance(0.5)
+    assert handed_out(queue) == {C: {Trigger.RETRY}}
+
+
+def test_a_failed_sweep_asks_for_another(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock)
+    dispatcher.follow_up(SweepFailed(Trigger.STARTUP))
+    work = queue.get_nowait()
+    assert work is not None and work.sweep_meta is not None
+    assert work.sweep_meta.triggers == {Trigger.RETRY}
+
+
+@pytest.mark.anyio
+async def test_one_pass_puts_nothing_back(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock, one_pass=True)
+    outcome = Outcome(Cause(Trigger.CLI), locked=(A,), busy=(B,), failed=(C,))
+    outcome.next_attention = {A: NOW}
+    dispatcher.follow_up(outcome)
+    dispatcher.follow_up(SweepFailed(Trigger.CLI))
+    assert queue.depth() == 0 and not queue.sweep_queued()
+
+
+# ---- the worker loop -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_failed_reconcile_is_observed_done_and_retried(clock: FakeClock) -> None:
+    queue, dispatcher, reconciler, collector = make(clock)
+    seen: list[Outcome] = []
+    dispatcher.on_outcome.append(seen.append)
+    reconciler.results = [
+        psycopg.OperationalError("server closed the connection"),
+        Outcome(Cause(Trigger.RETRY), locked=(A,)),
+    ]
+    queue.add(A, event_at=5.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.worker, no_connection)
+        await all_blocked()
+        assert len(seen) == 1 and seen[0].failed == (A,) and seen[0].locked == ()
+        assert queue.processing() == 0  # done, whatever happened
+        assert reconciler.calls == [([A], Cause(Trigger.EVENT, events=1, event_at=5.0))]
+        await clock.advance(0.5)  # the error retry
+        tg.cancel_scope.cancel()
+    assert [ids for ids, _ in reconciler.calls] == [[A], [A]]
+    assert reconciler.calls[1][1].trigger is Trigger.RETRY
+    metrics = collector.metrics.registry
+    assert metrics.get_sample_value("prebuildd_reconcile_errors_total", {"kind": "database"})
+    assert metrics.get_sample_value("prebuildd_reconciles_total", {"trigger": "retry"}) == 1
+
+
+@pytest.mark.anyio
+async def test_a_sweep_marker_whose_listing_fails_is_retried(clock: FakeClock) -> None:
+    queue, dispatcher, _, collector = make(clock)
+    sweeper = dispatcher._sweeper
+    assert isinstance(sweeper, FlakySweep)
+    queue.request_sweep(trigger=Trigger.STARTUP)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.worker, no_connection)
+        await all_blocked()
+        tg.cancel_scope.cancel()
+    # At once, as the marker again (issue 10 item 7 will back this off).
+    assert sweeper.calls == [Trigger.STARTUP, Trigger.SWEEP]
+    assert not queue.sweep_queued() and not queue.sweep_running()
+    errors = collector.metrics.registry.get_sample_value(
+        "prebuildd_reconcile_errors_total", {"kind": "sweep"}
+    )
+    assert errors is not None and errors >= 1
+
+
+@pytest.mark.anyio
+async def test_one_pass_raises_the_error_and_still_gives_the_work_back(clock: FakeClock) -> None:
+    queue, dispatcher, reconciler, _ = make(clock, one_pass=True)
+    reconciler.results = [psycopg.OperationalError("connection lost")]
+    queue.add(A, delay=0)
+    queue.shutdown()
+    with pytest.raises(psycopg.OperationalError, match="connection lost"):
+        await dispatcher.worker(no_connection)
+    assert queue.processing() == 0

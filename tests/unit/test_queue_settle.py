@@ -1,0 +1,104 @@
+"""The delay layer (G5 settle window, G6 delays in prebuildd.queue.settle), one at a time."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from _queue_support import FakeClock, Getter, make_queue, take
+
+from prebuildd.queue import SettleWindow
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# ---- G5 settle window --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_g5_a_burst_inside_the_window_leaves_as_one_batch(clock: FakeClock) -> None:
+    q = make_queue(clock, settle=1.0)
+    q.add("a")
+    await clock.advance(0.5)
+    q.add("b")
+    await clock.advance(0.25)
+    q.add("c")
+    await clock.advance(0.125)
+    assert q.get_nowait() is None  # nothing before the window ends
+    await clock.advance(0.125)
+    assert take(q).keys == ("a", "b", "c")
+
+    q.add("d")  # the window closed at 1.0: a new one ends at 2.0
+    await clock.advance(0.5)
+    assert q.get_nowait() is None
+    await clock.advance(0.5)
+    assert take(q).keys == ("d",)
+
+
+@pytest.mark.anyio
+async def test_g5_settle_bounds_latency_for_a_waiting_get(clock: FakeClock) -> None:
+    q = make_queue(clock, settle=1.0)
+    getter = Getter(q, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(getter.run)
+        await clock.advance(7)
+        q.add("a")
+        await clock.advance(1)
+    assert getter.at == 8
+
+
+# ---- G6 delays ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_g6_far_future_delay_is_handed_out_then_not_before(clock: FakeClock) -> None:
+    q = make_queue(clock)
+    q.add("a", trigger="timer", delay=3600)
+    getter = Getter(q, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(getter.run)
+        await clock.advance(3599.5)
+        assert getter.work is None
+        await clock.advance(0.5)
+    assert getter.at == 3600
+    assert getter.work is not None and getter.work.meta["a"].triggers == frozenset({"timer"})
+
+
+@pytest.mark.anyio
+async def test_g6_negative_delay_is_now_and_nan_is_refused(clock: FakeClock) -> None:
+    q = make_queue(clock)
+    q.add("a", delay=-5)
+    assert take(q).keys == ("a",)
+    with pytest.raises(ValueError):
+        q.add("b", delay=float("nan"))
+    assert q.depth() == 0
+
+
+def test_settle_window_alone_one_window_for_all_keys() -> None:
+    window = SettleWindow(settle=1.0)
+    assert window.ready_at(10.0, None) == 11.0  # opens a window
+    assert window.ready_at(10.5, None) == 11.0  # inside it: the same end
+    assert window.ready_at(11.0, None) == 12.0  # closed at 11: a new one
+    assert window.ready_at(11.5, delay=3) == 14.5  # delays are not windowed (G6)
+    assert window.ready_at(11.5, delay=-1) == 11.5
+    assert window.ready_at(11.5, None) == 12.0  # and do not disturb the open window
+
+
+def test_settle_window_alone_refuses_bad_numbers() -> None:
+    for bad in (-0.001, float("nan")):
+        with pytest.raises(ValueError):
+            SettleWindow(settle=bad)
+    with pytest.raises(ValueError):
+        SettleWindow().ready_at(0.0, float("nan"))
+
+
+def test_the_default_window_is_the_products() -> None:
+    window = SettleWindow()
+    assert window.ready_at(0.0, None) == 0.002  # `prebuildd run --settle` defaults to 2ms
