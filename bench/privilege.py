@@ -16,7 +16,7 @@ and interleaved in one run (alternating which side goes first):
 * targeted -- a real, committed reconcile of one template whose preset wants 2 more
   prebuilds (`Reconciler.reconcile`, undone untimed), as the role vs as the owner; each must
   create 2.
-* sweep -- `prebuildd.report.sweep_once` over every template of a fresh clone of the fleet:
+* sweep -- `prebuildd.sweep.sweep_once` over every template of a fresh clone of the fleet:
   the first sweep fixes the drift, the second finds nothing to do (the periodic sweep of a
   healthy fleet); as the role vs as the owner, each on its own clone. Each must plan every
   preset that wants prebuilds, fail none, and the first must create, delete and cancel the
@@ -71,8 +71,9 @@ from bench.fleet import (
 from prebuildd import store
 from prebuildd.model import Action, CancelPending, Create, Delete, Plan, PlanConfig
 from prebuildd.plan import plan_preset
-from prebuildd.reconciler import Outcome, Reconciler, Trigger
-from prebuildd.report import sweep_once
+from prebuildd.reconciler import Cause, Outcome, Reconciler
+from prebuildd.sweep import sweep_once
+from prebuildd.trigger import Trigger
 
 AConn = AsyncConnection[Any]
 
@@ -332,7 +333,7 @@ async def run_actions(clone: Clone, login: Login, spec: FleetSpec, rounds: int) 
         await AsyncConnection.connect(login.url(clone.owner_url), autocommit=True) as role,
     ):
         dry = Reconciler(PlanConfig(), dry_run=True)
-        outcome = await dry.reconcile(owner, drifting, Trigger("cli"))
+        outcome = await dry.reconcile(owner, drifting, Cause(Trigger.CLI))
         work = [
             (plan, action)
             for plan in outcome.plans
@@ -439,7 +440,7 @@ async def run_targeted(clone: Clone, login: Login, spec: FleetSpec, rounds: int)
 
         def reconcile_as(side: str) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
-                outcome = await reconciler.reconcile(conns[side], [template], Trigger("cli"))
+                outcome = await reconciler.reconcile(conns[side], [template], Cause(Trigger.CLI))
                 ids = [w for r in outcome.results for w in r.created]
                 created[side].add(len(ids))
                 _expect(not outcome.failed_presets, f"failed presets {outcome.failed_presets}")

@@ -10,11 +10,6 @@ from typing import TextIO
 from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
 from prebuildd.reconciler import Outcome
 
-# The sweep's old import path, kept for tests of other branches that still import it from here
-# (tests/integration/test_least_privilege.py, test_hard_limit.py). New code imports
-# prebuildd.sweep.
-from prebuildd.sweep import sweep_once as sweep_once
-
 
 def _plans(outcomes: list[Outcome]) -> list[Plan]:
     plans = [p for o in outcomes for p in o.plans]

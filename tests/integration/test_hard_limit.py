@@ -12,7 +12,7 @@ from factories import ago, make_org, make_prebuild, make_preset, make_template, 
 from prebuildd import store
 from prebuildd.model import Plan, PlanConfig, PrebuildStatus, Preset, PresetState, SetStatus
 from prebuildd.queries import query
-from prebuildd.report import sweep_once
+from prebuildd.sweep import sweep_once
 
 pytestmark = pytest.mark.anyio
 

@@ -65,7 +65,7 @@ from prebuildd.cli import main
 from prebuildd.model import PREBUILDS_USER_ID, PlanConfig
 from prebuildd.queries import parse_blocks, query, read_sql_file, sql_root
 from prebuildd.reconciler import Outcome
-from prebuildd.report import sweep_once
+from prebuildd.sweep import sweep_once
 
 Conn = psycopg.Connection[Any]
 
