@@ -13,7 +13,11 @@ both in MiB):
   would. Its resident set is read every 250 ms and before each sweep, to show whether and
   where it stops growing.
 
-Target: peak RSS of the service <= 150 MB.
+Target: peak RSS of the service <= 150 MB. The figure only counts if the service did its work
+while it was measured: its /metrics must show the periodic sweeps (at least one full sweep's
+worth of `sweep` reconciles per sweep period watched, but the first) and no reconcile error,
+and its log no error line (level=error, a failed callback, a crashed reconcile, a traceback);
+otherwise the verdict is MISSED, and the bench exits non-zero on MISSED.
 
     PYTHONPATH=service python -m bench.memory [--quick] [--reuse] [--sweeps N]
 """
@@ -21,6 +25,7 @@ Target: peak RSS of the service <= 150 MB.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -28,10 +33,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench._common import common_args, load, print_header, table, verdict
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench._common import ServiceErrors, common_args, load, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench.fleet import SCALES, ensure_fleet
 from bench.reaction import REPO, ServiceProcess, service_env
+from prebuildd.config import Settings
 
 TARGET_PEAK_MB = 150.0
 SWEEP_SECONDS = 5.0
@@ -89,11 +97,30 @@ def metrics_url(service: ServiceProcess) -> str | None:
     return None
 
 
-def scrape(url: str | None) -> int:
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """One /metrics scrape: its size, and the counters that show the service worked."""
+
+    size: int
+    sweep_reconciles: float  # prebuildd_reconciles_total{trigger="sweep"}
+    reconcile_errors: float  # prebuildd_reconcile_errors_total, every kind
+
+
+def scrape(url: str | None) -> Scrape:
     if url is None:
-        return 0
+        return Scrape(0, 0.0, 0.0)
     with urllib.request.urlopen(url, timeout=10) as response:
-        return len(response.read())
+        body = response.read()
+    sweeps = errors = 0.0
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "prebuildd_reconciles_total" and sample.labels.get(
+                "trigger"
+            ) == "sweep":
+                sweeps += sample.value
+            elif sample.name == "prebuildd_reconcile_errors_total":
+                errors += sample.value
+    return Scrape(len(body), sweeps, errors)
 
 
 @dataclass
@@ -107,7 +134,12 @@ class Watched:
     per_sweep: list[Memory] = field(default_factory=list)  # read before each further sweep
     samples: list[float] = field(default_factory=list)  # VmRSS every SAMPLE_EVERY
     final: Memory | None = None
-    scraped_bytes: int = 0
+    first_scrape: Scrape | None = None  # right after the startup sweep settled
+    last_scrape: Scrape | None = None  # after the last sweep period watched
+
+    @property
+    def scraped_bytes(self) -> int:
+        return self.last_scrape.size if self.last_scrape else 0
 
 
 def watch(services: Sequence[Watched], templates: int, sweeps: int) -> None:
@@ -117,6 +149,8 @@ def watch(services: Sequence[Watched], templates: int, sweeps: int) -> None:
     for w in services:
         w.after_startup = read_memory(w.service.pid)
     urls = [metrics_url(w.service) for w in services]
+    for w, url in zip(services, urls, strict=True):
+        w.first_scrape = scrape(url)
     next_mark = time.monotonic() + SWEEP_SECONDS
     marks = 0
     while marks < sweeps:
@@ -129,7 +163,7 @@ def watch(services: Sequence[Watched], templates: int, sweeps: int) -> None:
             next_mark += SWEEP_SECONDS
             for w, url in zip(services, urls, strict=True):
                 w.per_sweep.append(read_memory(w.service.pid))
-                w.scraped_bytes = scrape(url)
+                w.last_scrape = scrape(url)
         time.sleep(SAMPLE_EVERY)
     for w in services:
         w.final = read_memory(w.service.pid)
@@ -140,7 +174,52 @@ def watch(services: Sequence[Watched], templates: int, sweeps: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def report(bare: Memory, imported: Memory, watched: Sequence[Watched], sweeps: int) -> bool:
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the service did while its memory was read."""
+
+    sweep_reconciles: float
+    wanted: int  # at least this many `sweep` reconciles
+    reconcile_errors: float
+    errors: ServiceErrors
+
+    @property
+    def met(self) -> bool:
+        return self.sweep_reconciles >= self.wanted and self.reconcile_errors == 0
+
+    def summary(self) -> str:
+        return (
+            f"work done while measured: {self.sweep_reconciles:.0f} `sweep` reconciles "
+            f"(wanted >= {self.wanted}), {self.reconcile_errors:.0f} reconcile errors: "
+            f"{verdict(self.met)}; {self.errors.summary()}"
+        )
+
+
+def evidence(w: Watched, templates: int, sweeps: int) -> Evidence:
+    """Every periodic sweep reconciles every template in batches of at most max_batch, so
+    each sweep period watched (but the first, which may have started before the watch)
+    adds at least ceil(templates / max_batch) `sweep` reconciles."""
+    first, last = w.first_scrape, w.last_scrape
+    per_sweep = math.ceil(templates / Settings().max_batch)
+    wanted = max(1, (sweeps - 1) * per_sweep)
+    errors = ServiceErrors().scan(line.fields for line in list(w.service.lines))
+    if first is None or last is None:
+        return Evidence(0.0, wanted, 0.0, errors)
+    return Evidence(
+        last.sweep_reconciles - first.sweep_reconciles,
+        wanted,
+        last.reconcile_errors,
+        errors,
+    )
+
+
+def report(
+    bare: Memory,
+    imported: Memory,
+    watched: Sequence[Watched],
+    sweeps: int,
+    proofs: Sequence[Evidence],
+) -> bool:
     rows: list[Sequence[str]] = [
         ["process", "RSS MiB", "peak (VmHWM) MiB"],
         ["python (interpreter only)", f"{bare.rss:.1f}", f"{bare.hwm:.1f}"],
@@ -155,12 +234,14 @@ def report(bare: Memory, imported: Memory, watched: Sequence[Watched], sweeps: i
     print(table(rows))
     for w in watched:
         _print_growth(w, imported)
-    service = watched[0]
+    for w, proof in zip(watched, proofs, strict=True):
+        print(f"{w.name}: {proof.summary()}")
+    service, proof = watched[0], proofs[0]
     assert service.final is not None
-    met = service.final.hwm <= TARGET_PEAK_MB
+    met = proof.errors.verdict(service.final.hwm <= TARGET_PEAK_MB and proof.met)
     print(
-        f"target peak RSS <= {TARGET_PEAK_MB:.0f} MB ({service.name}): {verdict(met)} "
-        f"({service.final.hwm:.1f} MiB)"
+        f"target peak RSS <= {TARGET_PEAK_MB:.0f} MB ({service.name}, while doing its work): "
+        f"{verdict(met)} ({service.final.hwm:.1f} MiB)"
     )
     return met
 
@@ -181,7 +262,7 @@ def _print_growth(w: Watched, imported: Memory) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run(server: BenchServer, args: argparse.Namespace) -> None:
+def run(server: BenchServer, args: argparse.Namespace) -> bool:
     name = "quick" if args.quick else "reaction"
     spec = SCALES[name]
     sweeps = args.sweeps or (4 if args.quick else 22)
@@ -196,15 +277,22 @@ def run(server: BenchServer, args: argparse.Namespace) -> None:
         for w in watched:
             print(f"{w.name}: {w.service.command(url)}")
             w.service.start()
+        codes: list[int | None] = []
         try:
             watch(watched, spec.templates, sweeps)
         finally:
             for w in watched:
-                print(f"{w.name} stopped (exit code {w.service.stop()})")
-        report(bare, imported, watched, sweeps)
+                codes.append(w.service.stop())
+                print(f"{w.name} stopped (exit code {codes[-1]})")
+        proofs = [evidence(w, spec.templates, sweeps) for w in watched]
+        for proof, code in zip(proofs, codes, strict=True):
+            if code != 0:
+                proof.errors.lines.append(f"the service exited with code {code} on SIGTERM")
+        met = report(bare, imported, watched, sweeps, proofs)
     finally:
         server.drop(clone)
     print(f"after the run: {load()}")
+    return met
 
 
 def main() -> None:
@@ -215,7 +303,8 @@ def main() -> None:
     print_header("bench.memory")
     with bench_server() as server:
         print_server(server)
-        run(server, args)
+        met = run(server, args)
+    raise SystemExit(0 if met else 1)
 
 
 if __name__ == "__main__":
