@@ -136,7 +136,7 @@ class Proc:
         state = "timed out" if self.popen.poll() is None else f"exited {self.popen.returncode}"
         raise AssertionError(f"{self.name}: no log line {what} ({state})\n{self.tail()}")
 
-    def wait_for_msg(self, msg: str, *, timeout: float = 20.0) -> Record:
+    def wait_for_msg(self, msg: str, *, timeout: float = 60.0) -> Record:
         return self.wait_for(lambda r: r.get("msg") == msg, timeout=timeout, what=repr(msg))
 
     def _readers_alive(self) -> bool:
@@ -144,14 +144,14 @@ class Proc:
 
     # ---- endpoints ---------------------------------------------------------------------
 
-    def metrics_port(self, timeout: float = 30.0) -> int:
+    def metrics_port(self, timeout: float = 60.0) -> int:
         """The port of /metrics, /healthz and /readyz, from the process's own log line."""
         if self._port is None:
             record = self.wait_for_msg(SERVING_MSG, timeout=timeout)
             self._port = int(str(record["addr"]).rpartition(":")[2])
         return self._port
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
+    def wait_listening(self, timeout: float = 60.0) -> None:
         """Until the listener's first LISTEN (the startup sweep is requested right after)."""
         self.wait_for_msg(LISTENING_MSG, timeout=timeout)
 
@@ -383,7 +383,7 @@ def eventually(
         time.sleep(interval)
 
 
-def wait_ready(port: int, *, timeout: float = 20.0) -> dict[str, Any]:
+def wait_ready(port: int, *, timeout: float = 60.0) -> dict[str, Any]:
     """Until /readyz answers 200; returns its JSON body."""
 
     def ready() -> dict[str, Any] | None:

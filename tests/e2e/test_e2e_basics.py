@@ -48,7 +48,7 @@ def test_run_and_provisioner_fill_pools_and_serve_probes_and_metrics(db_url: str
 
         eventually(
             lambda: all(eligible(db_url, p) == n for p, n in wanted.items()),
-            timeout=30,
+            timeout=60,
             what="every pool full of ready prebuilds",
             on_timeout=procs.dump,
         )
@@ -68,7 +68,7 @@ def test_run_and_provisioner_fill_pools_and_serve_probes_and_metrics(db_url: str
                 and m.value("prebuildd_prebuilt_workspaces_eligible", **labels) == 2
             )
 
-        eventually(gauges_current, timeout=20, what="per-preset gauges published", interval=0.5)
+        eventually(gauges_current, timeout=60, what="per-preset gauges published", interval=0.5)
         metrics = scrape(port)
         assert metrics.total("prebuildd_events_received_total") > 0
         assert (metrics.value("prebuildd_prebuilt_workspaces_created_total", **labels) or 0) >= 2
@@ -122,7 +122,7 @@ def test_sigterm_mid_write_lets_the_reconcile_in_flight_commit_then_exits_zero(
 
         # Its sessions end with it; none is left idle in a transaction.
         eventually(
-            lambda: not service_backends(db_url), timeout=30, what="the service's sessions gone"
+            lambda: not service_backends(db_url), timeout=60, what="the service's sessions gone"
         )
     # The reconcile in flight committed whole: 1 + 149 creates, nothing torn.
     assert pools(db_url)[preset].live == 150
