@@ -167,6 +167,12 @@ def module_db_url(pg_admin_url: str, template_db_url: str) -> Iterator[str]:
     yield from _fresh_database(pg_admin_url, TEMPLATE_DB)
 
 
+@pytest.fixture(scope="module")
+def module_empty_db_url(pg_admin_url: str) -> Iterator[str]:
+    """A brand-new, empty database shared by the tests of a module that asks for it."""
+    yield from _fresh_database(pg_admin_url, None)
+
+
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(db_url) as connection:
