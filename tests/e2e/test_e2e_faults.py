@@ -86,13 +86,17 @@ def test_lost_listener_reconnects_and_its_sweep_reconciles_a_missed_promotion(
         assert (metrics.value("prebuildd_listener_reconnects_total") or 0) >= 1
         # The drill really lost the notification: never heard, reconciled by a sweep.
         assert _promotions_heard(port) == heard_before, service.tail(40)
-        acted = [
-            r
-            for r in service.records("reconciled")
-            if r.get("actions", {}).get("cancel_pending")
-        ]
-        assert acted and acted[0]["trigger"] == "sweep", service.tail()
+        acted = eventually(  # a log line is read a moment after the commit it reports
+            lambda: _cancelling(service), timeout=60, what="the cancel logged",
+            on_timeout=service.tail,
+        )
+        assert acted[0]["trigger"] == "sweep", service.tail()
     assert_integrity(db_url)
+
+
+def _cancelling(service: Proc) -> list[dict[str, object]]:
+    """The service's reconciles that canceled pending creates (what a promotion does here)."""
+    return [r for r in service.records("reconciled") if r.get("actions", {}).get("cancel_pending")]
 
 
 def _promotions_heard(port: int) -> float:
@@ -277,11 +281,10 @@ def test_postgres_restart_is_survived_and_a_promotion_right_after_is_reconciled(
         # away, so the promotion was reconciled by what the reconnect brings -- its event or
         # the sweep every reconnect runs -- after the listener came back.
         assert (scrape(port).value("prebuildd_listener_reconnects_total") or 0) >= 1
-        acted = [
-            r
-            for r in service.records("reconciled")
-            if r.get("actions", {}).get("cancel_pending")
-        ]
-        assert acted and acted[-1]["trigger"] in ("event", "sweep"), service.tail()
+        acted = eventually(
+            lambda: _cancelling(service), timeout=60, what="the cancel logged",
+            on_timeout=service.tail,
+        )
+        assert acted[-1]["trigger"] in ("event", "sweep"), service.tail()
         assert down_body["ready"] is False
     assert_integrity(url)

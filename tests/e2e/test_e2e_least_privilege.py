@@ -180,7 +180,10 @@ def test_the_service_process_does_its_whole_job_as_the_least_privilege_role(
         metrics = scrape(port)
         assert metrics.total("prebuildd_reconcile_errors_total") == 0
         assert metrics.total("prebuildd_events_received_total") > 0
-        assert reconciled(service, trigger="event"), "events drove the service"
+        eventually(
+            lambda: reconciled(service, trigger="event"), timeout=WAIT,
+            what="reconciles driven by events", on_timeout=service.tail,
+        )
         problems = [
             r
             for r in service.records()

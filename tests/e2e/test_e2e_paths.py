@@ -183,7 +183,15 @@ def test_pause_and_resume_reach_the_running_service_through_the_trigger(db_url: 
             lambda: pools(db_url)[preset].live == 3, timeout=WAIT,
             what="the two creates after the resume", on_timeout=service.tail,
         )
-        acted = [r for r in service.records("reconciled") if r.get("actions", {}).get("create")]
+        def creating() -> list[dict[str, Any]] | None:
+            found = [r for r in service.records("reconciled") if r.get("actions", {}).get("create")]
+            return found if len(found) >= 2 else None
+
+        # (A log line is read a moment after the commit it reports: wait for both.)
+        acted = eventually(
+            creating, timeout=WAIT, what="both creating reconciles logged",
+            on_timeout=service.tail,
+        )
         # The startup sweep filled the pool; the resume's sweep (the only other sweep: the
         # periodic one is an hour away) made the two that were held back.
         assert [(r["trigger"], r["paused"]) for r in acted] == [
@@ -243,11 +251,14 @@ def test_three_failed_builds_hard_limit_the_preset_and_notify_its_admins(db_url:
                 {"p": preset},
             )
         )
-        limited = [
-            r
-            for r in service.records("preset actions")
-            if r.get("preset_id") == str(preset) and "set_status" in r.get("actions", [])
-        ]
+        limited = eventually(
+            lambda: [
+                r
+                for r in service.records("preset actions")
+                if r.get("preset_id") == str(preset) and "set_status" in r.get("actions", [])
+            ],
+            timeout=WAIT, what="the status change logged", on_timeout=service.tail,
+        )
         _no_errors(service)
         assert provisioner.alive, provisioner.tail()
 
@@ -309,12 +320,14 @@ def test_two_replicas_fill_one_deficit_exactly_once(db_url: str) -> None:
             timeout=WAIT, what="the waiter reconciling the template", on_timeout=procs.dump,
         )
         assert again[0]["actions"] == {}, again
-        created = [
-            r["actions"]["create"]
-            for r in writer.records("reconciled")
-            if r.get("actions", {}).get("create")
-        ]
-        assert created == [1], "the writer's one reconcile made every create"  # one action
+        # `actions` counts actions (one create of N workspaces is one): the writer created
+        # in exactly one reconcile, the waiter in none. (A log line is read a moment after
+        # the commit it reports: wait for it.)
+        creating = eventually(
+            lambda: [r for r in writer.records("reconciled") if r.get("actions", {}).get("create")],
+            timeout=WAIT, what="the writer's reconcile logged", on_timeout=writer.tail,
+        )
+        assert [r["actions"]["create"] for r in creating] == [1], writer.tail()
         assert not any(r.get("actions") for r in waiter.records("reconciled")), waiter.tail()
         _no_errors(*replicas)
     assert _first_builds(db_url, preset) == DEFICIT
