@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -379,9 +379,7 @@ def _set_paused(paused: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
-        row = conn.execute(
-            query("invalidate_preset"), {"preset_id": args.preset, "now": datetime.now(UTC)}
-        ).fetchone()
+        row = conn.execute(query("invalidate_preset"), {"preset_id": args.preset}).fetchone()
     if row is None:
         print(f"no preset {args.preset}", file=sys.stderr)
         return EXIT_ERROR

@@ -52,7 +52,12 @@ class Service:
         queue: WorkQueue[UUID] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`queue` replaces the one built from `settings` (benches instrument their own)."""
+        """`queue` replaces the one built from `settings` (benches instrument their own).
+
+        `clock` is this host's wall clock; plans, writes and timers never read it, they run on
+        the database's clock (prebuildd.clock). It only dates an event's lag until the first
+        reconcile has read the database's clock.
+        """
         self.settings = settings
         self.conninfo = conninfo
         self.metrics = metrics or Metrics()
@@ -71,7 +76,6 @@ class Service:
             self.sweeper,
             max_batch=settings.max_batch,
             collector=self.collector,
-            clock=clock,
         )
         self.pool = AsyncConnectionPool(
             conninfo,

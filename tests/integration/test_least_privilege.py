@@ -623,7 +623,7 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "status": "healthy",
         "trace_metadata": Jsonb({}),
         "now": datetime.now(UTC),
-        "lookback_since": datetime.now(UTC) - timedelta(hours=1),
+        "backoff_lookback": timedelta(hours=1),
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")

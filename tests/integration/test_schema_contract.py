@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString, cast
 from uuid import UUID, uuid4
 
@@ -607,6 +607,7 @@ def _sample(name: str) -> object:
     fixed: dict[str, object] = {
         "count": 1,
         "hard_limit": 3,
+        "backoff_lookback": timedelta(hours=1),
         "paused": True,
         "status": "healthy",
         "trace_metadata": Jsonb({}),
