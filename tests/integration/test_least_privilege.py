@@ -1167,6 +1167,31 @@ def test_operator_commands_as_the_role(
     assert '"reconciliation_paused": false' in value
 
 
+@pytest.mark.usefixtures("cli_logging")
+def test_status_as_the_role_reads_who_is_busy_from_pg_locks(
+    conn: Conn, db_url: str, role_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` takes no lock and reads pg_locks instead, which the role may do without any
+    grant: a template a replica holds is shown busy, Coder's running loop is reported."""
+    tpl = make_template(conn, make_org(conn), name="lp-busy")
+    make_preset(conn, tpl.version_id, desired=1)
+    conn.commit()
+    url = ["--database-url", role_url]
+    with psycopg.connect(role_url) as replica:
+        assert replica.execute(query("lock_templates"), {"template_ids": [tpl.id]}).fetchall()
+        capsys.readouterr()
+        assert main(["status", *url]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if "lp-busy" in line)
+        assert row.split()[-1] == "busy"
+        replica.rollback()
+        # Coder's loop, as the owner: lock 7 held exclusively.
+        assert replica.execute("SELECT pg_try_advisory_xact_lock(7::bigint)").fetchone() == (True,)
+        assert main(["status", *url]) == 0
+        out = capsys.readouterr().out
+        assert "lp-busy" in out and "Coder's own reconciliation loop is running" in out
+        replica.rollback()
+
+
 @pytest.mark.anyio
 async def test_event_driven_service_as_the_role(
     db_url: str, role_url: str, caplog: pytest.LogCaptureFixture
