@@ -39,6 +39,7 @@ from psycopg import AsyncConnection
 
 from prebuildd import store
 from prebuildd.clock import DatabaseClock
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import ActionKind, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
@@ -108,14 +109,17 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utc_now,
         dry_run: bool = False,
+        notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
     ) -> None:
         """`clock` is this host's wall clock. Plans, writes and timers never use it: they use
         the database's clock, read with every snapshot. It only dates an event's lag before
         the first snapshot was read (after that, the latest database clock reading does).
 
         `dry_run`: plan only, in a read-only transaction without locks (module docstring).
+        `notifications`: how Coder delivers the notice of a preset reaching the hard limit.
         """
         self._config = config
+        self._notifications = notifications
         self._clock = clock
         self._dry_run = dry_run
         # The latest reading of the database's clock (the lag of reconciles that read none).
@@ -207,7 +211,9 @@ class Reconciler:
                 for action in plan.actions:
                     with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
                         span.set_attribute("prebuildd.preset_id", str(plan.preset.id))
-                        result = await store.execute(conn, plan, action, now=now)
+                        result = await store.execute(
+                            conn, plan, action, now=now, notifications=self._notifications
+                        )
                         _annotate_result(span, result)
                     outcome.results.append(result)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:

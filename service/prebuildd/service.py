@@ -72,7 +72,7 @@ class Service:
         self.sweeper.on_sweep.append(lambda swept: self.collector.keep_only(swept.templates))
         self.dispatcher = Dispatcher(
             self.queue,
-            Reconciler(settings.plan, clock=clock),
+            Reconciler(settings.plan, clock=clock, notifications=settings.notifications),
             self.sweeper,
             max_batch=settings.max_batch,
             collector=self.collector,

@@ -45,6 +45,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 
 from prebuildd.clock import DatabaseClock
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import (
     Action,
@@ -385,11 +386,14 @@ async def execute(
     *,
     now: datetime,
     trace_metadata: Mapping[str, str] | None = None,
+    notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
 ) -> ActionResult:
     """Carry out one of `plan`'s actions inside the caller's transaction.
 
-    `trace_metadata` (W3C propagation fields, as Coder stores them) is recorded on the jobs
-    this creates, so provisioners can continue the trace.
+    `now` is the plan's instant (the database's now(), `Snapshot.now`). `trace_metadata`
+    (W3C propagation fields, as Coder stores them) is recorded on the jobs this creates, so
+    provisioners can continue the trace. `notifications`: how Coder delivers the hard-limit
+    notice a SetStatus(hard_limited) queues.
 
     A create whose rows the database rejects as invalid input (e.g. the version has no import
     job) raises psycopg's DataError/IntegrityError: the caller rolls back its savepoint and
@@ -404,7 +408,7 @@ async def execute(
         return await _delete(conn, action, now, traced)
     if isinstance(action, CancelPending):
         return await _cancel_pending(conn, action, now)
-    return await _set_status(conn, action)
+    return await _set_status(conn, action, notifications)
 
 
 async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
@@ -466,26 +470,36 @@ async def _cancel_pending(conn: Conn, action: CancelPending, now: datetime) -> A
     )
 
 
-async def _set_status(conn: Conn, action: SetStatus) -> ActionResult:
+async def _set_status(
+    conn: Conn, action: SetStatus, notifications: NotificationDelivery
+) -> ActionResult:
     params = {"preset_id": action.preset_id, "status": action.status.value}
     rows = await _fetch(conn, "set_preset_status", params)
     stored = PrebuildStatus(rows[0][0]) if rows else None
     if stored is PrebuildStatus.HARD_LIMITED:
-        await _notify_hard_limited(conn, action.preset_id)
+        await _notify_hard_limited(conn, action.preset_id, notifications)
     return ActionResult(ActionKind.SET_STATUS, action.preset_id, status=stored)
 
 
-async def _notify_hard_limited(conn: Conn, preset_id: UUID) -> None:
-    """Queue Coder's "Prebuild Failure Limit Reached" notification for template admins.
+async def _notify_hard_limited(
+    conn: Conn, preset_id: UUID, notifications: NotificationDelivery
+) -> None:
+    """Queue Coder's "Prebuild Failure Limit Reached" notification for the template's admins.
 
     The planner emits SetStatus(hard_limited) only on the transition, so admins hear about it
-    once (Coder's dedupe hash also limits it to one a day; the time is the server's). Best
-    effort, in its own savepoint: Coder's enqueue trigger raises when a user disabled the
-    notification, and a notification must never undo the status change or stop the reconcile.
+    once (Coder's dedupe hash also limits it to one a day; the time is the server's). The
+    function leaves out whoever turned the notification off, as Coder's enqueuer does. Best
+    effort, in its own savepoint: a notification must never undo the status change or stop
+    the reconcile.
     """
+    params = {
+        "preset_id": preset_id,
+        "default_method": notifications.default_method,
+        "inbox": notifications.inbox,
+    }
     try:
         async with conn.transaction():
-            rows = await _fetch(conn, "notify_hard_limited", {"preset_id": preset_id})
+            rows = await _fetch(conn, "notify_hard_limited", params)
     except psycopg.Error as exc:
         log.warning(
             "could not queue the hard-limit notification",
@@ -494,7 +508,11 @@ async def _notify_hard_limited(conn: Conn, preset_id: UUID) -> None:
         return
     log.warning(
         "preset reached the failure hard limit: no more prebuilds are created",
-        extra={"preset_id": str(preset_id), "admins_notified": len(rows)},
+        extra={
+            "preset_id": str(preset_id),
+            "admins_notified": len({row[0] for row in rows}),
+            "messages_queued": len(rows),
+        },
     )
 
 

@@ -34,7 +34,7 @@ import anyio
 import psycopg
 
 from prebuildd import store
-from prebuildd.config import Settings
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery, Settings
 from prebuildd.dispatcher import Dispatcher
 from prebuildd.model import PlanConfig
 from prebuildd.queue import WorkQueue
@@ -86,7 +86,13 @@ class Sweeper:
 
 
 async def sweep_once(
-    url: str, config: PlanConfig, dry_run: bool, *, batch: int = BATCH, lanes: int = LANES
+    url: str,
+    config: PlanConfig,
+    dry_run: bool,
+    *,
+    notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
+    batch: int = BATCH,
+    lanes: int = LANES,
 ) -> list[Outcome]:
     """Reconcile (or only plan) every template with prebuild presets, once: the CLI's sweep.
 
@@ -97,7 +103,8 @@ async def sweep_once(
     """
     queue: WorkQueue[UUID] = WorkQueue(settle=0.0)
     sweeper = Sweeper(queue)
-    dispatcher = Dispatcher(queue, Reconciler(config, dry_run=dry_run), sweeper, max_batch=batch)
+    reconciler = Reconciler(config, dry_run=dry_run, notifications=notifications)
+    dispatcher = Dispatcher(queue, reconciler, sweeper, max_batch=batch)
     outcomes: list[Outcome] = []
     dispatcher.on_outcome.append(outcomes.append)
     async with await _connect(url, read_only=dry_run) as conn:
