@@ -61,8 +61,9 @@ class Cause:
     trigger: Trigger
     # Queue adds coalesced into this reconcile (notifications, timers, sweep entries...).
     events: int = 0
-    # Wall-clock epoch seconds of the earliest event that led here (`Event.event_at`); None
-    # when no notification did (timers, sweeps).
+    # Epoch seconds of the earliest event that led here (`Event.event_at`: the writing
+    # transaction's start on the database's clock); None when no notification did (timers,
+    # sweeps).
     event_at: float | None = None
 
 

@@ -13,6 +13,7 @@ written as a TZif file, found through zoneinfo's search path like any IANA zone.
 from __future__ import annotations
 
 import struct
+import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,10 @@ import pytest
 from _live import DELETE_BUILDS, PENDING_CREATES, eventually, fetch_value, running_service
 
 from factories import make_org, make_prebuild, make_preset, make_template, make_user
+from prebuildd.model import PlanConfig
+from prebuildd.reconciler import Cause, Reconciler
 from prebuildd.schedule import resolve_timezone
+from prebuildd.trigger import Trigger
 
 pytestmark = pytest.mark.anyio
 
@@ -99,6 +103,27 @@ async def test_ttl_expiry_follows_the_databases_clock(db_url: str, skew: timedel
         )
         assert deleted_at >= expires, "the delete build records the database's time"
         assert service.metrics.reconciles.labels("timer")._value.get() >= 1
+
+
+async def test_event_lag_is_measured_on_the_databases_clock(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's lag compares its transaction's start (the database's clock) with the
+    reconcile's start on the same clock: a host an hour fast must not report an hour of lag
+    (and fire the lag alert)."""
+    with psycopg.connect(db_url) as conn:
+        tpl = make_template(conn, make_org(conn))
+        make_preset(conn, tpl.version_id, desired=1)
+        conn.commit()
+    event_at = (await _db_now(db_url)).timestamp()
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + HOUR.total_seconds())
+    reconciler = Reconciler(PlanConfig(), clock=_skewed(HOUR))
+    async with await psycopg.AsyncConnection.connect(db_url) as aconn:
+        cause = Cause(Trigger.EVENT, events=1, event_at=event_at)
+        outcome = await reconciler.reconcile(aconn, [tpl.id], cause)
+    assert outcome.locked == (tpl.id,)
+    assert outcome.lag is not None and 0 <= outcome.lag < 60
 
 
 # ---- schedules ------------------------------------------------------------------------------
