@@ -317,7 +317,7 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
     prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
     prebuildd.set_preset_status(uuid, text),
-    prebuildd.notify_hard_limited(uuid),
+    prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean)
 TO prebuildd;
