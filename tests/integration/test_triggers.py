@@ -1,4 +1,4 @@
-"""The NOTIFY triggers (sql/triggers/0001_notify.sql) against a real PostgreSQL.
+"""The NOTIFY triggers (sql/triggers/*.sql, sql/functions/notify_event.sql) on a real PostgreSQL.
 
 Each test writes through `conn`, commits, and reads what a LISTENing session received. Silence
 is checked deterministically: `Inbox.drain` sends a sentinel notification after the writes and
@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from prebuildd.events import CHANNEL, Event, EventKind, parse_payload
-from prebuildd.migrate import migrate
+from prebuildd.migrate import migrate, repeatable_files
 from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.queries import read_sql_file
 
@@ -139,8 +139,9 @@ def test_all_triggers_are_installed_once_and_reapplying_is_harmless(
         WHERE tgname LIKE 'prebuildd_%' ORDER BY 1
     """
     assert set(conn.execute(list_triggers).fetchall()) == EXPECTED_TRIGGERS
-    # Executed without parameters: psycopg sends the file verbatim, as migrate does.
-    conn.execute(read_sql_file("triggers", "0001_notify.sql"))
+    # Executed without parameters: psycopg sends each file verbatim, as migrate does.
+    for file in repeatable_files():
+        conn.execute(file.text)
     conn.commit()
     migrate(shared_db_url)
     found = conn.execute(list_triggers).fetchall()
@@ -539,6 +540,6 @@ def test_writer_needs_no_privilege_on_the_prebuildd_schema(
 
 
 def test_prebuilds_user_is_the_one_the_triggers_know() -> None:
-    text = read_sql_file("triggers", "0001_notify.sql")
+    text = read_sql_file("functions", "notify_event.sql")
     assert str(PREBUILDS_USER_ID) in text
     assert CHANNEL in text
