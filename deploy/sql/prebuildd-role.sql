@@ -178,7 +178,7 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
 -- that one row; set_reconciliation_paused (`pause`/`resume`) calls a security-definer
 -- function. Both are created by migrate (sql/schema/0002_pause_switch.sql).
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
-GRANT SELECT ON prebuildd.prebuilds_settings TO prebuildd;
+GRANT EXECUTE ON FUNCTION prebuildd.prebuilds_settings() TO prebuildd;
 GRANT EXECUTE ON FUNCTION prebuildd.set_reconciliation_paused(boolean) TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
