@@ -1,9 +1,7 @@
 """The NOTIFY triggers (sql/triggers/*.sql, sql/functions/notify_event.sql) on a real PostgreSQL.
 
-Each test writes through `conn`, commits, and reads what a LISTENing session received. Silence
-is checked deterministically: `Inbox.drain` sends a sentinel notification after the writes and
-reads up to it; notifications are delivered in commit order, so anything the writes produced
-arrives before the sentinel.
+Each test writes through `conn`, commits, and reads what a LISTENing session received
+(`_inbox.Inbox`, which checks silence deterministically with a sentinel notification).
 """
 
 from __future__ import annotations
@@ -16,11 +14,12 @@ from uuid import UUID
 import _trigger_rows as rows
 import psycopg
 import pytest
+from _inbox import Inbox
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from prebuildd.events import CHANNEL, Event, EventKind, parse_payload
+from prebuildd.events import CHANNEL, EventKind
 from prebuildd.migrate import migrate, repeatable_files
 from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.queries import read_sql_file
@@ -45,32 +44,6 @@ EXPECTED_TRIGGERS = {
     ("prebuildd_template_removed", "templates"),
     ("prebuildd_version_promoted", "templates"),
 }
-
-
-class Inbox:
-    """A LISTENing session; `drain()` returns the payloads committed since the last drain."""
-
-    def __init__(self, url: str) -> None:
-        self.conn: Conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute("LISTEN prebuildd_events")
-        self._sentinels = 0
-
-    def drain_raw(self) -> list[str]:
-        self._sentinels += 1
-        token = f"sentinel-{self._sentinels}-{uuid.uuid4()}"
-        self.conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, token])
-        received: list[str] = []
-        for notify in self.conn.notifies(timeout=5.0):
-            if notify.payload == token:
-                return received
-            received.append(notify.payload)
-        raise AssertionError(f"sentinel never arrived; got {received}")
-
-    def drain(self) -> list[Event]:
-        return [parse_payload(payload) for payload in self.drain_raw()]
-
-    def kinds(self) -> list[tuple[EventKind, UUID | None]]:
-        return [(event.kind, event.template_id) for event in self.drain()]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +84,7 @@ def inbox(shared_db_url: str) -> Iterator[Inbox]:
     try:
         yield box
     finally:
-        box.conn.close()
+        box.close()
 
 
 @pytest.fixture
