@@ -1,8 +1,29 @@
 -- Coder's hot-path writes, as its provisioner daemons and agents make them (one row per
--- statement, each its own transaction), for bench/trigger_overhead.py.
+-- statement, each its own transaction), and the checks around them, for
+-- bench/trigger_overhead.py.
 
 -- name: listen_events
 LISTEN prebuildd_events;
+
+-- name: send_sentinel
+-- Sent by the listener after a slice: notifications arrive in commit order, so everything the
+-- slice's commits sent has arrived once this one has.
+SELECT pg_notify('prebuildd_events', %(token)s);
+
+-- name: event_triggers
+-- prebuildd's triggers on this database's tables: (name, table, enabled, has a WHEN clause,
+-- has an UPDATE OF column list). The positive control of the bench.
+SELECT t.tgname, c.relname, t.tgenabled <> 'D', t.tgqual IS NOT NULL,
+       t.tgattr <> ''::int2vector
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+  AND t.tgname LIKE 'prebuildd\_%'
+ORDER BY 1, 2;
+
+-- name: max_connections
+SELECT current_setting('max_connections')::int
+     - current_setting('superuser_reserved_connections')::int;
 
 -- name: pick_prebuild_jobs
 -- Jobs of builds the prebuilds user started (status runs reset them to pending first).
@@ -72,10 +93,15 @@ UPDATE provisioner_jobs
 SET updated_at = now()
 WHERE id = %(id)s::uuid;
 
--- name: agent_heartbeat
--- An agent's connection bookkeeping (no lifecycle change).
+-- name: agent_connection
+-- An agent's connection bookkeeping, as coderd writes it while the agent stays connected
+-- (no lifecycle change).
 UPDATE workspace_agents
-SET last_connected_at = now(), updated_at = now()
+SET first_connected_at = COALESCE(first_connected_at, now()),
+    last_connected_at = now(),
+    disconnected_at = NULL,
+    last_connected_replica_id = %(worker_id)s::uuid,
+    updated_at = now()
 WHERE id = %(id)s::uuid;
 
 -- name: set_synchronous_commit
