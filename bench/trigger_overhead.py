@@ -30,6 +30,7 @@ prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64.
 
     PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse]
         [--synchronous-commit on|off] [--rows N] [--rounds N] [--case TEXT]
+        [--compare FUNCTION.sql]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -105,7 +107,8 @@ USER_STATUS = Workload(
 PREBUILD_STATUS = Workload(
     "prebuild job status",
     "pick_prebuild_jobs",
-    (Step("job_acquired", True), Step("job_completed", True)),
+    # pending -> running need not be announced: the planner counts both as in progress.
+    (Step("job_acquired", False), Step("job_completed", True)),
     reset=True,
 )
 
@@ -213,8 +216,11 @@ class Listener:
 
 @dataclass
 class Result:
+    """One side with triggers against the trigger-free side B, for one case."""
+
     case: Case
     mode: str
+    label: str
     ops: int = 0
     pair_ratios: list[float] = field(default_factory=list)
     a_seconds: float = 0.0
@@ -222,18 +228,18 @@ class Result:
     a_cpu: float = 0.0
     b_cpu: float = 0.0
     notifications: int = 0
-    # Prebuild status changes committed on A, each of which must have been announced.
+    # Status changes committed on this side that the triggers must announce.
     announced_writes: int = 0
     missed_rows: int = 0
 
     @property
     def ratio(self) -> float:
-        """A's throughput relative to B's: the median over paired slices."""
+        """This side's throughput relative to B's: the median over paired slices."""
         return statistics.median(self.pair_ratios) if self.pair_ratios else 0.0
 
     @property
     def cpu_ratio(self) -> float:
-        """B's CPU per write / A's: what the triggers cost if both were CPU-bound."""
+        """B's CPU per write / this side's: what the triggers cost if both were CPU-bound."""
         return self.b_cpu / self.a_cpu if self.a_cpu > 0 else 0.0
 
     def controls(self) -> list[str]:
@@ -262,59 +268,64 @@ def slice_rows(writers: int, base: int) -> int:
 
 def measure_case(
     case: Case,
-    a: Side,
+    tested: Sequence[Side],
     b: Side,
-    listener: Listener,
+    listeners: dict[str, Listener],
     ids: Sequence[uuid.UUID],
     *,
     mode: str,
     rounds: int,
     base_slice: int,
     keep_open: bool,
-) -> Result:
-    result = Result(case, mode)
+) -> list[Result]:
+    """Every side with triggers against B, slice by slice, the order rotating."""
+    results = {side.label: Result(case, mode, side.label) for side in tested}
     workload = case.workload
+    sides = [*tested, b]
     size = slice_rows(case.writers, base_slice)
     slices = [ids[start : start + size] for start in range(0, len(ids), size)]
     if keep_open:
-        a.connect(case.writers, mode)
-        b.connect(case.writers, mode)
+        for side in sides:
+            side.connect(case.writers, mode)
     try:
-        for r in range(rounds + 1):  # round 0 warms both sides up
+        for r in range(rounds + 1):  # round 0 warms every side up
             if workload.reset:
-                for side in (a, b):
+                for side in sides:
                     with psycopg.connect(side.url, autocommit=True) as admin:
                         admin.execute(bench_query("reset_jobs_pending"), {"ids": list(ids)})
-            listener.drain()  # the reset's own events
+            for listener in listeners.values():
+                listener.drain()  # the reset's own events
             for i, part in enumerate(slices):
                 took: dict[str, SliceRun] = {}
-                for side in (a, b) if (i + r) % 2 == 0 else (b, a):
+                sent: dict[str, int] = {}
+                turn = (i + r) % len(sides)
+                for side in sides[turn:] + sides[:turn]:
                     if not keep_open:
                         side.connect(case.writers, mode)
                     took[side.label] = side.run(workload, part)
                     if not keep_open:
                         side.close()
-                    if side is a:
-                        sent = listener.drain()
-                        if r > 0:
-                            result.notifications += sent
+                    if side.label in listeners:
+                        sent[side.label] = listeners[side.label].drain()
                 if r == 0:
                     continue
-                run_a, run_b = took[a.label], took[b.label]
-                writes = len(part) * len(workload.steps)
-                result.ops += writes
-                result.pair_ratios.append(run_b.seconds / run_a.seconds)
-                result.a_seconds += run_a.seconds
-                result.b_seconds += run_b.seconds
-                result.a_cpu += run_a.cpu
-                result.b_cpu += run_b.cpu
-                result.missed_rows += run_a.missed_rows + run_b.missed_rows
-                announced = sum(step.notifies for step in workload.steps)
-                result.announced_writes += (len(part) - run_a.missed_rows) * announced
+                run_b = took[b.label]
+                for side in tested:
+                    res, run_a = results[side.label], took[side.label]
+                    res.ops += len(part) * len(workload.steps)
+                    res.pair_ratios.append(run_b.seconds / run_a.seconds)
+                    res.a_seconds += run_a.seconds
+                    res.b_seconds += run_b.seconds
+                    res.a_cpu += run_a.cpu
+                    res.b_cpu += run_b.cpu
+                    res.missed_rows += run_a.missed_rows + run_b.missed_rows
+                    res.notifications += sent[side.label]
+                    announced = sum(step.notifies for step in workload.steps)
+                    res.announced_writes += (len(part) - run_a.missed_rows) * announced
     finally:
-        a.close()
-        b.close()
-    return result
+        for side in sides:
+            side.close()
+    return [results[side.label] for side in tested]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,34 +333,41 @@ def measure_case(
 # ---------------------------------------------------------------------------------------------
 
 
-def install_current_triggers(url: str) -> None:
-    """Apply this tree's function and trigger files to A, each in its own transaction as
-    migrate does. A reused fleet may have been migrated by another checkout; what is measured
-    must be these files, whatever its bookkeeping says."""
+def install_current_triggers(url: str, alternative: Path | None = None) -> None:
+    """Apply this tree's function and trigger files, each in its own transaction as migrate
+    does (a reused fleet may have been migrated by another checkout: what is measured must be
+    these files, whatever its bookkeeping says), then `alternative`, a function file whose
+    CREATE OR REPLACE stands in for the current one."""
+    texts = [file.text for file in repeatable_files()]
+    if alternative is not None:
+        texts.append(alternative.read_text(encoding="utf-8"))
     with psycopg.connect(url, autocommit=True) as conn:
-        for file in repeatable_files():
+        for text in texts:
             with conn.transaction():
-                # Files of this repository, executed verbatim like migrate does.
-                conn.execute(sql.SQL(file.text))
+                # Files of this repository or named on the command line, executed verbatim
+                # like migrate does.
+                conn.execute(sql.SQL(text))
 
 
-def check_triggers(a_url: str, b_url: str) -> list[str]:
-    """Why the A/B comparison would be meaningless; empty when A has the triggers, B none."""
+def check_triggers(tested: dict[str, str], b_url: str) -> list[str]:
+    """Why the comparison would be meaningless; empty when every tested side has the
+    triggers (enabled, no WHEN, no UPDATE OF) and B has none."""
     problems: list[str] = []
-    with psycopg.connect(a_url, autocommit=True) as conn:
-        on_a = conn.execute(bench_query("event_triggers")).fetchall()
+    for label, url in tested.items():
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute(bench_query("event_triggers")).fetchall()
+        tables = {str(row[1]) for row in found}
+        for wanted in ("provisioner_jobs", "workspace_agents", "workspaces", "workspace_builds"):
+            if wanted not in tables:
+                problems.append(f"{label} has no prebuildd trigger on {wanted}")
+        for name, table_name, enabled, has_when, has_columns in found:
+            if not enabled or has_when or has_columns:
+                problems.append(
+                    f"{label}: trigger {name} on {table_name} is not the current kind "
+                    f"(enabled={enabled}, WHEN={has_when}, UPDATE OF={has_columns})"
+                )
     with psycopg.connect(b_url, autocommit=True) as conn:
         on_b = conn.execute(bench_query("event_triggers")).fetchall()
-    tables = {str(row[1]) for row in on_a}
-    for wanted in ("provisioner_jobs", "workspace_agents", "workspaces", "workspace_builds"):
-        if wanted not in tables:
-            problems.append(f"A has no prebuildd trigger on {wanted}")
-    for name, table_name, enabled, has_when, has_columns in on_a:
-        if not enabled or has_when or has_columns:
-            problems.append(
-                f"A: trigger {name} on {table_name} is not the current kind "
-                f"(enabled={enabled}, WHEN={has_when}, UPDATE OF={has_columns})"
-            )
     if on_b:
         problems.append(f"B still has {len(on_b)} prebuildd triggers")
     return problems
@@ -357,8 +375,8 @@ def check_triggers(a_url: str, b_url: str) -> list[str]:
 
 def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]]:
     rows = [[
-        "workload", "sync commit", "A writes/s", "B writes/s", "A/B (median of pairs)",
-        "CPU us/write A vs B", "A/B by CPU", "NOTIFYs (needed)", "target", "verdict",
+        "workload", "side", "sync commit", "writes/s vs B", "vs B (median of pairs)",
+        "CPU us/write vs B", "vs B by CPU", "NOTIFYs (needed)", "target", "verdict",
     ]]  # fmt: skip
     summary: list[str] = []
     for res in results:
@@ -369,13 +387,14 @@ def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]
         b_rate = res.ops / res.b_seconds if res.b_seconds else 0.0
         needed = "0" if res.case.workload.silent else f">= {res.announced_writes:,}"
         rows.append([
-            res.case.label, res.mode, f"{a_rate:,.0f}", f"{b_rate:,.0f}", f"{res.ratio:.1%}",
-            f"{a_us:,.0f} vs {b_us:,.0f}", f"{res.cpu_ratio:.1%}",
+            res.case.label, res.label, res.mode, f"{a_rate:,.0f} vs {b_rate:,.0f}",
+            f"{res.ratio:.1%}", f"{a_us:,.0f} vs {b_us:,.0f}", f"{res.cpu_ratio:.1%}",
             f"{res.notifications:,} ({needed})", f">= {res.case.target:.0%}", verdict(ok),
         ])  # fmt: skip
         why = "; ".join(res.controls()) or "controls held"
         summary.append(
-            f"{res.case.label} (synchronous_commit={res.mode}): {res.ratio:.1%} of trigger-free "
+            f"{res.case.label}, side {res.label} (synchronous_commit={res.mode}): "
+            f"{res.ratio:.1%} of trigger-free "
             f"throughput (median of {len(res.pair_ratios)} pairs), {res.cpu_ratio:.1%} by CPU, "
             f"{res.notifications:,} notifications ({needed} needed), {why}; "
             f"target >= {res.case.target:.0%}: {verdict(ok)}"
@@ -391,60 +410,72 @@ def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]
 def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[list[str], bool]:
     rows = args.rows or (512 if args.quick else 2048)
     rounds = args.rounds or (1 if args.quick else 3)
-    url_a = server.clone(fleet_db, f"{fleet_db}_ta")
+    urls = {"A": server.clone(fleet_db, f"{fleet_db}_ta")}
+    install_current_triggers(urls["A"])
+    if args.compare:
+        # C: the same, with the function of another file (an alternative being weighed).
+        urls["C"] = server.clone(fleet_db, f"{fleet_db}_tc")
+        install_current_triggers(urls["C"], args.compare)
     url_b = server.clone(fleet_db, f"{fleet_db}_tb")
-    install_current_triggers(url_a)
     removed = uninstall(url_b)
     print(f"B: uninstalled {sum(r.startswith('trigger ') for r in removed)} triggers")
-    problems = check_triggers(url_a, url_b)
+    if args.compare:
+        print(f"C: A's triggers with the function of {args.compare}")
+    problems = check_triggers(urls, url_b)
     for problem in problems:
         print(f"CONTROL FAILED: {problem}")
-    listener = Listener(url_a)
+    listeners = {label: Listener(url) for label, url in urls.items()}
     pool = ThreadPoolExecutor(max(case.writers for case in CASES))
-    a = Side("A", url_a, pool)
-    a.extra_pids = [listener.pid]
+    tested = [Side(label, url, pool) for label, url in urls.items()]
+    for side in tested:
+        side.extra_pids = [listeners[side.label].pid]
     b = Side("B", url_b, pool)
-    with psycopg.connect(url_a, autocommit=True) as conn:
+    with psycopg.connect(url_b, autocommit=True) as conn:
         row = conn.execute(bench_query("max_connections")).fetchone()
     available = int(row[0]) if row else 0
     cases = [c for c in CASES if not args.case or any(w in c.label for w in args.case)]
     tables: list[str] = []
     summary: list[str] = []
+    # The verdict is A's, the files of this tree; C is there to be compared with.
     all_met = not problems and bool(cases)
     try:
         for mode in args.synchronous_commit or ["on", "off"]:
             results: list[Result] = []
             print(f"\n-- synchronous_commit={mode}: {rows} rows x {rounds} rounds (+1 warm-up)")
             for case in cases:
-                with psycopg.connect(url_a, autocommit=True) as conn:
+                with psycopg.connect(url_b, autocommit=True) as conn:
                     picked = conn.execute(bench_query(case.workload.pick), {"limit": rows})
                     ids = [r[0] for r in picked.fetchall()]
                 if len(ids) < rows:
                     print(f"  {case.label}: only {len(ids)} rows in this fleet")
-                # Both sides' writers at once, plus the listener and a reset connection.
-                keep_open = 2 * case.writers + 4 <= available
-                res = measure_case(
-                    case, a, b, listener, ids, mode=mode, rounds=rounds,
+                # Every side's writers at once, plus the listeners and a reset connection.
+                keep_open = (len(tested) + 1) * case.writers + len(tested) + 2 <= available
+                measured = measure_case(
+                    case, tested, b, listeners, ids, mode=mode, rounds=rounds,
                     base_slice=args.slice, keep_open=keep_open,
                 )  # fmt: skip
                 note = "" if keep_open else " (reconnecting per slice: max_connections)"
-                print(
-                    f"  {case.label}: {res.ratio:.1%} (median of {len(res.pair_ratios)} pairs), "
-                    f"by CPU {res.cpu_ratio:.1%}, {res.notifications:,} notifications{note}",
-                    flush=True,
-                )
-                results.append(res)
-                all_met = all_met and res.met(not problems)
+                for res in measured:
+                    print(
+                        f"  {case.label}, {res.label}: {res.ratio:.1%} (median of "
+                        f"{len(res.pair_ratios)} pairs), by CPU {res.cpu_ratio:.1%}, "
+                        f"{res.notifications:,} notifications{note}",
+                        flush=True,
+                    )
+                    if res.label == "A":
+                        all_met = all_met and res.met(not problems)
+                results += measured
             text, lines = report(results, not problems)
             tables.append(text)
             summary += lines
     finally:
-        a.close()
-        b.close()
+        for side in [*tested, b]:
+            side.close()
         pool.shutdown()
-        listener.close()
-        server.drop(f"{fleet_db}_ta")
-        server.drop(f"{fleet_db}_tb")
+        for listener in listeners.values():
+            listener.close()
+        for suffix in ("ta", "tb", "tc"):
+            server.drop(f"{fleet_db}_{suffix}")
     for text in tables:
         print()
         print(text)
@@ -458,6 +489,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=0, help="rows written per round and case")
     parser.add_argument("--rounds", type=int, default=0, help="measured rounds (after warm-up)")
     parser.add_argument("--slice", type=int, default=128, help="rows per A/B slice (at least)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also measure side C: the current triggers with the function of this file",
+    )
     parser.add_argument(
         "--case",
         action="append",

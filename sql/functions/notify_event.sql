@@ -72,8 +72,15 @@ BEGIN
             -- (prebuildd's creates and deletes) whose derived status changed count. A build
             -- someone else starts on an unclaimed prebuild (an admin, rare) is left to the
             -- sweep. No test of the job type: the lookup below finds only builds' jobs.
+            -- pending -> running is not announced: the planner counts both as in progress,
+            -- so that step changes no decision (a job that started is merely no longer
+            -- cancelable, which a cancel re-checks under its lock anyway); every other
+            -- transition is (canceling leaves "in progress"; the terminal ones settle
+            -- counts, failures and backoff). It halves the notifications of a build, and
+            -- NOTIFY is most of what a prebuild's job update costs: docs/benchmarks.md.
             IF NEW.initiator_id IS DISTINCT FROM prebuilds
-               OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status THEN
+               OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status
+               OR (OLD.job_status = 'pending' AND NEW.job_status = 'running') THEN
                 RETURN NULL;
             END IF;
             SELECT w.template_id INTO tpl
