@@ -1,4 +1,4 @@
--- prebuildd's event triggers on provisioner_jobs (function: sql/functions/notify_event.sql).
+-- prebuildd's event triggers on provisioner_jobs (functions: sql/functions/notify_event.sql).
 --
 -- One repeatable file per table: `prebuildd migrate` applies each in its own transaction, so
 -- installing the triggers locks one of Coder's tables at a time, briefly. No `UPDATE OF`
@@ -12,4 +12,4 @@
 DROP TRIGGER IF EXISTS prebuildd_job_status ON provisioner_jobs;
 CREATE TRIGGER prebuildd_job_status
     AFTER UPDATE ON provisioner_jobs
-    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('job_status');
+    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_job_status();

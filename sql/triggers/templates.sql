@@ -1,4 +1,4 @@
--- prebuildd's event triggers on templates (function: sql/functions/notify_event.sql).
+-- prebuildd's event triggers on templates (functions: sql/functions/notify_event.sql).
 --
 -- One repeatable file per table: `prebuildd migrate` applies each in its own transaction, so
 -- installing the triggers locks one of Coder's tables at a time, briefly. No `UPDATE OF`

@@ -1,4 +1,4 @@
--- prebuildd's event triggers on workspace_agents (function: sql/functions/notify_event.sql).
+-- prebuildd's event triggers on workspace_agents (functions: sql/functions/notify_event.sql).
 --
 -- One repeatable file per table: `prebuildd migrate` applies each in its own transaction, so
 -- installing the triggers locks one of Coder's tables at a time, briefly. No `UPDATE OF`
@@ -12,10 +12,10 @@
 DROP TRIGGER IF EXISTS prebuildd_agent_ready ON workspace_agents;
 CREATE TRIGGER prebuildd_agent_ready
     AFTER UPDATE ON workspace_agents
-    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('agent_ready');
+    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_agent_ready();
 
 -- An agent inserted already ready (the simulated provisioner does that) became ready.
 DROP TRIGGER IF EXISTS prebuildd_agent_inserted_ready ON workspace_agents;
 CREATE TRIGGER prebuildd_agent_inserted_ready
     AFTER INSERT ON workspace_agents
-    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('agent_ready');
+    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_agent_ready();

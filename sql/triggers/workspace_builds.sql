@@ -1,4 +1,4 @@
--- prebuildd's event triggers on workspace_builds (function: sql/functions/notify_event.sql).
+-- prebuildd's event triggers on workspace_builds (functions: sql/functions/notify_event.sql).
 --
 -- One repeatable file per table: `prebuildd migrate` applies each in its own transaction, so
 -- installing the triggers locks one of Coder's tables at a time, briefly. No `UPDATE OF`
@@ -12,4 +12,4 @@
 DROP TRIGGER IF EXISTS prebuildd_build_inserted ON workspace_builds;
 CREATE TRIGGER prebuildd_build_inserted
     AFTER INSERT ON workspace_builds
-    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('build_inserted');
+    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_build_inserted();

@@ -1,4 +1,4 @@
--- prebuildd's event triggers on workspaces (function: sql/functions/notify_event.sql).
+-- prebuildd's event triggers on workspaces (functions: sql/functions/notify_event.sql).
 --
 -- One repeatable file per table: `prebuildd migrate` applies each in its own transaction, so
 -- installing the triggers locks one of Coder's tables at a time, briefly. No `UPDATE OF`
@@ -11,4 +11,4 @@
 DROP TRIGGER IF EXISTS prebuildd_claimed ON workspaces;
 CREATE TRIGGER prebuildd_claimed
     AFTER UPDATE ON workspaces
-    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_event('claimed');
+    FOR EACH ROW EXECUTE FUNCTION prebuildd.notify_claimed();

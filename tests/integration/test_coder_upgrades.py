@@ -39,6 +39,7 @@ from psycopg.rows import TupleRow
 from prebuildd.embedded import EmbeddedPostgres
 from prebuildd.events import EventKind
 from prebuildd.migrate import migrate, repeatable_files
+from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.queries import read_sql_file
 
 Conn = psycopg.Connection[TupleRow]
@@ -525,6 +526,104 @@ def test_claim_succeeds_after_coder_renames_a_column_the_trigger_reads(
     assert {(str(n), str(t)) for n, t, *_ in conn.execute(LIST_TRIGGERS)} == EXPECTED_TRIGGERS
 
 
+@dataclass(frozen=True)
+class Rename:
+    """Coder renames a column one trigger function reads, then writes with the new name."""
+
+    kind: str
+    table: str
+    column: str
+    # Prepares the rows, returns the write (statement, parameters) made after the rename.
+    write: Callable[[Conn, rows.TemplateRows], tuple[str, list[object]]]
+
+
+def _running_prebuild_job(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    return "UPDATE provisioner_jobs SET completed_at = now() WHERE id = %s", [job_id]
+
+
+def _prebuild_agent(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    agent_id = rows.agent(conn, job_id)
+    return "UPDATE workspace_agents SET renamed = 'ready' WHERE id = %s", [agent_id]
+
+
+def _prebuild_to_claim(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    workspace_id, _ = rows.prebuild(conn, tpl)
+    return "UPDATE workspaces SET renamed = %s WHERE id = %s", [tpl.owner_id, workspace_id]
+
+
+def _second_prebuild_build(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    workspace_id, _ = rows.prebuild(conn, tpl, started=True)
+    job_id = rows.job(conn, tpl.org_id, PREBUILDS_USER_ID)
+    statement = (
+        "INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, "
+        "template_version_id, build_number, transition, initiator_id, job_id) "
+        "VALUES (gen_random_uuid(), now(), now(), %s, %s, 2, 'stop', %s, %s)"
+    )
+    return statement, [workspace_id, tpl.version_id, PREBUILDS_USER_ID, job_id]
+
+
+def _new_version_to_promote(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    version_id = rows.version(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+    return "UPDATE templates SET renamed = %s WHERE id = %s", [version_id, tpl.template_id]
+
+
+def _preset(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    return "UPDATE template_version_presets SET renamed = 7 WHERE id = %s", [tpl.preset_id]
+
+
+def _schedule(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    schedule_id = rows.schedule(conn, tpl.preset_id)
+    statement = "UPDATE template_version_preset_prebuild_schedules SET desired_instances = 9 "
+    return statement + "WHERE id = %s", [schedule_id]
+
+
+def _pause_switch(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    return "INSERT INTO site_configs (renamed, value) VALUES ('prebuilds_settings', '{}')", []
+
+
+RENAMES = [
+    Rename("job_status", "provisioner_jobs", "initiator_id", _running_prebuild_job),
+    Rename("agent_ready", "workspace_agents", "lifecycle_state", _prebuild_agent),
+    Rename("claimed", "workspaces", "owner_id", _prebuild_to_claim),
+    # Read by the function's lookup, not from the row: the lookup's error is caught too.
+    Rename("build_inserted", "workspaces", "template_id", _second_prebuild_build),
+    Rename("version_promoted", "templates", "active_version_id", _new_version_to_promote),
+    Rename("preset_changed", "template_version_presets", "desired_instances", _preset),
+    Rename(
+        "schedule_changed", "template_version_preset_prebuild_schedules", "preset_id", _schedule
+    ),
+    Rename("settings_changed", "site_configs", "key", _pause_switch),
+]
+
+
+@pytest.mark.parametrize("rename", RENAMES, ids=lambda r: f"{r.kind}: {r.table}.{r.column}")
+def test_every_trigger_function_lets_coders_write_through_after_a_rename(
+    db_url: str, conn: Conn, inbox: Inbox, rename: Rename
+) -> None:
+    tpl = new_template(conn, inbox)
+    statement, params = rename.write(conn, tpl)
+    conn.commit()
+    inbox.drain()
+    in_one_transaction(
+        db_url,
+        lambda c: c.execute(
+            sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO renamed").format(
+                sql.Identifier(rename.table), sql.Identifier(rename.column)
+            )
+        ),
+    )
+    with psycopg.connect(db_url) as coder:
+        warnings = Warnings(coder)
+        coder.execute(statement, params)
+        coder.commit()
+        (warning,) = warnings.take()
+    assert warning.startswith(f"prebuildd: {rename.kind} event on ")
+    assert "not sent (SQLSTATE 42703)" in warning
+    assert inbox.kinds() == []
+
+
 def test_the_same_claim_failed_with_the_triggers_of_earlier_releases(
     db_url: str, conn: Conn, inbox: Inbox
 ) -> None:
@@ -665,12 +764,45 @@ def small_queue_url() -> Iterator[str]:
         server.stop()
 
 
+def _prebuild_claimed(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
+    workspace_id, _ = rows.prebuild(setup, tpl)
+    setup.commit()
+    inbox.drain()
+    _claim(actor, workspace_id, tpl.owner_id)
+    return [(EventKind.CLAIMED, tpl.template_id)]
+
+
+def _prebuild_build_started(
+    setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox
+) -> Events:
+    workspace_id = rows.workspace(setup, tpl.org_id, tpl.template_id, PREBUILDS_USER_ID)
+    job_id = rows.job(setup, tpl.org_id, PREBUILDS_USER_ID)
+    setup.commit()
+    inbox.drain()
+    rows.build(actor, workspace_id, tpl.version_id, job_id, PREBUILDS_USER_ID)
+    return [(EventKind.BUILD_INSERTED, tpl.template_id)]
+
+
+# One write per trigger function and kind, each of which must send exactly its events.
+EVENT_WRITES = [
+    _job_completes,
+    _agent_becomes_ready,
+    _prebuild_claimed,
+    _prebuild_build_started,
+    _template_promoted,
+    _desired_count_changes,
+    _schedule_changes,
+    _pause_switch_written,
+]
+
+
 def test_a_full_notification_queue_never_fails_coders_commit(small_queue_url: str) -> None:
     url = small_queue_url
-    with psycopg.connect(url) as coder, psycopg.connect(url, autocommit=True) as stuck:
-        tpl = rows.template_with_preset(coder)
-        workspaces = [rows.prebuild(coder, tpl, started=True) for _ in range(2)]
-        coder.commit()
+    with (
+        psycopg.connect(url) as setup,
+        psycopg.connect(url) as coder,
+        psycopg.connect(url, autocommit=True) as stuck,
+    ):
         # A listener that stopped reading: inside a transaction it processes nothing, so the
         # queue cannot be truncated past it.
         stuck.execute("LISTEN prebuildd_events")
@@ -680,37 +812,43 @@ def test_a_full_notification_queue_never_fails_coders_commit(small_queue_url: st
         usage = 0.0
         sent = 0
         while usage < 0.6:
-            coder.execute("SELECT pg_notify('prebuildd_events', %s)", [f"{sent}{filler}"])
-            coder.commit()
+            setup.execute("SELECT pg_notify('prebuildd_events', %s)", [f"{sent}{filler}"])
+            setup.commit()
             sent += 1
-            row = coder.execute("SELECT pg_notification_queue_usage()").fetchone()
-            coder.commit()
+            row = setup.execute("SELECT pg_notification_queue_usage()").fetchone()
+            setup.commit()
             usage = float(row[0]) if row else 0.0
 
         warnings = Warnings(coder)
         inbox = Inbox(url)
-        _, job_id = workspaces[0]
-        coder.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = %s", [job_id])
-        coder.commit()  # the write commits, and sends nothing
-        assert warnings.take() == [
-            "prebuildd: job_status event not sent: notification queue too full"
-        ]
-        assert inbox.kinds() == []
+        for write in EVENT_WRITES:
+            tpl = rows.template_with_preset(setup)
+            setup.commit()
+            expected = write(setup, coder, tpl, inbox)
+            coder.commit()  # Coder's write commits, and sends nothing
+            kind = expected[0][0].value
+            assert warnings.take() == [
+                f"prebuildd: {kind} event not sent: notification queue too full"
+            ]
+            assert inbox.kinds() == []
 
-        # Below the limit (a setting, for operators and for this test) the event is sent.
+        # Below the limit (a setting, for operators and for this test) every event is sent.
         coder.execute("SELECT set_config('prebuildd.max_notify_queue_usage', '0.99', false)")
-        _, other_job = workspaces[1]
-        coder.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = %s", [other_job])
         coder.commit()
-        assert warnings.take() == []
-        assert inbox.kinds() == [(EventKind.JOB_STATUS, tpl.template_id)]
+        for write in EVENT_WRITES:
+            tpl = rows.template_with_preset(setup)
+            setup.commit()
+            expected = write(setup, coder, tpl, inbox)
+            coder.commit()
+            assert warnings.take() == []
+            assert inbox.kinds() == expected
         inbox.close()
 
         # What the limit protects from: at a full queue, NOTIFY fails at COMMIT, where no
         # exception handler runs -- it would have taken Coder's write with it.
         with pytest.raises(psycopg.errors.ProgramLimitExceeded):
             for n in range(100):
-                coder.execute("SELECT pg_notify('prebuildd_events', %s)", [f"f{n}{filler}"])
-                coder.commit()
-        coder.rollback()
+                setup.execute("SELECT pg_notify('prebuildd_events', %s)", [f"f{n}{filler}"])
+                setup.commit()
+        setup.rollback()
         stuck.execute("ROLLBACK")
