@@ -1,36 +1,45 @@
 """What do prebuildd's NOTIFY triggers cost Coder's hot paths? (issue 11 item 3, issue 14 item 4)
 
-Two file-level clones of one seeded fleet, side by side in the same run: A with prebuildd's
-current triggers (sql/functions/*.sql and sql/triggers/*.sql applied to it as they are in this
-tree), B after `prebuildd.migrate.uninstall` (no triggers; the prebuildd_* indexes it also
-drops are not on the tables written here). The same writes run against both, each one
-statement in its own transaction, as Coder's provisioner daemons and agents write:
+File-level clones of one seeded fleet, side by side in the same run: A with prebuildd's
+current triggers (sql/functions/*.sql and sql/triggers/*.sql of this tree applied to it), B
+after `prebuildd.migrate.uninstall` (no triggers; the prebuildd_* indexes it also drops are
+not on the tables written here), and with `--compare FILE` a side C: A's triggers with the
+function(s) of FILE instead, an alternative being weighed. The same writes run against every
+side, each one statement in its own transaction, as Coder's provisioner daemons and agents
+write:
 
 * provisioner heartbeat: `updated_at` only, on prebuilds' running jobs (must send nothing);
 * agent connection update: an agent's connection bookkeeping (must send nothing);
 * users' job status: pending -> running -> succeeded for ordinary users' jobs (nothing);
 * prebuild job status: the same for jobs the prebuilds user initiated -- the event prebuildd
-  exists to receive, one NOTIFY per status change.
+  exists to receive (at least one notification per completed job).
 
-Each with 1 writer and with 16 concurrent writers (prebuild job status also with 64):
-NOTIFY serialises committing transactions on a cluster-wide lock, so concurrency is where it
-costs. A and B alternate in paired slices (the order flipping every pair) so that both sides
-of a pair see the same machine; the ratio is the median over pairs of (B time / A time), i.e.
-A's throughput relative to B's. The CPU both sides spent (this process's threads, the writing
-backends and, for A, the listening backend) is printed beside it.
+Client part (the targets): each workload with 1 writer and with 16 concurrent writers
+(prebuild job status also with 64): NOTIFY serialises committing transactions on a
+cluster-wide lock, so concurrency is where it costs. The sides alternate in slices (the order
+rotating every slice) so that every side of a slice sees the same machine; a side's ratio is
+the median over slices of (B time / its time), i.e. its throughput relative to B's. The CPU
+each side spent (this process's threads, the writing backends and the listening backend) is
+printed beside it.
 
-Positive controls, so that a verdict cannot be vacuous: A must carry the triggers (enabled,
-without WHEN or UPDATE OF) and B none; every write must have updated its row; a LISTEN
-session on A must receive at least one notification per prebuild status change committed
-(counted exactly, with a sentinel after each slice), and none for the other workloads. Any
-failed control prints MISSED, and any MISSED makes the exit status 1.
+Server part: the same writes made by a procedure on the server (bench/sql/triggers.sql), one
+transaction per write, measured as the writing backend's CPU per write (and the listener's):
+what the triggers cost Coder's database server, without the client's share and mostly
+without the machine's noise.
+
+Positive controls, so that a verdict cannot be vacuous: every side with triggers must carry
+them (enabled, without WHEN or UPDATE OF) and B none; every write must have updated its row;
+a LISTEN session on each side with triggers must receive at least one notification per
+completed prebuild job (counted exactly, with a sentinel after each slice), and none for the
+other workloads. Any failed control prints MISSED, and any MISSED of side A makes the exit
+status 1 (C is for comparison only).
 
 Targets: heartbeats, agent connection updates, users' job status >= 95 % of trigger-free;
 prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64.
 
     PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse]
         [--synchronous-commit on|off] [--rows N] [--rounds N] [--case TEXT]
-        [--compare FUNCTION.sql]
+        [--compare FUNCTION.sql] [--part client|server|all]
 """
 
 from __future__ import annotations
@@ -329,6 +338,155 @@ def measure_case(
 
 
 # ---------------------------------------------------------------------------------------------
+# Server cost per write, without a client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoop:
+    """The same writes from a procedure on the server (bench/sql/triggers.sql), one
+    transaction each: what the triggers cost Coder's database server, free of the client's
+    noise. Measured as the writing backend's CPU (and the listener's, on a side with
+    triggers)."""
+
+    name: str
+    pick: str
+    call: str
+    writes_per_row: int
+    reset: bool
+    # Notifications each row must produce (a prebuild's completed job: 1).
+    announced_per_row: int
+
+
+SERVER_LOOPS = (
+    ServerLoop("provisioner heartbeat", "pick_prebuild_jobs", "heartbeat_loop", 1, False, 0),
+    ServerLoop(
+        "agent connection update", "pick_prebuild_agents", "agent_connection_loop", 1, False, 0
+    ),
+    ServerLoop("users' job status", "pick_user_jobs", "job_status_loop", 2, True, 0),
+    ServerLoop("prebuild job status", "pick_prebuild_jobs", "job_status_loop", 2, True, 1),
+)
+
+
+@dataclass
+class ServerResult:
+    loop: ServerLoop
+    mode: str
+    # Per side: backend CPU per write (us) of each measured repetition.
+    writer_us: dict[str, list[float]] = field(default_factory=dict)
+    listener_us: dict[str, list[float]] = field(default_factory=dict)
+    notifications: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    def median(self, label: str) -> float:
+        return statistics.median(self.writer_us[label])
+
+    def listener(self, label: str) -> float:
+        samples = self.listener_us.get(label)
+        return statistics.median(samples) if samples else 0.0
+
+    def controls(self, label: str) -> list[str]:
+        failed: list[str] = []
+        if not self.writer_us.get(label):
+            failed.append("nothing was measured")
+        needed = self.rows * self.loop.announced_per_row
+        got = self.notifications.get(label, 0)
+        if self.loop.announced_per_row == 0 and got:
+            failed.append(f"{got} notifications from writes that must send none")
+        if got < needed:
+            failed.append(f"{got} notifications for {needed} status changes")
+        return failed
+
+
+def _backend_cpu_us(pid: int) -> float:
+    meter = CpuMeter(pid)
+    return meter.split()[1] * 1e6
+
+
+def measure_server_loops(
+    tested: dict[str, str],
+    url_b: str,
+    listeners: dict[str, Listener],
+    *,
+    mode: str,
+    rows: int,
+    reps: int,
+) -> list[ServerResult]:
+    urls = {**tested, "B": url_b}
+    conns = {label: psycopg.connect(url, autocommit=True) for label, url in urls.items()}
+    results: list[ServerResult] = []
+    try:
+        for conn in conns.values():
+            conn.execute(bench_query("create_write_loops"))
+            conn.execute(bench_query("set_synchronous_commit"), {"mode": mode})
+        for loop in SERVER_LOOPS:
+            ids = [r[0] for r in conns["B"].execute(bench_query(loop.pick), {"limit": rows})]
+            result = ServerResult(loop, mode, rows=0)
+            labels = list(urls)
+            for rep in range(reps + 1):  # repetition 0 warms every side up
+                turn = rep % len(labels)
+                for label in labels[turn:] + labels[:turn]:
+                    conn = conns[label]
+                    if loop.reset:
+                        conn.execute(bench_query("reset_jobs_pending"), {"ids": ids})
+                    if label in listeners:
+                        listeners[label].drain()
+                    pid = conn.info.backend_pid
+                    listener_pid = listeners[label].pid if label in listeners else None
+                    before = _backend_cpu_us(pid)
+                    heard_before = _backend_cpu_us(listener_pid) if listener_pid else 0.0
+                    conn.execute(bench_query(loop.call), {"ids": ids, "worker_id": uuid.uuid4()})
+                    spent = _backend_cpu_us(pid) - before
+                    sent = listeners[label].drain() if label in listeners else 0
+                    heard = _backend_cpu_us(listener_pid) - heard_before if listener_pid else 0.0
+                    if rep == 0:
+                        continue
+                    writes = len(ids) * loop.writes_per_row
+                    result.writer_us.setdefault(label, []).append(spent / writes)
+                    if listener_pid:
+                        result.listener_us.setdefault(label, []).append(heard / writes)
+                    result.notifications[label] = result.notifications.get(label, 0) + sent
+                if rep > 0:
+                    result.rows += len(ids)
+            results.append(result)
+            summary = ", ".join(f"{label} {result.median(label):.1f}" for label in labels)
+            print(f"  server CPU per write, {loop.name}: {summary} us", flush=True)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return results
+
+
+def server_report(results: Sequence[ServerResult], tested: Sequence[str]) -> tuple[str, list[str]]:
+    rows = [[
+        "workload (server only)", "side", "sync commit", "writer us/write vs B",
+        "+ listener us/write", "B / side (writer)", "B / side (writer + listener)",
+        "NOTIFYs (needed)", "controls",
+    ]]  # fmt: skip
+    summary: list[str] = []
+    for res in results:
+        b_us = res.median("B")
+        needed = res.rows * res.loop.announced_per_row
+        for label in tested:
+            a_us, heard = res.median(label), res.listener(label)
+            failed = res.controls(label)
+            rows.append([
+                res.loop.name, label, res.mode, f"{a_us:.1f} vs {b_us:.1f}", f"{heard:.1f}",
+                f"{b_us / a_us:.1%}", f"{b_us / (a_us + heard):.1%}",
+                f"{res.notifications.get(label, 0):,} ({needed:,})",
+                "; ".join(failed) or "held",
+            ])  # fmt: skip
+            summary.append(
+                f"server CPU, {res.loop.name}, side {label} (synchronous_commit={res.mode}): "
+                f"{a_us:.1f} vs {b_us:.1f} us per write on the writing backend "
+                f"(+{heard:.1f} us on the listener): {b_us / a_us:.1%} of trigger-free, "
+                f"{b_us / (a_us + heard):.1%} with the listener; "
+                f"controls {'; '.join(failed) or 'held'}"
+            )
+    return table(rows), summary
+
+
+# ---------------------------------------------------------------------------------------------
 # Controls and report
 # ---------------------------------------------------------------------------------------------
 
@@ -434,10 +592,12 @@ def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[l
         row = conn.execute(bench_query("max_connections")).fetchone()
     available = int(row[0]) if row else 0
     cases = [c for c in CASES if not args.case or any(w in c.label for w in args.case)]
+    if args.part == "server":
+        cases = []
     tables: list[str] = []
     summary: list[str] = []
     # The verdict is A's, the files of this tree; C is there to be compared with.
-    all_met = not problems and bool(cases)
+    all_met = not problems and (bool(cases) or args.part == "server")
     try:
         for mode in args.synchronous_commit or ["on", "off"]:
             results: list[Result] = []
@@ -465,9 +625,18 @@ def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[l
                     if res.label == "A":
                         all_met = all_met and res.met(not problems)
                 results += measured
-            text, lines = report(results, not problems)
-            tables.append(text)
-            summary += lines
+            if results:
+                text, lines = report(results, not problems)
+                tables.append(text)
+                summary += lines
+            if args.part in ("server", "all"):
+                served = measure_server_loops(
+                    urls, url_b, listeners, mode=mode, rows=rows, reps=args.server_reps
+                )
+                text, lines = server_report(served, list(urls))
+                tables.append(text)
+                summary += lines
+                all_met = all_met and not any(r.controls(label) for r in served for label in urls)
     finally:
         for side in [*tested, b]:
             side.close()
@@ -489,6 +658,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=0, help="rows written per round and case")
     parser.add_argument("--rounds", type=int, default=0, help="measured rounds (after warm-up)")
     parser.add_argument("--slice", type=int, default=128, help="rows per A/B slice (at least)")
+    parser.add_argument(
+        "--part",
+        choices=("client", "server", "all"),
+        default="all",
+        help="client: throughput from client connections (the targets); server: CPU per "
+        "write of the same writes made by a procedure on the server; all: both",
+    )
+    parser.add_argument(
+        "--server-reps", type=int, default=7, help="measured repetitions of each server loop"
+    )
     parser.add_argument(
         "--compare",
         type=Path,

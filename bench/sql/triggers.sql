@@ -108,3 +108,83 @@ WHERE id = %(id)s::uuid;
 -- Per session: 'on' is Coder's (and PostgreSQL's) default; 'off' makes commits CPU-bound,
 -- the worst case for any per-commit overhead such as NOTIFY.
 SELECT set_config('synchronous_commit', %(mode)s, false);
+
+-- ---------------------------------------------------------------------------------------------
+-- Server cost per write, without a client: the same writes from a procedure on the server, one
+-- transaction per write (COMMIT in the loop), so that per-transaction costs (a trigger
+-- function's set-up, its subtransaction, NOTIFY at commit) are all there and nothing else
+-- varies. Created on the bench's clones only, in their public schema.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: create_write_loops
+CREATE OR REPLACE PROCEDURE bench_heartbeat_loop(ids uuid[])
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE provisioner_jobs SET updated_at = now() WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+CREATE OR REPLACE PROCEDURE bench_agent_connection_loop(ids uuid[], replica uuid)
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE workspace_agents
+        SET first_connected_at = COALESCE(first_connected_at, now()),
+            last_connected_at = now(),
+            disconnected_at = NULL,
+            last_connected_replica_id = replica,
+            updated_at = now()
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no agent %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+CREATE OR REPLACE PROCEDURE bench_job_status_loop(ids uuid[], worker uuid)
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE provisioner_jobs
+        SET started_at = now(), updated_at = now(), worker_id = worker
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+        UPDATE provisioner_jobs
+        SET completed_at = now(), updated_at = now(), error = NULL, error_code = NULL
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+-- name: heartbeat_loop
+CALL bench_heartbeat_loop(%(ids)s::uuid[]);
+
+-- name: agent_connection_loop
+CALL bench_agent_connection_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
+
+-- name: job_status_loop
+CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
