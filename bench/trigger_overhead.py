@@ -567,7 +567,7 @@ def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]
 
 def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[list[str], bool]:
     rows = args.rows or (512 if args.quick else 2048)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 5)
     urls = {"A": server.clone(fleet_db, f"{fleet_db}_ta")}
     install_current_triggers(urls["A"])
     if args.compare:
