@@ -47,24 +47,6 @@ Events = list[tuple[EventKind, UUID | None]]
 
 LEGACY_TRIGGERS = Path(__file__).parent / "data" / "legacy_triggers_0001_notify.sql"
 
-EXPECTED_TRIGGERS = {
-    ("prebuildd_agent_inserted_ready", "workspace_agents"),
-    ("prebuildd_agent_ready", "workspace_agents"),
-    ("prebuildd_build_inserted", "workspace_builds"),
-    ("prebuildd_claimed", "workspaces"),
-    ("prebuildd_job_status", "provisioner_jobs"),
-    ("prebuildd_preset_added_or_removed", "template_version_presets"),
-    ("prebuildd_preset_changed", "template_version_presets"),
-    ("prebuildd_schedule_added_or_removed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_schedule_changed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_settings_deleted", "site_configs"),
-    ("prebuildd_settings_inserted", "site_configs"),
-    ("prebuildd_settings_updated", "site_configs"),
-    ("prebuildd_template_changed", "templates"),
-    ("prebuildd_template_inserted", "templates"),
-    ("prebuildd_template_removed", "templates"),
-    ("prebuildd_version_promoted", "templates"),
-}
 
 # Every dependency a prebuildd object (trigger, function, view, rule, type, default,
 # constraint) has on an object in a schema other than pg_catalog, information_schema and
@@ -394,7 +376,7 @@ def new_template(conn: Conn, inbox: Inbox) -> rows.TemplateRows:
 def test_no_prebuildd_object_depends_on_coders_columns_or_types(conn: Conn) -> None:
     assert conn.execute(FOREIGN_DEPENDENCIES).fetchall() == []
     found = {(str(name), str(table)) for name, table, *_ in conn.execute(LIST_TRIGGERS)}
-    assert found == EXPECTED_TRIGGERS
+    assert found == rows.EXPECTED_TRIGGERS
     # Control: the same query run over the objects of an earlier release finds what blocked
     # Coder -- so an empty answer above means something.
     install_legacy_triggers(conn)
@@ -523,7 +505,7 @@ def test_claim_succeeds_after_coder_renames_a_column_the_trigger_reads(
 
     # `prebuildd migrate` afterwards: nothing to repair, every trigger in place and enabled.
     migrate(db_url)
-    assert {(str(n), str(t)) for n, t, *_ in conn.execute(LIST_TRIGGERS)} == EXPECTED_TRIGGERS
+    assert {(str(n), str(t)) for n, t, *_ in conn.execute(LIST_TRIGGERS)} == rows.EXPECTED_TRIGGERS
 
 
 @dataclass(frozen=True)
@@ -696,7 +678,7 @@ def test_upgrading_from_the_legacy_trigger_file_leaves_exactly_the_current_trigg
         *(file.path for file in repeatable_files()),
     }
     triggers = conn.execute(LIST_TRIGGERS).fetchall()
-    assert {(str(name), str(table)) for name, table, *_ in triggers} == EXPECTED_TRIGGERS
+    assert {(str(name), str(table)) for name, table, *_ in triggers} == rows.EXPECTED_TRIGGERS
     # Enabled ('O'), no WHEN (tgqual), no UPDATE OF column list (tgattr).
     assert all(row[2:] == ("O", True, True) for row in triggers), triggers
     assert conn.execute(FOREIGN_DEPENDENCIES).fetchall() == []

@@ -26,25 +26,6 @@ from prebuildd.queries import read_sql_file
 
 Conn = psycopg.Connection[TupleRow]
 
-EXPECTED_TRIGGERS = {
-    ("prebuildd_agent_inserted_ready", "workspace_agents"),
-    ("prebuildd_agent_ready", "workspace_agents"),
-    ("prebuildd_build_inserted", "workspace_builds"),
-    ("prebuildd_claimed", "workspaces"),
-    ("prebuildd_job_status", "provisioner_jobs"),
-    ("prebuildd_preset_added_or_removed", "template_version_presets"),
-    ("prebuildd_preset_changed", "template_version_presets"),
-    ("prebuildd_schedule_added_or_removed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_schedule_changed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_settings_deleted", "site_configs"),
-    ("prebuildd_settings_inserted", "site_configs"),
-    ("prebuildd_settings_updated", "site_configs"),
-    ("prebuildd_template_changed", "templates"),
-    ("prebuildd_template_inserted", "templates"),
-    ("prebuildd_template_removed", "templates"),
-    ("prebuildd_version_promoted", "templates"),
-}
-
 
 @pytest.fixture(scope="module")
 def shared_db_url(pg_admin_url: str, template_db_url: str) -> Iterator[str]:
@@ -111,15 +92,15 @@ def test_all_triggers_are_installed_once_and_reapplying_is_harmless(
         SELECT tgname, relname FROM pg_trigger JOIN pg_class ON pg_class.oid = tgrelid
         WHERE tgname LIKE 'prebuildd_%' ORDER BY 1
     """
-    assert set(conn.execute(list_triggers).fetchall()) == EXPECTED_TRIGGERS
+    assert set(conn.execute(list_triggers).fetchall()) == rows.EXPECTED_TRIGGERS
     # Executed without parameters: psycopg sends each file verbatim, as migrate does.
     for file in repeatable_files():
         conn.execute(file.text)
     conn.commit()
     migrate(shared_db_url)
     found = conn.execute(list_triggers).fetchall()
-    assert len(found) == len(EXPECTED_TRIGGERS)
-    assert set(found) == EXPECTED_TRIGGERS
+    assert len(found) == len(rows.EXPECTED_TRIGGERS)
+    assert set(found) == rows.EXPECTED_TRIGGERS
 
 
 # ---- templates ------------------------------------------------------------------------------
