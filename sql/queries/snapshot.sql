@@ -96,9 +96,9 @@ SELECT now(), clock_timestamp();
 -- name: prebuilds_settings
 -- Coder's pause switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": true}.
 -- Returned as text and parsed by the caller, so a malformed value is reported, not fatal.
--- Read through prebuildd's view of that one row (sql/schema/0002_pause_switch.sql).
-SELECT value
-FROM prebuildd.prebuilds_settings;
+-- Read through prebuildd's security-definer function for that one row
+-- (sql/functions/pause_switch.sql): one row, NULL when the key is absent.
+SELECT prebuildd.prebuilds_settings() AS value;
 
 -- name: generic_plans_begin
 -- Reuse one plan per connection for the snapshot reads. psycopg prepares a statement after a
