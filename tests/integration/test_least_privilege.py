@@ -99,6 +99,8 @@ ENTRY_POINTS = {
     "notify_hard_limited",
     "invalidate_preset",
     "set_reconciliation_paused",
+    # The pause switch's read (sql/functions/pause_switch.sql): one row of site_configs.
+    "prebuilds_settings",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -933,8 +935,13 @@ def test_functions_pin_their_search_path_with_pg_temp_last(seed: Seed) -> None:
     assert definers >= ENTRY_POINTS
     assert not definers & {"queue_builds", "prebuilds_user_id"}, "internal helpers"
     # Every function that reads tables as its owner: Coder's schema, then pg_temp, LAST.
+    # (pg_catalog is searched first whether it is listed or not; listing it is allowed.)
     for name in definers | {"queue_builds"}:
-        paths = [c for c in config[name] or [] if c.startswith("search_path=")]
+        paths = [
+            c.replace("search_path=pg_catalog, ", "search_path=")
+            for c in config[name] or []
+            if c.startswith("search_path=")
+        ]
         assert paths == ["search_path=public, pg_temp"], name
     # The one exception reads no table (and must stay inlinable: no SET clause).
     assert config["prebuilds_user_id"] is None
