@@ -4,7 +4,6 @@ so everything that happens here was driven by notifications or by the plans' own
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -147,67 +146,6 @@ async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
         assert reconciles(service, "timer") > timers_before
         # And a replacement is created for the expired one.
         await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=WAIT)
-
-
-class HeldClock:
-    """The service's wall clock, held just before `boundary` until the test lets it go, then
-    running from `boundary` on. What the service does before and after is then certain,
-    however slow the machine: no slack to guess."""
-
-    def __init__(self, boundary: datetime, held: timedelta) -> None:
-        self.boundary = boundary
-        self.held_at = boundary - held
-        self._released: float | None = None
-
-    def release(self) -> None:
-        self._released = time.monotonic()
-
-    def __call__(self) -> datetime:
-        if self._released is None:
-            return self.held_at
-        return self.boundary + timedelta(seconds=time.monotonic() - self._released)
-
-
-async def test_schedule_boundary_is_acted_on_by_a_timer(db_url: str) -> None:
-    # The service's clock stands 1 s before the next hour, whose schedule wants 3.
-    boundary = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    clock = HeldClock(boundary, held=timedelta(seconds=1))
-    with psycopg.connect(db_url) as conn:
-        tpl = make_template(conn, make_org(conn))
-        preset = make_preset(
-            conn,
-            tpl.version_id,
-            desired=1,
-            timezone="UTC",
-            schedules=[(f"* {boundary.hour} * * *", 3)],
-        )
-        conn.commit()
-
-    async with running_service(db_url, clock=clock) as service:
-        await _ready(service)
-        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(1), timeout=WAIT)
-        # The plan asked to be woken at the boundary; its timer fires (the clock says the
-        # boundary is a second away) and finds the schedule not yet active: still 1.
-        timers = reconciles(service, "timer")
-
-        async def timer_fired() -> bool:
-            return reconciles(service, "timer") > timers
-
-        await eventually(timer_fired, timeout=WAIT)
-        assert await fetch_value(db_url, PENDING_CREATES, {"preset": preset}) == 1
-        timers = reconciles(service, "timer")
-
-        clock.release()  # the boundary passes
-        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(3), timeout=WAIT)
-        assert reconciles(service, "timer") > timers, "the boundary was acted on by a timer"
-        assert reconciles(service, "sweep") == 0
-    made_after = await fetch_value(
-        db_url,
-        "SELECT count(*) FROM workspace_builds WHERE template_version_preset_id = %(p)s"
-        " AND build_number = 1 AND created_at >= %(boundary)s",
-        {"p": preset, "boundary": boundary},
-    )
-    assert made_after == 2, "the two scheduled creates are dated after the boundary"
 
 
 async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
