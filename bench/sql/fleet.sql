@@ -174,7 +174,6 @@ CROSS JOIN generate_series(1, %(user_workspaces)s::int) AS k;
 CREATE TEMP TABLE bench_build ON COMMIT DROP AS
 SELECT
     gen_random_uuid() AS id,
-    gen_random_uuid() AS job_id,
     w.id AS workspace_id,
     w.kind,
     w.org_id,
@@ -303,7 +302,6 @@ SELECT pg_temp.seed_builds(
     preset_id => array_agg(b.preset_id),
     job_status => array_agg(b.status),
     created_at => array_agg(b.created_at),
-    job_id => array_agg(b.job_id),
     job_input => array_agg(
         CASE
             WHEN b.initiator_id = prebuildd.prebuilds_user_id()
@@ -313,6 +311,9 @@ SELECT pg_temp.seed_builds(
             ELSE '{"dry_run": false}'::jsonb
         END
     ),
+    -- One worker ran every job (a new id per job would cost a random number each, and
+    -- scatter the index on worker_id).
+    worker_id => array_agg(CASE WHEN b.status <> 'pending' THEN md5('bench-worker')::uuid END),
     organization_id => array_agg(b.org_id),
     provisioner => array_agg('terraform'::text),
     file_id => array_agg(b.file_id)
@@ -323,7 +324,8 @@ FROM bench_build AS b;
 -- One agent (on a resource of its own) per succeeded start.
 SELECT pg_temp.seed_agents(
     id => array_agg(gen_random_uuid()),
-    job_id => array_agg(b.job_id),
+    -- The builder's id of a build's job (seed_builds derived it).
+    job_id => array_agg(pg_temp.seed_id_of('job', b.id)),
     lifecycle_state => array_agg(b.agent_state),
     name => array_agg('main'::text),
     created_at => array_agg(b.created_at + interval '2 minutes')

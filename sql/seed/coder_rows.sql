@@ -11,17 +11,30 @@
 -- through prebuildd.seed.install(); psql includes it (`\ir`), as example-pools.sql does.
 -- PL/pgSQL, whose statements are resolved when they run: the file installs on every schema
 -- prebuildd supports, and a function fails only when called on one that lacks its columns
--- (seed_presets with last_invalidated_at before Coder v2.29).
+-- (seed_presets given last_invalidated_at, before Coder v2.29).
 --
--- Set-based: every argument is an array with one element per row, and the arrays of one call
--- are read side by side (unnest(a, b, ...)). Row-by-row callers pass one-element arrays
--- (sql/queries/seed.sql), a fleet passes array_agg(...) over hundreds of thousands of rows.
--- An argument left out, or a NULL element, takes the default written next to it, except where
--- NULL is itself a value Coder stores (said so). Ids are the caller's, or new ones where a
--- default says so. Each function returns the number of rows it inserted into its main table.
+-- Set-based: every argument is an array with one element per row. The arrays of one call are
+-- read side by side by unnest() in a select list, which streams them (unnest(a, b) in FROM
+-- would first copy each array into a tuplestore); the longest array sets the number of rows.
+-- Row-by-row callers pass one-element arrays (sql/queries/seed.sql), a fleet passes
+-- array_agg(...) over hundreds of thousands of rows. An argument left out, or a NULL element,
+-- takes the default written next to it, except where NULL is itself a value Coder stores (said
+-- so). Ids are the caller's; where two tables must agree on a default id (a build's job, an
+-- agent's resource, a version's import job), it is derived from the row's own id
+-- (seed_id_of), so no statement has to hand generated ids to the next. Each function returns
+-- the number of rows it inserted into its main table.
 --
 -- Names are Coder's tables' own, unqualified: they resolve through the caller's search_path,
 -- as Coder's own queries do.
+
+-- The id of a row that belongs to `owner`: the same in every statement that needs it. A plain
+-- immutable SELECT, so the planner inlines it.
+CREATE OR REPLACE FUNCTION pg_temp.seed_id_of(what text, owner uuid) RETURNS uuid
+LANGUAGE sql
+IMMUTABLE
+AS $fn$
+    SELECT md5(what || ' of ' || owner::text)::uuid
+$fn$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Organizations and users
@@ -44,9 +57,13 @@ BEGIN
     )
     SELECT r.id, o.name, COALESCE(r.display_name, o.name), COALESCE(r.description, ''),
            COALESCE(r.is_default, false), now(), now()
-    FROM unnest(seed_organizations.id, seed_organizations.name, seed_organizations.display_name,
-                seed_organizations.description, seed_organizations.is_default)
-        AS r (id, name, display_name, description, is_default)
+    FROM (
+        SELECT unnest(seed_organizations.id) AS id,
+               unnest(seed_organizations.name) AS name,
+               unnest(seed_organizations.display_name) AS display_name,
+               unnest(seed_organizations.description) AS description,
+               unnest(seed_organizations.is_default) AS is_default
+    ) AS r
     CROSS JOIN LATERAL (SELECT COALESCE(r.name, 'org-' || left(r.id::text, 8)) AS name) AS o;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
@@ -72,9 +89,13 @@ BEGIN
     SELECT r.id, COALESCE(r.email, u.username || '@example.com'), u.username,
            COALESCE(r.name, ''), ''::bytea, COALESCE(r.created_at, now()), now(), 'active',
            'password'
-    FROM unnest(seed_users.id, seed_users.username, seed_users.email, seed_users.name,
-                seed_users.created_at)
-        AS r (id, username, email, name, created_at)
+    FROM (
+        SELECT unnest(seed_users.id) AS id,
+               unnest(seed_users.username) AS username,
+               unnest(seed_users.email) AS email,
+               unnest(seed_users.name) AS name,
+               unnest(seed_users.created_at) AS created_at
+    ) AS r
     CROSS JOIN LATERAL (
         SELECT COALESCE(r.username, 'user-' || left(r.id::text, 8)) AS username
     ) AS u;
@@ -91,19 +112,22 @@ $fn$;
 -- column) and written as the timestamps and error it is derived from: started 1 s after
 -- creation (running, succeeded, failed, canceling), a cancel requested after 2 s (canceling,
 -- canceled), completed after 3 s (succeeded, failed, canceled), an error when failed. A started
--- job has a worker.
+-- job has a worker. The last three arguments describe a build's job (seed_builds passes them).
 CREATE OR REPLACE FUNCTION pg_temp.seed_jobs(
-    id              uuid[],
-    organization_id uuid[],
-    initiator_id    uuid[],
-    status          text[]        DEFAULT NULL,  -- 'succeeded'
-    job_type        text[]        DEFAULT NULL,  -- 'workspace_build'
-    input           jsonb[]       DEFAULT NULL,  -- {}
-    created_at      timestamptz[] DEFAULT NULL,  -- now()
-    provisioner     text[]        DEFAULT NULL,  -- 'terraform'
-    tags            jsonb[]       DEFAULT NULL,  -- an untagged provisioner's (organization scope)
-    file_id         uuid[]        DEFAULT NULL,  -- a new id (the source archive's)
-    worker_id       uuid[]        DEFAULT NULL   -- a new id once started; none before
+    id                  uuid[],                      -- NULL: a build's derived id, else new
+    organization_id     uuid[],                      -- NULL: the workspace's
+    initiator_id        uuid[],
+    status              text[]        DEFAULT NULL,  -- 'succeeded'
+    job_type            text[]        DEFAULT NULL,  -- 'workspace_build'
+    input               jsonb[]       DEFAULT NULL,  -- {}; a build's job: more keys
+    created_at          timestamptz[] DEFAULT NULL,  -- now()
+    provisioner         text[]        DEFAULT NULL,  -- the workspace's template's, else terraform
+    tags                jsonb[]       DEFAULT NULL,  -- an untagged provisioner's (organization)
+    file_id             uuid[]        DEFAULT NULL,  -- the version's import job's, else new
+    worker_id           uuid[]        DEFAULT NULL,  -- a new id once started; none before
+    workspace_build_id  uuid[]        DEFAULT NULL,  -- the build the job runs ({"workspace_build_id"})
+    workspace_id        uuid[]        DEFAULT NULL,  -- that build's workspace
+    template_version_id uuid[]        DEFAULT NULL   -- that build's version
 ) RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
@@ -125,23 +149,66 @@ BEGIN
         file_id, tags
     )
     SELECT
-        r.id, j.at, j.at,
+        COALESCE(
+            r.id,
+            CASE WHEN r.workspace_build_id IS NOT NULL
+                THEN pg_temp.seed_id_of('job', r.workspace_build_id) END,
+            gen_random_uuid()
+        ),
+        j.at, j.at,
         CASE WHEN j.started THEN j.at + interval '1 second' END,
         CASE WHEN j.status IN ('canceling', 'canceled') THEN j.at + interval '2 seconds' END,
         CASE WHEN j.status IN ('succeeded', 'failed', 'canceled')
             THEN j.at + interval '3 seconds' END,
         CASE WHEN j.status = 'failed' THEN 'terraform apply failed' END,
-        r.organization_id, r.initiator_id,
-        COALESCE(r.provisioner, 'terraform')::provisioner_type, 'file',
-        COALESCE(r.job_type, 'workspace_build')::provisioner_job_type, COALESCE(r.input, '{}'),
+        -- COALESCE evaluates a lookup only for the rows that need it.
+        COALESCE(
+            r.organization_id,
+            (SELECT w.organization_id FROM workspaces AS w WHERE w.id = r.workspace_id)
+        ),
+        r.initiator_id,
+        COALESCE(
+            r.provisioner,
+            (SELECT t.provisioner::text
+             FROM workspaces AS w
+             JOIN templates AS t ON t.id = w.template_id
+             WHERE w.id = r.workspace_id),
+            'terraform'
+        )::provisioner_type,
+        'file',
+        COALESCE(r.job_type, 'workspace_build')::provisioner_job_type,
+        CASE
+            WHEN r.workspace_build_id IS NULL THEN COALESCE(r.input, '{}')
+            ELSE jsonb_build_object('workspace_build_id', r.workspace_build_id)
+                 || COALESCE(r.input, '{}')
+        END,
         COALESCE(r.worker_id, CASE WHEN j.started THEN gen_random_uuid() END),
-        COALESCE(r.file_id, gen_random_uuid()),
+        -- What Coder's builder copies onto a build's job: the source archive of the version.
+        COALESCE(
+            r.file_id,
+            (SELECT ij.file_id
+             FROM template_versions AS v
+             JOIN provisioner_jobs AS ij ON ij.id = v.job_id
+             WHERE v.id = r.template_version_id),
+            gen_random_uuid()
+        ),
         COALESCE(r.tags, '{"scope": "organization", "owner": ""}')
-    FROM unnest(seed_jobs.id, seed_jobs.organization_id, seed_jobs.initiator_id, seed_jobs.status,
-                seed_jobs.job_type, seed_jobs.input, seed_jobs.created_at, seed_jobs.provisioner,
-                seed_jobs.tags, seed_jobs.file_id, seed_jobs.worker_id)
-        AS r (id, organization_id, initiator_id, status, job_type, input, created_at,
-              provisioner, tags, file_id, worker_id)
+    FROM (
+        SELECT unnest(seed_jobs.id) AS id,
+               unnest(seed_jobs.organization_id) AS organization_id,
+               unnest(seed_jobs.initiator_id) AS initiator_id,
+               unnest(seed_jobs.status) AS status,
+               unnest(seed_jobs.job_type) AS job_type,
+               unnest(seed_jobs.input) AS input,
+               unnest(seed_jobs.created_at) AS created_at,
+               unnest(seed_jobs.provisioner) AS provisioner,
+               unnest(seed_jobs.tags) AS tags,
+               unnest(seed_jobs.file_id) AS file_id,
+               unnest(seed_jobs.worker_id) AS worker_id,
+               unnest(seed_jobs.workspace_build_id) AS workspace_build_id,
+               unnest(seed_jobs.workspace_id) AS workspace_id,
+               unnest(seed_jobs.template_version_id) AS template_version_id
+    ) AS r
     CROSS JOIN LATERAL (
         SELECT
             COALESCE(r.created_at, now()) AS at,
@@ -186,12 +253,18 @@ BEGIN
            COALESCE(r.deleted, false), COALESCE(r.name, 'tpl-' || left(r.id::text, 8)),
            COALESCE(r.display_name, ''), COALESCE(r.provisioner, 'terraform')::provisioner_type,
            r.active_version_id, r.created_by, COALESCE(r.deprecated, '')
-    FROM unnest(seed_templates.id, seed_templates.organization_id, seed_templates.created_by,
-                seed_templates.active_version_id, seed_templates.name,
-                seed_templates.display_name, seed_templates.provisioner, seed_templates.deleted,
-                seed_templates.deprecated, seed_templates.created_at)
-        AS r (id, organization_id, created_by, active_version_id, name, display_name,
-              provisioner, deleted, deprecated, created_at);
+    FROM (
+        SELECT unnest(seed_templates.id) AS id,
+               unnest(seed_templates.organization_id) AS organization_id,
+               unnest(seed_templates.created_by) AS created_by,
+               unnest(seed_templates.active_version_id) AS active_version_id,
+               unnest(seed_templates.name) AS name,
+               unnest(seed_templates.display_name) AS display_name,
+               unnest(seed_templates.provisioner) AS provisioner,
+               unnest(seed_templates.deleted) AS deleted,
+               unnest(seed_templates.deprecated) AS deprecated,
+               unnest(seed_templates.created_at) AS created_at
+    ) AS r;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
 END;
@@ -207,7 +280,7 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_versions(
     name            text[]        DEFAULT NULL,  -- 'v-' and the id's first 8 hex digits
     -- clock_timestamp(), not now(): versions made in one transaction still come in order.
     created_at      timestamptz[] DEFAULT NULL,
-    job_id          uuid[]        DEFAULT NULL,  -- the import job's: a new id
+    job_id          uuid[]        DEFAULT NULL,  -- the import job's: derived from the id
     import_job      boolean[]     DEFAULT NULL,  -- true; false: job_id points at no job (Coder
                                                  -- has no foreign key there)
     import_status   text[]        DEFAULT NULL,  -- the import job's status: 'succeeded'
@@ -232,26 +305,33 @@ DECLARE
     provisioners text[];
     added        bigint;
 BEGIN
-    -- One pass resolves the defaults into arrays that stay aligned: one aggregate node feeds
-    -- every array_agg the same rows in the same order.
+    -- The defaults that come from the template, and the creation times both tables share,
+    -- resolved in one pass into arrays that stay aligned: one aggregate node feeds every
+    -- array_agg the same rows in the same order. (Versions are few: a fleet has thousands.)
     SELECT array_agg(r.id), array_agg(r.template_id),
            array_agg(COALESCE(r.created_by, t.created_by)),
            array_agg(COALESCE(r.name, 'v-' || left(r.id::text, 8))),
            array_agg(COALESCE(r.created_at, clock_timestamp())),
-           array_agg(COALESCE(r.job_id, gen_random_uuid())),
+           array_agg(COALESCE(r.job_id, pg_temp.seed_id_of('import job', r.id))),
            array_agg(COALESCE(r.import_job, true)), array_agg(r.import_status),
            array_agg(r.import_tags), array_agg(r.file_id),
            array_agg(COALESCE(r.organization_id, t.organization_id)),
            array_agg(t.provisioner::text)
       INTO ids, template_ids, creators, names, stamps, job_ids, with_job, statuses, tag_sets,
            file_ids, org_ids, provisioners
-      FROM unnest(seed_versions.id, seed_versions.template_id, seed_versions.created_by,
-                  seed_versions.name, seed_versions.created_at, seed_versions.job_id,
-                  seed_versions.import_job, seed_versions.import_status,
-                  seed_versions.import_tags, seed_versions.file_id,
-                  seed_versions.organization_id)
-          AS r (id, template_id, created_by, name, created_at, job_id, import_job, import_status,
-                import_tags, file_id, organization_id)
+      FROM (
+          SELECT unnest(seed_versions.id) AS id,
+                 unnest(seed_versions.template_id) AS template_id,
+                 unnest(seed_versions.created_by) AS created_by,
+                 unnest(seed_versions.name) AS name,
+                 unnest(seed_versions.created_at) AS created_at,
+                 unnest(seed_versions.job_id) AS job_id,
+                 unnest(seed_versions.import_job) AS import_job,
+                 unnest(seed_versions.import_status) AS import_status,
+                 unnest(seed_versions.import_tags) AS import_tags,
+                 unnest(seed_versions.file_id) AS file_id,
+                 unnest(seed_versions.organization_id) AS organization_id
+      ) AS r
       LEFT JOIN templates AS t ON t.id = r.template_id;
     PERFORM pg_temp.seed_jobs(
         id => array_agg(v.job_id),
@@ -282,7 +362,7 @@ BEGIN
 END;
 $fn$;
 
--- Presets of versions, with their parameters and prebuild schedules (functions below).
+-- Presets of versions; their parameters and prebuild schedules are the next two functions.
 CREATE OR REPLACE FUNCTION pg_temp.seed_presets(
     id                    uuid[],
     template_version_id   uuid[],
@@ -311,18 +391,25 @@ BEGIN
            COALESCE(r.created_at, now()), r.desired_instances, r.invalidate_after_secs,
            COALESCE(r.scheduling_timezone, ''),
            COALESCE(r.prebuild_status, 'healthy')::prebuild_status, COALESCE(r.is_default, false)
-    FROM unnest(seed_presets.id, seed_presets.template_version_id,
-                seed_presets.desired_instances, seed_presets.name,
-                seed_presets.invalidate_after_secs, seed_presets.scheduling_timezone,
-                seed_presets.prebuild_status, seed_presets.is_default, seed_presets.created_at)
-        AS r (id, template_version_id, desired_instances, name, invalidate_after_secs,
-              scheduling_timezone, prebuild_status, is_default, created_at);
+    FROM (
+        SELECT unnest(seed_presets.id) AS id,
+               unnest(seed_presets.template_version_id) AS template_version_id,
+               unnest(seed_presets.desired_instances) AS desired_instances,
+               unnest(seed_presets.name) AS name,
+               unnest(seed_presets.invalidate_after_secs) AS invalidate_after_secs,
+               unnest(seed_presets.scheduling_timezone) AS scheduling_timezone,
+               unnest(seed_presets.prebuild_status) AS prebuild_status,
+               unnest(seed_presets.is_default) AS is_default,
+               unnest(seed_presets.created_at) AS created_at
+    ) AS r;
     GET DIAGNOSTICS added = ROW_COUNT;
     IF EXISTS (SELECT FROM unnest(seed_presets.last_invalidated_at) AS at WHERE at IS NOT NULL) THEN
         UPDATE template_version_presets AS p
         SET last_invalidated_at = r.last_invalidated_at
-        FROM unnest(seed_presets.id, seed_presets.last_invalidated_at)
-            AS r (id, last_invalidated_at)
+        FROM (
+            SELECT unnest(seed_presets.id) AS id,
+                   unnest(seed_presets.last_invalidated_at) AS last_invalidated_at
+        ) AS r
         WHERE p.id = r.id
           AND r.last_invalidated_at IS NOT NULL;
     END IF;
@@ -342,15 +429,17 @@ DECLARE
 BEGIN
     INSERT INTO template_version_preset_parameters (template_version_preset_id, name, value)
     SELECT r.preset_id, r.name, r.value
-    FROM unnest(seed_preset_parameters.preset_id, seed_preset_parameters.name,
-                seed_preset_parameters.value)
-        AS r (preset_id, name, value);
+    FROM (
+        SELECT unnest(seed_preset_parameters.preset_id) AS preset_id,
+               unnest(seed_preset_parameters.name) AS name,
+               unnest(seed_preset_parameters.value) AS value
+    ) AS r;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
 END;
 $fn$;
 
--- Prebuild schedules: from cron_expression's times on, the preset wants desired_instances
+-- Prebuild schedules: at the times cron_expression covers, the preset wants desired_instances
 -- (read in the preset's scheduling_timezone).
 CREATE OR REPLACE FUNCTION pg_temp.seed_schedules(
     preset_id         uuid[],
@@ -368,9 +457,12 @@ BEGIN
     )
     SELECT COALESCE(r.id, gen_random_uuid()), r.preset_id, r.cron_expression,
            r.desired_instances
-    FROM unnest(seed_schedules.preset_id, seed_schedules.cron_expression,
-                seed_schedules.desired_instances, seed_schedules.id)
-        AS r (preset_id, cron_expression, desired_instances, id);
+    FROM (
+        SELECT unnest(seed_schedules.preset_id) AS preset_id,
+               unnest(seed_schedules.cron_expression) AS cron_expression,
+               unnest(seed_schedules.desired_instances) AS desired_instances,
+               unnest(seed_schedules.id) AS id
+    ) AS r;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
 END;
@@ -403,10 +495,15 @@ BEGIN
                     (SELECT t.organization_id FROM templates AS t WHERE t.id = r.template_id)),
            r.template_id, COALESCE(r.deleted, false),
            COALESCE(r.name, 'ws-' || left(md5(r.id::text), 16)), w.at
-    FROM unnest(seed_workspaces.id, seed_workspaces.template_id, seed_workspaces.owner_id,
-                seed_workspaces.name, seed_workspaces.created_at, seed_workspaces.deleted,
-                seed_workspaces.organization_id)
-        AS r (id, template_id, owner_id, name, created_at, deleted, organization_id)
+    FROM (
+        SELECT unnest(seed_workspaces.id) AS id,
+               unnest(seed_workspaces.template_id) AS template_id,
+               unnest(seed_workspaces.owner_id) AS owner_id,
+               unnest(seed_workspaces.name) AS name,
+               unnest(seed_workspaces.created_at) AS created_at,
+               unnest(seed_workspaces.deleted) AS deleted,
+               unnest(seed_workspaces.organization_id) AS organization_id
+    ) AS r
     CROSS JOIN LATERAL (SELECT COALESCE(r.created_at, now()) AS at) AS w;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
@@ -414,9 +511,8 @@ END;
 $fn$;
 
 -- Builds with their jobs, as Coder's workspace builder writes them: a workspace_build job
--- (organization and provisioner of the workspace's template, the version's source archive,
--- input {"workspace_build_id": <id>} plus job_input, created with the build) and, for a build
--- of a preset, the preset's parameters as the build's parameters.
+-- created with the build (see seed_jobs for what it defaults to) and, for a build of a preset,
+-- the preset's parameters as the build's parameters.
 CREATE OR REPLACE FUNCTION pg_temp.seed_builds(
     id                  uuid[],
     workspace_id        uuid[],
@@ -427,109 +523,70 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_builds(
     preset_id           uuid[]        DEFAULT NULL,  -- as stored: NULL is no preset
     job_status          text[]        DEFAULT NULL,  -- seed_jobs' status: 'succeeded'
     created_at          timestamptz[] DEFAULT NULL,  -- now()
-    job_id              uuid[]        DEFAULT NULL,  -- a new id
+    job_id              uuid[]        DEFAULT NULL,  -- derived from the build's id
     job_input           jsonb[]       DEFAULT NULL,  -- more keys of the job's input
     worker_id           uuid[]        DEFAULT NULL,  -- seed_jobs' worker_id
     preset_parameters   boolean[]     DEFAULT NULL,  -- true: the preset's parameters are the
                                                      -- build's; false: none
-    organization_id     uuid[]        DEFAULT NULL,  -- the workspace's
-    provisioner         text[]        DEFAULT NULL,  -- the workspace's template's
-    file_id             uuid[]        DEFAULT NULL   -- the version's import job's, else a new id
+    organization_id     uuid[]        DEFAULT NULL,  -- seed_jobs': the workspace's
+    provisioner         text[]        DEFAULT NULL,  -- seed_jobs': the workspace's template's
+    file_id             uuid[]        DEFAULT NULL   -- seed_jobs': the version's import job's
 ) RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
-    ids           uuid[];
-    workspace_ids uuid[];
-    version_ids   uuid[];
-    numbers       integer[];
-    transitions   text[];
-    initiators    uuid[];
-    preset_ids    uuid[];
-    statuses      text[];
-    job_ids       uuid[];
-    inputs        jsonb[];
-    workers       uuid[];
-    with_params   boolean[];
-    org_ids       uuid[];
-    provisioners  text[];
-    file_ids      uuid[];
-    stamps        timestamptz[];
-    added         bigint;
+    added bigint;
 BEGIN
-    -- One pass resolves the defaults into arrays that stay aligned (see seed_versions); the
-    -- lookups run only for the rows that need them.
-    SELECT array_agg(r.id), array_agg(r.workspace_id), array_agg(r.template_version_id),
-           array_agg(r.build_number), array_agg(r.transition), array_agg(r.initiator_id),
-           array_agg(r.preset_id), array_agg(r.job_status),
-           array_agg(COALESCE(r.job_id, gen_random_uuid())),
-           array_agg(jsonb_build_object('workspace_build_id', r.id)
-                     || COALESCE(r.job_input, '{}')),
-           array_agg(r.worker_id), array_agg(COALESCE(r.preset_parameters, true)),
-           array_agg(COALESCE(
-               r.organization_id,
-               (SELECT w.organization_id FROM workspaces AS w WHERE w.id = r.workspace_id))),
-           array_agg(COALESCE(
-               r.provisioner,
-               (SELECT t.provisioner::text
-                FROM workspaces AS w
-                JOIN templates AS t ON t.id = w.template_id
-                WHERE w.id = r.workspace_id))),
-           array_agg(COALESCE(
-               r.file_id,
-               (SELECT j.file_id
-                FROM template_versions AS v
-                JOIN provisioner_jobs AS j ON j.id = v.job_id
-                WHERE v.id = r.template_version_id),
-               gen_random_uuid())),
-           array_agg(COALESCE(r.created_at, now()))
-      INTO ids, workspace_ids, version_ids, numbers, transitions, initiators, preset_ids,
-           statuses, job_ids, inputs, workers, with_params, org_ids, provisioners, file_ids,
-           stamps
-      FROM unnest(seed_builds.id, seed_builds.workspace_id, seed_builds.template_version_id,
-                  seed_builds.build_number, seed_builds.transition, seed_builds.initiator_id,
-                  seed_builds.preset_id, seed_builds.job_status, seed_builds.created_at,
-                  seed_builds.job_id, seed_builds.job_input, seed_builds.worker_id,
-                  seed_builds.preset_parameters, seed_builds.organization_id,
-                  seed_builds.provisioner, seed_builds.file_id)
-          AS r (id, workspace_id, template_version_id, build_number, transition, initiator_id,
-                preset_id, job_status, created_at, job_id, job_input, worker_id,
-                preset_parameters, organization_id, provisioner, file_id);
     PERFORM pg_temp.seed_jobs(
-        id => job_ids,
-        organization_id => org_ids,
-        initiator_id => initiators,
-        status => statuses,
-        input => inputs,
-        created_at => stamps,
-        provisioner => provisioners,
-        file_id => file_ids,
-        worker_id => workers
+        id => seed_builds.job_id,
+        organization_id => seed_builds.organization_id,
+        initiator_id => seed_builds.initiator_id,
+        status => seed_builds.job_status,
+        input => seed_builds.job_input,
+        created_at => seed_builds.created_at,
+        provisioner => seed_builds.provisioner,
+        file_id => seed_builds.file_id,
+        worker_id => seed_builds.worker_id,
+        workspace_build_id => seed_builds.id,
+        workspace_id => seed_builds.workspace_id,
+        template_version_id => seed_builds.template_version_id
     );
     INSERT INTO workspace_builds (
         id, created_at, updated_at, workspace_id, template_version_id, build_number, transition,
         initiator_id, job_id, reason, template_version_preset_id
     )
-    SELECT b.id, b.created_at, b.created_at, b.workspace_id, b.template_version_id,
-           b.build_number, b.transition::workspace_transition, b.initiator_id, b.job_id,
-           'initiator', b.preset_id
-    FROM unnest(ids, stamps, workspace_ids, version_ids, numbers, transitions, initiators,
-                job_ids, preset_ids)
-        AS b (id, created_at, workspace_id, template_version_id, build_number, transition,
-              initiator_id, job_id, preset_id);
+    SELECT r.id, COALESCE(r.created_at, now()), COALESCE(r.created_at, now()), r.workspace_id,
+           r.template_version_id, r.build_number, r.transition::workspace_transition,
+           r.initiator_id, COALESCE(r.job_id, pg_temp.seed_id_of('job', r.id)), 'initiator',
+           r.preset_id
+    FROM (
+        SELECT unnest(seed_builds.id) AS id,
+               unnest(seed_builds.workspace_id) AS workspace_id,
+               unnest(seed_builds.template_version_id) AS template_version_id,
+               unnest(seed_builds.build_number) AS build_number,
+               unnest(seed_builds.transition) AS transition,
+               unnest(seed_builds.initiator_id) AS initiator_id,
+               unnest(seed_builds.preset_id) AS preset_id,
+               unnest(seed_builds.created_at) AS created_at,
+               unnest(seed_builds.job_id) AS job_id
+    ) AS r;
     GET DIAGNOSTICS added = ROW_COUNT;
     INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
-    SELECT b.id, pp.name, pp.value
-    FROM unnest(ids, preset_ids, with_params) AS b (id, preset_id, with_params)
-    JOIN template_version_preset_parameters AS pp ON pp.template_version_preset_id = b.preset_id
-    WHERE b.with_params;
+    SELECT r.id, pp.name, pp.value
+    FROM (
+        SELECT unnest(seed_builds.id) AS id,
+               unnest(seed_builds.preset_id) AS preset_id,
+               unnest(seed_builds.preset_parameters) AS preset_parameters
+    ) AS r
+    JOIN template_version_preset_parameters AS pp ON pp.template_version_preset_id = r.preset_id
+    WHERE COALESCE(r.preset_parameters, true);
     RETURN added;
 END;
 $fn$;
 
--- Agents, each on a resource of its own of the given job (a build's), created together with
--- the agent. Connection and start times follow the lifecycle state: none while 'created',
--- connected and started from 'starting' on, ready_at once it was ready.
+-- Agents, each on a resource of its own (created with it, its id derived from the agent's) of
+-- the given job, a build's. Connection and start times follow the lifecycle state: none while
+-- 'created', connected and started from then on, ready_at once it was ready.
 CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
     id              uuid[],
     job_id          uuid[],
@@ -538,58 +595,48 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
                                                  -- (unique in a build, as Coder demands)
     parent_id       uuid[]        DEFAULT NULL,  -- none: a top-level agent; set: a sub-agent
     deleted         boolean[]     DEFAULT NULL,  -- false
-    created_at      timestamptz[] DEFAULT NULL,  -- now()
-    resource_name   text[]        DEFAULT NULL,  -- 'main'
-    resource_type   text[]        DEFAULT NULL   -- 'docker_container'
+    created_at      timestamptz[] DEFAULT NULL   -- now()
 ) RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
-    ids          uuid[];
-    resource_ids uuid[];
-    job_ids      uuid[];
-    states       text[];
-    names        text[];
-    parents      uuid[];
-    deleted_     boolean[];
-    stamps       timestamptz[];
-    res_names    text[];
-    res_types    text[];
-    added        bigint;
+    added bigint;
 BEGIN
-    SELECT array_agg(r.id), array_agg(gen_random_uuid()), array_agg(r.job_id),
-           array_agg(COALESCE(r.lifecycle_state, 'ready')),
-           array_agg(COALESCE(r.name, 'agent-' || left(r.id::text, 8))), array_agg(r.parent_id),
-           array_agg(COALESCE(r.deleted, false)), array_agg(COALESCE(r.created_at, now())),
-           array_agg(COALESCE(r.resource_name, 'main')),
-           array_agg(COALESCE(r.resource_type, 'docker_container'))
-      INTO ids, resource_ids, job_ids, states, names, parents, deleted_, stamps, res_names,
-           res_types
-      FROM unnest(seed_agents.id, seed_agents.job_id, seed_agents.lifecycle_state,
-                  seed_agents.name, seed_agents.parent_id, seed_agents.deleted,
-                  seed_agents.created_at, seed_agents.resource_name, seed_agents.resource_type)
-          AS r (id, job_id, lifecycle_state, name, parent_id, deleted, created_at,
-                resource_name, resource_type);
     INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name)
-    SELECT r.id, r.created_at, r.job_id, 'start', r.type, r.name
-    FROM unnest(resource_ids, stamps, job_ids, res_types, res_names)
-        AS r (id, created_at, job_id, type, name);
+    SELECT pg_temp.seed_id_of('resource', r.id), COALESCE(r.created_at, now()), r.job_id,
+           'start', 'docker_container', 'main'
+    FROM (
+        SELECT unnest(seed_agents.id) AS id,
+               unnest(seed_agents.job_id) AS job_id,
+               unnest(seed_agents.created_at) AS created_at
+    ) AS r;
     INSERT INTO workspace_agents (
         id, created_at, updated_at, name, resource_id, auth_token, architecture,
         operating_system, lifecycle_state, first_connected_at, last_connected_at, started_at,
         ready_at, parent_id, deleted
     )
-    SELECT a.id, a.created_at, a.created_at, a.name, a.resource_id, gen_random_uuid(), 'amd64',
-           'linux', a.state::workspace_agent_lifecycle_state,
-           CASE WHEN a.state <> 'created' THEN a.created_at END,
-           CASE WHEN a.state <> 'created' THEN a.created_at END,
-           CASE WHEN a.state <> 'created' THEN a.created_at END,
+    SELECT r.id, a.at, a.at, COALESCE(r.name, 'agent-' || left(r.id::text, 8)),
+           pg_temp.seed_id_of('resource', r.id), gen_random_uuid(), 'amd64', 'linux',
+           a.state::workspace_agent_lifecycle_state,
+           CASE WHEN a.state <> 'created' THEN a.at END,
+           CASE WHEN a.state <> 'created' THEN a.at END,
+           CASE WHEN a.state <> 'created' THEN a.at END,
            CASE WHEN a.state IN ('ready', 'shutting_down', 'shutdown_timeout', 'shutdown_error',
                                  'off')
-               THEN a.created_at END,
-           a.parent_id, a.deleted
-    FROM unnest(ids, stamps, names, resource_ids, states, parents, deleted_)
-        AS a (id, created_at, name, resource_id, state, parent_id, deleted);
+               THEN a.at END,
+           r.parent_id, COALESCE(r.deleted, false)
+    FROM (
+        SELECT unnest(seed_agents.id) AS id,
+               unnest(seed_agents.lifecycle_state) AS lifecycle_state,
+               unnest(seed_agents.name) AS name,
+               unnest(seed_agents.parent_id) AS parent_id,
+               unnest(seed_agents.deleted) AS deleted,
+               unnest(seed_agents.created_at) AS created_at
+    ) AS r
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(r.created_at, now()) AS at,
+               COALESCE(r.lifecycle_state, 'ready') AS state
+    ) AS a;
     GET DIAGNOSTICS added = ROW_COUNT;
     RETURN added;
 END;
