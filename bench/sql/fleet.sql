@@ -174,6 +174,7 @@ CROSS JOIN generate_series(1, %(user_workspaces)s::int) AS k;
 CREATE TEMP TABLE bench_build ON COMMIT DROP AS
 SELECT
     gen_random_uuid() AS id,
+    gen_random_uuid() AS job_id,
     w.id AS workspace_id,
     w.kind,
     w.org_id,
@@ -189,9 +190,9 @@ SELECT
         WHEN w.kind = 'user' OR (w.kind = 'claimed' AND bn > 1) THEN w.owner_id
         ELSE prebuildd.prebuilds_user_id()
     END AS initiator_id,
-    md5('bench-version-' || w.n || '-' || ver.v)::uuid AS version_id,
+    bv.id AS version_id,
     -- The version's import job's file: what Coder's builder copies onto the build's job.
-    md5('bench-file-' || w.n || '-' || ver.v)::uuid AS file_id,
+    bv.file_id,
     CASE WHEN w.kind = 'user' OR (w.kind = 'claimed' AND bn > 2) THEN NULL ELSE w.preset_id END
         AS preset_id,
     CASE
@@ -215,7 +216,8 @@ CROSS JOIN LATERAL (
         WHEN w.kind = 'user' AND bn <= w.builds - 2 AND w.v > 1 THEN w.v - 1
         ELSE w.v
     END AS v
-) AS ver;
+) AS ver
+JOIN bench_ver AS bv ON bv.n = w.n AND bv.v = ver.v;
 
 -- name: insert_templates
 SELECT pg_temp.seed_templates(
@@ -290,8 +292,9 @@ SELECT pg_temp.seed_workspaces(
 FROM bench_ws AS w;
 
 -- name: insert_builds
--- With their jobs (input as Coder's builder writes it: prebuilds marked by their stage) and
--- their presets' parameters.
+-- With their jobs (input as Coder's builder writes it for prebuilds: marked by their stage;
+-- users' builds keep the builder's input, their build id alone) and their presets'
+-- parameters.
 SELECT pg_temp.seed_builds(
     id => array_agg(b.id),
     workspace_id => array_agg(b.workspace_id),
@@ -302,13 +305,13 @@ SELECT pg_temp.seed_builds(
     preset_id => array_agg(b.preset_id),
     job_status => array_agg(b.status),
     created_at => array_agg(b.created_at),
+    job_id => array_agg(b.job_id),
     job_input => array_agg(
         CASE
             WHEN b.initiator_id = prebuildd.prebuilds_user_id()
                 THEN '{"dry_run": false, "prebuilt_workspace_stage": 1}'::jsonb
             WHEN b.kind = 'claimed' AND b.bn = 2
                 THEN '{"dry_run": false, "prebuilt_workspace_stage": 2}'::jsonb
-            ELSE '{"dry_run": false}'::jsonb
         END
     ),
     -- One worker ran every job (a new id per job would cost a random number each, and
@@ -324,8 +327,8 @@ FROM bench_build AS b;
 -- One agent (on a resource of its own) per succeeded start.
 SELECT pg_temp.seed_agents(
     id => array_agg(gen_random_uuid()),
-    -- The builder's id of a build's job (seed_builds derived it).
-    job_id => array_agg(pg_temp.seed_id_of('job', b.id)),
+    job_id => array_agg(b.job_id),
+    resource_id => array_agg(gen_random_uuid()),
     lifecycle_state => array_agg(b.agent_state),
     name => array_agg('main'::text),
     created_at => array_agg(b.created_at + interval '2 minutes')

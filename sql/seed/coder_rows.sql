@@ -179,8 +179,9 @@ BEGIN
         COALESCE(r.job_type, 'workspace_build')::provisioner_job_type,
         CASE
             WHEN r.workspace_build_id IS NULL THEN COALESCE(r.input, '{}')
-            ELSE jsonb_build_object('workspace_build_id', r.workspace_build_id)
-                 || COALESCE(r.input, '{}')
+            WHEN r.input IS NULL
+                THEN jsonb_build_object('workspace_build_id', r.workspace_build_id)
+            ELSE jsonb_build_object('workspace_build_id', r.workspace_build_id) || r.input
         END,
         COALESCE(r.worker_id, CASE WHEN j.started THEN gen_random_uuid() END),
         -- What Coder's builder copies onto a build's job: the source archive of the version.
@@ -584,8 +585,8 @@ BEGIN
 END;
 $fn$;
 
--- Agents, each on a resource of its own (created with it, its id derived from the agent's) of
--- the given job, a build's. Connection and start times follow the lifecycle state: none while
+-- Agents, each on a resource of its own (created with it; its id, unless given, derived from
+-- the agent's) of the given job, a build's. Connection and start times follow the lifecycle state: none while
 -- 'created', connected and started from then on, ready_at once it was ready.
 CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
     id              uuid[],
@@ -595,7 +596,8 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
                                                  -- (unique in a build, as Coder demands)
     parent_id       uuid[]        DEFAULT NULL,  -- none: a top-level agent; set: a sub-agent
     deleted         boolean[]     DEFAULT NULL,  -- false
-    created_at      timestamptz[] DEFAULT NULL   -- now()
+    created_at      timestamptz[] DEFAULT NULL,  -- now()
+    resource_id     uuid[]        DEFAULT NULL   -- derived from the agent's id
 ) RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
@@ -603,12 +605,13 @@ DECLARE
     added bigint;
 BEGIN
     INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name)
-    SELECT pg_temp.seed_id_of('resource', r.id), COALESCE(r.created_at, now()), r.job_id,
-           'start', 'docker_container', 'main'
+    SELECT COALESCE(r.resource_id, pg_temp.seed_id_of('resource', r.id)),
+           COALESCE(r.created_at, now()), r.job_id, 'start', 'docker_container', 'main'
     FROM (
         SELECT unnest(seed_agents.id) AS id,
                unnest(seed_agents.job_id) AS job_id,
-               unnest(seed_agents.created_at) AS created_at
+               unnest(seed_agents.created_at) AS created_at,
+               unnest(seed_agents.resource_id) AS resource_id
     ) AS r;
     INSERT INTO workspace_agents (
         id, created_at, updated_at, name, resource_id, auth_token, architecture,
@@ -616,7 +619,8 @@ BEGIN
         ready_at, parent_id, deleted
     )
     SELECT r.id, a.at, a.at, COALESCE(r.name, 'agent-' || left(r.id::text, 8)),
-           pg_temp.seed_id_of('resource', r.id), gen_random_uuid(), 'amd64', 'linux',
+           COALESCE(r.resource_id, pg_temp.seed_id_of('resource', r.id)), gen_random_uuid(),
+           'amd64', 'linux',
            a.state::workspace_agent_lifecycle_state,
            CASE WHEN a.state <> 'created' THEN a.at END,
            CASE WHEN a.state <> 'created' THEN a.at END,
@@ -631,7 +635,8 @@ BEGIN
                unnest(seed_agents.name) AS name,
                unnest(seed_agents.parent_id) AS parent_id,
                unnest(seed_agents.deleted) AS deleted,
-               unnest(seed_agents.created_at) AS created_at
+               unnest(seed_agents.created_at) AS created_at,
+               unnest(seed_agents.resource_id) AS resource_id
     ) AS r
     CROSS JOIN LATERAL (
         SELECT COALESCE(r.created_at, now()) AS at,
