@@ -203,6 +203,7 @@ def seed(url: str, spec: FleetSpec, *, chunk: int = 500, log: Log = print) -> Se
     params = _params(spec)
     with psycopg.connect(url) as conn:
         fast = _fast_path(conn)
+        conn.execute(bench_query("seeding_in_memory"))
         coder_rows.install(conn)  # for this session: committed with the first chunk
         conn.execute(bench_query("fleet_organizations"), params)
         conn.execute(bench_query("fleet_users"), params)

@@ -179,7 +179,6 @@ SELECT
     w.kind,
     w.org_id,
     bn,
-    bn = w.builds AS latest,
     CASE
         WHEN w.kind = 'history' AND bn = 2 THEN 'delete'
         WHEN w.kind = 'claimed' AND bn > 2 AND mod(bn, 2) = 1 THEN 'stop'
@@ -341,6 +340,12 @@ WHERE b.transition = 'start'
 -- Superusers only: skips ordinary and foreign-key triggers while seeding (the rows are
 -- consistent by construction; `fleet_integrity` checks it), for this transaction only.
 SELECT set_config('session_replication_role', 'replica', true);
+
+-- name: seeding_in_memory
+-- Room in memory for a chunk's temporary tables (its builds alone are tens of MB) and sorts,
+-- which would otherwise spill to temporary files. For the session; temp_buffers only takes
+-- before its first temporary table.
+SELECT set_config('temp_buffers', '256MB', false), set_config('work_mem', '64MB', false);
 
 -- name: seeding_without_jit
 -- The seeding statements are big but simple: compiling them costs more than it saves.

@@ -26,7 +26,7 @@ SELECT pg_temp.seed_organizations(
     name => ARRAY['example'],
     display_name => ARRAY['Example'],
     description => ARRAY['prebuildd example data']
-) AS organizations_added
+)
 WHERE NOT EXISTS (
     SELECT FROM organizations WHERE id = '6d1f3a52-8c4e-4d8a-9a51-3e0b7c2f0001'
 );
@@ -37,7 +37,7 @@ SELECT pg_temp.seed_users(
     username => ARRAY['example-admin'],
     email => ARRAY['admin@example.test'],
     name => ARRAY['Example admin']
-) AS users_added
+)
 WHERE NOT EXISTS (SELECT FROM users WHERE id = '6d1f3a52-8c4e-4d8a-9a51-3e0b7c2f0002');
 
 -- Each template, then its active version with the version's succeeded import job.
@@ -54,7 +54,7 @@ SELECT pg_temp.seed_templates(
     active_version_id => array_agg(e.version_id),
     name => array_agg(e.name),
     display_name => array_agg(e.name)
-) AS templates_added
+)
 FROM example_templates AS e
 WHERE NOT EXISTS (SELECT FROM templates AS t WHERE t.id = e.template_id);
 
@@ -62,7 +62,7 @@ SELECT pg_temp.seed_versions(
     id => array_agg(e.version_id),
     template_id => array_agg(e.template_id),
     name => array_agg('v1'::text)
-) AS versions_added
+)
 FROM example_templates AS e
 WHERE NOT EXISTS (SELECT FROM template_versions AS v WHERE v.id = e.version_id);
 
@@ -83,7 +83,7 @@ SELECT pg_temp.seed_presets(
     name => array_agg(e.name),
     invalidate_after_secs => array_agg(e.ttl),
     scheduling_timezone => array_agg('UTC'::text)
-) AS presets_added
+)
 FROM example_presets AS e
 WHERE NOT EXISTS (SELECT FROM template_version_presets AS p WHERE p.id = e.id);
 
@@ -91,7 +91,7 @@ SELECT pg_temp.seed_preset_parameters(
     preset_id => array_agg(e.id),
     name => array_agg('size'::text),
     value => array_agg(e.name)
-) AS preset_parameters_added
+)
 FROM example_presets AS e
 WHERE NOT EXISTS (
     SELECT FROM template_version_preset_parameters AS pp

@@ -9,9 +9,10 @@
 -- function is created in pg_temp, so it lives only as long as the session that ran this file
 -- (or its transaction, if that rolls back) and no other session sees it. Python runs the file
 -- through prebuildd.seed.install(); psql includes it (`\ir`), as example-pools.sql does.
--- PL/pgSQL, whose statements are resolved when they run: the file installs on every schema
--- prebuildd supports, and a function fails only when called on one that lacks its columns
--- (seed_presets given last_invalidated_at, before Coder v2.29).
+-- SQL functions (cheaper than PL/pgSQL for a fleet's arrays), checked when created against the
+-- columns every Coder release prebuildd supports has; PL/pgSQL where SQL cannot do the job
+-- (raising an error) or a column is younger (seed_presets' last_invalidated_at, Coder v2.29:
+-- PL/pgSQL resolves it only when a preset is given one).
 --
 -- Set-based: every argument is an array with one element per row. The arrays of one call are
 -- read side by side by unnest() in a select list, which streams them (unnest(a, b) in FROM
@@ -21,8 +22,7 @@
 -- takes the default written next to it, except where NULL is itself a value Coder stores (said
 -- so). Ids are the caller's; where two tables must agree on a default id (a build's job, an
 -- agent's resource, a version's import job), it is derived from the row's own id
--- (seed_id_of), so no statement has to hand generated ids to the next. Each function returns
--- the number of rows it inserted into its main table.
+-- (seed_id_of), so no statement has to hand generated ids to the next.
 --
 -- Names are Coder's tables' own, unqualified: they resolve through the caller's search_path,
 -- as Coder's own queries do.
@@ -46,12 +46,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_organizations(
     display_name text[]    DEFAULT NULL,  -- the name
     description  text[]    DEFAULT NULL,  -- ''
     is_default   boolean[] DEFAULT NULL   -- false (Coder allows one default organization)
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO organizations (
         id, name, display_name, description, is_default, created_at, updated_at
     )
@@ -65,9 +62,6 @@ BEGIN
                unnest(seed_organizations.is_default) AS is_default
     ) AS r
     CROSS JOIN LATERAL (SELECT COALESCE(r.name, 'org-' || left(r.id::text, 8)) AS name) AS o;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- Active users who log in with a password (never used: the hash is empty).
@@ -77,12 +71,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_users(
     email      text[]        DEFAULT NULL,  -- <username>@example.com
     name       text[]        DEFAULT NULL,  -- ''
     created_at timestamptz[] DEFAULT NULL   -- now()
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO users (
         id, email, username, name, hashed_password, created_at, updated_at, status, login_type
     )
@@ -99,14 +90,29 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT COALESCE(r.username, 'user-' || left(r.id::text, 8)) AS username
     ) AS u;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Provisioner jobs
 -- ---------------------------------------------------------------------------------------------
+
+-- Refuses a job status seed_jobs cannot write (PL/pgSQL: SQL cannot raise an error).
+CREATE OR REPLACE FUNCTION pg_temp.seed_check_job_statuses(statuses text[]) RETURNS void
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    unknown text;
+BEGIN
+    SELECT s INTO unknown
+    FROM unnest(statuses) AS s
+    WHERE s NOT IN ('pending', 'running', 'succeeded', 'failed', 'canceling', 'canceled')
+    LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'seed_jobs: unknown job status %', unknown
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$fn$;
 
 -- A job's status is given as Coder derives it (provisioner_jobs.job_status, a generated
 -- column) and written as the timestamps and error it is derived from: started 1 s after
@@ -128,21 +134,10 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_jobs(
     workspace_build_id  uuid[]        DEFAULT NULL,  -- the build the job runs ({"workspace_build_id"})
     workspace_id        uuid[]        DEFAULT NULL,  -- that build's workspace
     template_version_id uuid[]        DEFAULT NULL   -- that build's version
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    unknown text;
-    added   bigint;
-BEGIN
-    SELECT s INTO unknown
-    FROM unnest(seed_jobs.status) AS s
-    WHERE s NOT IN ('pending', 'running', 'succeeded', 'failed', 'canceling', 'canceled')
-    LIMIT 1;
-    IF unknown IS NOT NULL THEN
-        RAISE EXCEPTION 'seed_jobs: unknown job status %', unknown
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    SELECT pg_temp.seed_check_job_statuses(seed_jobs.status);
     INSERT INTO provisioner_jobs (
         id, created_at, updated_at, started_at, canceled_at, completed_at, error,
         organization_id, initiator_id, provisioner, storage_method, type, input, worker_id,
@@ -217,9 +212,6 @@ BEGIN
             COALESCE(r.status, 'succeeded') IN ('running', 'succeeded', 'failed', 'canceling')
                 AS started
     ) AS j;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -240,12 +232,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_templates(
     deleted           boolean[]     DEFAULT NULL,  -- false
     deprecated        text[]        DEFAULT NULL,  -- '' (non-empty: deprecated, with that message)
     created_at        timestamptz[] DEFAULT NULL   -- now()
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO templates (
         id, created_at, updated_at, organization_id, deleted, name, display_name, provisioner,
         active_version_id, created_by, deprecated
@@ -266,9 +255,6 @@ BEGIN
                unnest(seed_templates.deprecated) AS deprecated,
                unnest(seed_templates.created_at) AS created_at
     ) AS r;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- Versions and their import jobs (a template_version_import job of the template's
@@ -288,79 +274,53 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_versions(
     import_tags     jsonb[]       DEFAULT NULL,  -- the import job's tags: untagged
     file_id         uuid[]        DEFAULT NULL,  -- the import job's source archive: a new id
     organization_id uuid[]        DEFAULT NULL   -- the template's
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    ids          uuid[];
-    template_ids uuid[];
-    creators     uuid[];
-    names        text[];
-    stamps       timestamptz[];
-    job_ids      uuid[];
-    with_job     boolean[];
-    statuses     text[];
-    tag_sets     jsonb[];
-    file_ids     uuid[];
-    org_ids      uuid[];
-    provisioners text[];
-    added        bigint;
-BEGIN
-    -- The defaults that come from the template, and the creation times both tables share,
-    -- resolved in one pass into arrays that stay aligned: one aggregate node feeds every
-    -- array_agg the same rows in the same order. (Versions are few: a fleet has thousands.)
-    SELECT array_agg(r.id), array_agg(r.template_id),
-           array_agg(COALESCE(r.created_by, t.created_by)),
-           array_agg(COALESCE(r.name, 'v-' || left(r.id::text, 8))),
-           array_agg(COALESCE(r.created_at, clock_timestamp())),
-           array_agg(COALESCE(r.job_id, pg_temp.seed_id_of('import job', r.id))),
-           array_agg(COALESCE(r.import_job, true)), array_agg(r.import_status),
-           array_agg(r.import_tags), array_agg(r.file_id),
-           array_agg(COALESCE(r.organization_id, t.organization_id)),
-           array_agg(t.provisioner::text)
-      INTO ids, template_ids, creators, names, stamps, job_ids, with_job, statuses, tag_sets,
-           file_ids, org_ids, provisioners
-      FROM (
-          SELECT unnest(seed_versions.id) AS id,
-                 unnest(seed_versions.template_id) AS template_id,
-                 unnest(seed_versions.created_by) AS created_by,
-                 unnest(seed_versions.name) AS name,
-                 unnest(seed_versions.created_at) AS created_at,
-                 unnest(seed_versions.job_id) AS job_id,
-                 unnest(seed_versions.import_job) AS import_job,
-                 unnest(seed_versions.import_status) AS import_status,
-                 unnest(seed_versions.import_tags) AS import_tags,
-                 unnest(seed_versions.file_id) AS file_id,
-                 unnest(seed_versions.organization_id) AS organization_id
-      ) AS r
-      LEFT JOIN templates AS t ON t.id = r.template_id;
-    PERFORM pg_temp.seed_jobs(
-        id => array_agg(v.job_id),
-        organization_id => array_agg(v.organization_id),
-        initiator_id => array_agg(v.created_by),
-        status => array_agg(v.status),
+    SELECT pg_temp.seed_jobs(
+        id => array_agg(COALESCE(r.job_id, pg_temp.seed_id_of('import job', r.id))),
+        organization_id => array_agg(COALESCE(r.organization_id, t.organization_id)),
+        initiator_id => array_agg(COALESCE(r.created_by, t.created_by)),
+        status => array_agg(r.import_status),
         job_type => array_agg('template_version_import'::text),
-        input => array_agg(jsonb_build_object('template_version_id', v.id)),
-        created_at => array_agg(v.created_at),
-        provisioner => array_agg(v.provisioner),
-        tags => array_agg(v.tags),
-        file_id => array_agg(v.file_id)
+        input => array_agg(jsonb_build_object('template_version_id', r.id)),
+        created_at => array_agg(r.created_at),
+        provisioner => array_agg(t.provisioner::text),
+        tags => array_agg(r.import_tags),
+        file_id => array_agg(r.file_id)
     )
-    FROM unnest(ids, job_ids, org_ids, creators, statuses, stamps, provisioners, tag_sets,
-                file_ids, with_job)
-        AS v (id, job_id, organization_id, created_by, status, created_at, provisioner, tags,
-              file_id, with_job)
-    WHERE v.with_job;
+    FROM (
+        SELECT unnest(seed_versions.id) AS id,
+               unnest(seed_versions.template_id) AS template_id,
+               unnest(seed_versions.created_by) AS created_by,
+               unnest(seed_versions.created_at) AS created_at,
+               unnest(seed_versions.job_id) AS job_id,
+               unnest(seed_versions.import_job) AS import_job,
+               unnest(seed_versions.import_status) AS import_status,
+               unnest(seed_versions.import_tags) AS import_tags,
+               unnest(seed_versions.file_id) AS file_id,
+               unnest(seed_versions.organization_id) AS organization_id
+    ) AS r
+    LEFT JOIN templates AS t ON t.id = r.template_id
+    WHERE COALESCE(r.import_job, true);
     INSERT INTO template_versions (
         id, template_id, organization_id, created_at, updated_at, name, readme, job_id, created_by
     )
-    SELECT v.id, v.template_id, v.organization_id, v.created_at, v.created_at, v.name, '',
-           v.job_id, v.created_by
-    FROM unnest(ids, template_ids, org_ids, stamps, names, job_ids, creators)
-        AS v (id, template_id, organization_id, created_at, name, job_id, created_by);
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
+    SELECT r.id, r.template_id, COALESCE(r.organization_id, t.organization_id), v.at, v.at,
+           COALESCE(r.name, 'v-' || left(r.id::text, 8)), '',
+           COALESCE(r.job_id, pg_temp.seed_id_of('import job', r.id)),
+           COALESCE(r.created_by, t.created_by)
+    FROM (
+        SELECT unnest(seed_versions.id) AS id,
+               unnest(seed_versions.template_id) AS template_id,
+               unnest(seed_versions.created_by) AS created_by,
+               unnest(seed_versions.name) AS name,
+               unnest(seed_versions.created_at) AS created_at,
+               unnest(seed_versions.job_id) AS job_id,
+               unnest(seed_versions.organization_id) AS organization_id
+    ) AS r
+    LEFT JOIN templates AS t ON t.id = r.template_id
+    CROSS JOIN LATERAL (SELECT COALESCE(r.created_at, clock_timestamp()) AS at) AS v;
 $fn$;
 
 -- Presets of versions; their parameters and prebuild schedules are the next two functions.
@@ -378,11 +338,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_presets(
     last_invalidated_at   timestamptz[] DEFAULT NULL   -- never; a column since Coder v2.29, so
                                                        -- written by a second statement, only
                                                        -- when given
-) RETURNS bigint
+) RETURNS void
 LANGUAGE plpgsql
 AS $fn$
-DECLARE
-    added bigint;
 BEGIN
     INSERT INTO template_version_presets (
         id, template_version_id, name, created_at, desired_instances, invalidate_after_secs,
@@ -403,7 +361,6 @@ BEGIN
                unnest(seed_presets.is_default) AS is_default,
                unnest(seed_presets.created_at) AS created_at
     ) AS r;
-    GET DIAGNOSTICS added = ROW_COUNT;
     IF EXISTS (SELECT FROM unnest(seed_presets.last_invalidated_at) AS at WHERE at IS NOT NULL) THEN
         UPDATE template_version_presets AS p
         SET last_invalidated_at = r.last_invalidated_at
@@ -414,7 +371,6 @@ BEGIN
         WHERE p.id = r.id
           AND r.last_invalidated_at IS NOT NULL;
     END IF;
-    RETURN added;
 END;
 $fn$;
 
@@ -422,12 +378,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_preset_parameters(
     preset_id uuid[],
     name      text[],
     value     text[]
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO template_version_preset_parameters (template_version_preset_id, name, value)
     SELECT r.preset_id, r.name, r.value
     FROM (
@@ -435,9 +388,6 @@ BEGIN
                unnest(seed_preset_parameters.name) AS name,
                unnest(seed_preset_parameters.value) AS value
     ) AS r;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- Prebuild schedules: at the times cron_expression covers, the preset wants desired_instances
@@ -447,12 +397,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_schedules(
     cron_expression   text[],
     desired_instances integer[],
     id                uuid[] DEFAULT NULL  -- a new id
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO template_version_preset_prebuild_schedules (
         id, preset_id, cron_expression, desired_instances
     )
@@ -464,9 +411,6 @@ BEGIN
                unnest(seed_schedules.desired_instances) AS desired_instances,
                unnest(seed_schedules.id) AS id
     ) AS r;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -481,12 +425,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_workspaces(
     created_at      timestamptz[] DEFAULT NULL,  -- now(); also when it was last used
     deleted         boolean[]     DEFAULT NULL,  -- false
     organization_id uuid[]        DEFAULT NULL   -- the template's
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO workspaces (
         id, created_at, updated_at, owner_id, organization_id, template_id, deleted, name,
         last_used_at
@@ -506,9 +447,6 @@ BEGIN
                unnest(seed_workspaces.organization_id) AS organization_id
     ) AS r
     CROSS JOIN LATERAL (SELECT COALESCE(r.created_at, now()) AS at) AS w;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
 
 -- Builds with their jobs, as Coder's workspace builder writes them: a workspace_build job
@@ -532,13 +470,10 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_builds(
     organization_id     uuid[]        DEFAULT NULL,  -- seed_jobs': the workspace's
     provisioner         text[]        DEFAULT NULL,  -- seed_jobs': the workspace's template's
     file_id             uuid[]        DEFAULT NULL   -- seed_jobs': the version's import job's
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
-    PERFORM pg_temp.seed_jobs(
+    SELECT pg_temp.seed_jobs(
         id => seed_builds.job_id,
         organization_id => seed_builds.organization_id,
         initiator_id => seed_builds.initiator_id,
@@ -571,7 +506,6 @@ BEGIN
                unnest(seed_builds.created_at) AS created_at,
                unnest(seed_builds.job_id) AS job_id
     ) AS r;
-    GET DIAGNOSTICS added = ROW_COUNT;
     INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
     SELECT r.id, pp.name, pp.value
     FROM (
@@ -581,8 +515,6 @@ BEGIN
     ) AS r
     JOIN template_version_preset_parameters AS pp ON pp.template_version_preset_id = r.preset_id
     WHERE COALESCE(r.preset_parameters, true);
-    RETURN added;
-END;
 $fn$;
 
 -- Agents, each on a resource of its own (created with it; its id, unless given, derived from
@@ -598,12 +530,9 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
     deleted         boolean[]     DEFAULT NULL,  -- false
     created_at      timestamptz[] DEFAULT NULL,  -- now()
     resource_id     uuid[]        DEFAULT NULL   -- derived from the agent's id
-) RETURNS bigint
-LANGUAGE plpgsql
+) RETURNS void
+LANGUAGE sql
 AS $fn$
-DECLARE
-    added bigint;
-BEGIN
     INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name)
     SELECT COALESCE(r.resource_id, pg_temp.seed_id_of('resource', r.id)),
            COALESCE(r.created_at, now()), r.job_id, 'start', 'docker_container', 'main'
@@ -642,7 +571,4 @@ BEGIN
         SELECT COALESCE(r.created_at, now()) AS at,
                COALESCE(r.lifecycle_state, 'ready') AS state
     ) AS a;
-    GET DIAGNOSTICS added = ROW_COUNT;
-    RETURN added;
-END;
 $fn$;
