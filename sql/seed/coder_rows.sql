@@ -131,7 +131,7 @@ CREATE OR REPLACE FUNCTION pg_temp.seed_jobs(
     tags                jsonb[]       DEFAULT NULL,  -- an untagged provisioner's (organization)
     file_id             uuid[]        DEFAULT NULL,  -- the version's import job's, else new
     worker_id           uuid[]        DEFAULT NULL,  -- a new id once started; none before
-    workspace_build_id  uuid[]        DEFAULT NULL,  -- the build the job runs ({"workspace_build_id"})
+    workspace_build_id  uuid[]        DEFAULT NULL,  -- the build the job runs (in its input)
     workspace_id        uuid[]        DEFAULT NULL,  -- that build's workspace
     template_version_id uuid[]        DEFAULT NULL   -- that build's version
 ) RETURNS void
@@ -518,8 +518,8 @@ AS $fn$
 $fn$;
 
 -- Agents, each on a resource of its own (created with it; its id, unless given, derived from
--- the agent's) of the given job, a build's. Connection and start times follow the lifecycle state: none while
--- 'created', connected and started from then on, ready_at once it was ready.
+-- the agent's) of the given job, a build's. Connection and start times follow the lifecycle
+-- state: none while 'created', connected and started from then on, ready_at once it was ready.
 CREATE OR REPLACE FUNCTION pg_temp.seed_agents(
     id              uuid[],
     job_id          uuid[],
