@@ -28,6 +28,7 @@ from opentelemetry import trace
 from psycopg import AsyncConnection
 
 from prebuildd import store
+from prebuildd.demand import HistoryCache
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import ActionKind, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
@@ -91,6 +92,8 @@ class Reconciler:
         self._config = config
         self._clock = clock
         self._dry_run = dry_run
+        # Demand histories of templates with autoscale policies, read once per hour.
+        self._histories = HistoryCache()
 
     async def reconcile(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
@@ -120,7 +123,9 @@ class Reconciler:
             return
         now = self._clock()
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, locked, now=now, config=self._config)
+            snapshot = await store.read_snapshot(
+                conn, locked, now=now, config=self._config, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.paused = snapshot.paused
         with _tracer.start_as_current_span("prebuildd.plan"), deferred_collection():

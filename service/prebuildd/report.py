@@ -5,8 +5,11 @@ Printing only: the sweep itself (and every write) is prebuildd.sweep's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TextIO
+from uuid import UUID
 
+from prebuildd.demand import PresetDemand
 from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
 from prebuildd.reconciler import Outcome
 
@@ -30,31 +33,41 @@ _STATUS_COLUMNS = (
     "ACTIVE",
     "PRESET",
     "DESIRED",
+    "SUGGESTED",
     "RUNNING",
     "ELIGIBLE",
     "STARTING",
     "EXPIRED",
-    "STATUS",
 )
+# With demand (`prebuildd status`): hits and misses of the last 24 hours, and the share of
+# that demand a prebuild served.
+_DEMAND_COLUMNS = ("CLAIMS_24H", "MISSES_24H", "HIT_RATE")
+# Last: its cells may contain spaces.
+_LAST_COLUMN = "STATUS"
 
 
-def _status_row(plan: Plan) -> tuple[str, ...]:
+def _status_row(plan: Plan, demand: Mapping[UUID, PresetDemand] | None) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
     if s.backoff_until is not None:
         status += f" (backoff until {s.backoff_until:%H:%M:%S})"
-    return (
+    cells = [
         p.template_name,
         p.template_version_name,
         "yes" if p.is_active else "no",
         p.name,
         str(s.desired),
+        "-" if s.suggested is None else str(s.suggested),
         str(s.running),
         str(s.eligible),
         str(s.starting),
         str(s.expired),
-        status,
-    )
+    ]
+    if demand is not None:
+        seen = demand.get(p.id) or PresetDemand(p.id)
+        rate = seen.hit_rate
+        cells += [str(seen.hits), str(seen.misses), "-" if rate is None else f"{rate:.0%}"]
+    return (*cells, status)
 
 
 def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
@@ -64,12 +77,22 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
         out.write("\n")
 
 
-def print_status(outcomes: list[Outcome], out: TextIO) -> None:
+def print_status(
+    outcomes: list[Outcome],
+    out: TextIO,
+    demand: Mapping[UUID, PresetDemand] | None = None,
+) -> None:
+    """The per-preset table; with `demand` (hits and misses per preset id), its columns too.
+
+    SUGGESTED is the pool size the demand forecast suggests for presets with an autoscale
+    policy in force (`-` otherwise); in `auto` mode DESIRED follows it.
+    """
     plans = _plans(outcomes)
     if not plans:
         out.write("no presets with prebuilds configured\n")
         return
-    _table([_STATUS_COLUMNS, *(_status_row(p) for p in plans)], out)
+    header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), _LAST_COLUMN)
+    _table([header, *(_status_row(p, demand) for p in plans)], out)
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
 

@@ -77,6 +77,7 @@ SKIP_VARIABLE = "PREBUILDD_TEST_SKIP_ROLE_TESTS"
 # `pause`, `resume`, `invalidate`).
 ROLE_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
@@ -99,6 +100,7 @@ ENTRY_POINTS = {
     "notify_hard_limited",
     "invalidate_preset",
     "set_reconciliation_paused",
+    "set_autoscale_policy",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -605,6 +607,7 @@ WRITES_DONE: Mapping[str, int] = {
     "notify_hard_limited": 2,  # the admin, by e-mail and in the inbox
     "invalidate_preset": 1,
     "set_reconciliation_paused": 1,
+    "autoscale_set": 1,  # the active preset's (template, name)
 }
 # Which preset a query acts on, when not the active one.
 PRESET_OF: Mapping[str, str] = {"cancel_pending_prebuilds": "old", "notify_hard_limited": "limited"}
@@ -624,6 +627,14 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "trace_metadata": Jsonb({}),
         "now": datetime.now(UTC),
         "lookback_since": datetime.now(UTC) - timedelta(hours=1),
+        # Demand: every preset of the template (the seed's user workspace is a miss), over a
+        # window around now.
+        "policies_only": False,
+        "window_since": datetime.now(UTC) - timedelta(days=1),
+        "window_end_at": datetime.now(UTC) + timedelta(hours=1),
+        "mode": "auto",
+        "min_instances": 1,
+        "max_instances": 3,
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")

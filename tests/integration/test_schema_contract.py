@@ -564,6 +564,7 @@ def test_required_enum_labels_are_in_the_subset_and_cover_what_the_service_write
 # `invalidate`), and files only `migrate` or the development tools run, with why.
 PRODUCTION_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
@@ -609,6 +610,10 @@ def _sample(name: str) -> object:
         "hard_limit": 3,
         "paused": True,
         "status": "healthy",
+        "policies_only": False,
+        "mode": "forecast",
+        "min_instances": 0,
+        "max_instances": 1,
         "trace_metadata": Jsonb({}),
     }
     if name in fixed:
