@@ -1,0 +1,177 @@
+-- bench/demand.py: one template, one preset, people who claim or miss, and a provisioner
+-- that works in simulated time. Every timestamp comes from a parameter (the simulation's
+-- clock), never from now(): the history the forecast reads is the simulated one.
+--
+-- Ids: md5('demand-<label>')::uuid. People are 'demand-user-<n>'.
+
+-- name: demand_seed
+-- An organization, %(users)s people, a template whose active version (created a day before
+-- the simulation starts) has the preset `small` wanting %(desired)s prebuilds.
+WITH org AS (
+    INSERT INTO organizations (id, name, description, created_at, updated_at, display_name)
+    VALUES (md5('demand-org')::uuid, 'demand', '', %(at)s, %(at)s, 'Demand')
+    RETURNING id
+), people AS (
+    INSERT INTO users (id, email, username, name, hashed_password, created_at, updated_at,
+                       status, login_type)
+    SELECT md5('demand-user-' || n)::uuid, 'user' || n || '@demand.invalid', 'user' || n,
+           'User ' || n, ''::bytea, %(at)s, %(at)s, 'active', 'password'
+    FROM generate_series(1, %(users)s::int) AS n
+    RETURNING id
+), import_job AS (
+    INSERT INTO provisioner_jobs (id, created_at, updated_at, started_at, completed_at,
+                                  organization_id, initiator_id, provisioner, storage_method,
+                                  type, input, worker_id, file_id, tags)
+    SELECT md5('demand-import')::uuid, %(at)s, %(at)s, %(at)s, %(at)s, org.id,
+           md5('demand-user-1')::uuid, 'terraform', 'file', 'template_version_import',
+           '{}'::jsonb, md5('demand-worker')::uuid, md5('demand-file')::uuid,
+           '{"scope": "organization", "owner": ""}'::jsonb
+    FROM org
+    WHERE (SELECT count(*) FROM people) > 0
+    RETURNING id
+), tpl AS (
+    INSERT INTO templates (id, created_at, updated_at, organization_id, name, display_name,
+                           provisioner, active_version_id, created_by)
+    SELECT md5('demand-template')::uuid, %(at)s, %(at)s, org.id, 'python', 'python',
+           'terraform', md5('demand-version')::uuid, md5('demand-user-1')::uuid
+    FROM org, import_job
+    RETURNING id, organization_id
+), version AS (
+    INSERT INTO template_versions (id, template_id, organization_id, created_at, updated_at,
+                                   name, readme, job_id, created_by)
+    SELECT md5('demand-version')::uuid, tpl.id, tpl.organization_id, %(at)s, %(at)s, 'v1', '',
+           md5('demand-import')::uuid, md5('demand-user-1')::uuid
+    FROM tpl
+    RETURNING id
+), preset AS (
+    INSERT INTO template_version_presets (id, template_version_id, name, desired_instances,
+                                          created_at)
+    SELECT md5('demand-preset')::uuid, version.id, 'small', %(desired)s::int, %(at)s
+    FROM version
+    RETURNING id
+)
+INSERT INTO template_version_preset_parameters (template_version_preset_id, name, value)
+SELECT preset.id, 'size', 'small'
+FROM preset;
+
+-- name: demand_policy
+SELECT * FROM prebuildd.set_autoscale_policy(
+    md5('demand-preset')::uuid, %(mode)s::text, %(min_instances)s::int, %(max_instances)s::int
+);
+
+-- name: demand_next_due
+-- When the provisioner finishes its next job: a prebuild's create (build 1 of the prebuilds
+-- user) and a person's fresh workspace (a miss) take %(build)s, anything else (a claim's
+-- build, a delete) %(short)s.
+SELECT min(j.created_at + CASE WHEN b.build_number = 1 AND b.transition = 'start'
+                               THEN %(build)s::interval ELSE %(short)s::interval END)
+FROM provisioner_jobs AS j
+JOIN workspace_builds AS b ON b.job_id = j.id
+WHERE j.completed_at IS NULL
+  AND j.canceled_at IS NULL;
+
+-- name: demand_complete_due
+-- Complete every job due by %(now)s, each at its own due time, as a provisioner would: a
+-- succeeded start gets a resource and a ready agent; a delete marks the workspace deleted.
+WITH due AS MATERIALIZED (
+    SELECT
+        j.id AS job_id,
+        b.workspace_id,
+        b.transition,
+        j.created_at + CASE WHEN b.build_number = 1 AND b.transition = 'start'
+                            THEN %(build)s::interval ELSE %(short)s::interval END AS done_at
+    FROM provisioner_jobs AS j
+    JOIN workspace_builds AS b ON b.job_id = j.id
+    WHERE j.completed_at IS NULL
+      AND j.canceled_at IS NULL
+), finished AS (
+    UPDATE provisioner_jobs AS j
+    SET started_at = j.created_at,
+        completed_at = d.done_at,
+        updated_at = d.done_at,
+        worker_id = md5('demand-worker')::uuid
+    FROM due AS d
+    WHERE j.id = d.job_id
+      AND d.done_at <= %(now)s::timestamptz
+    RETURNING j.id, d.workspace_id, d.transition, d.done_at
+), resources AS (
+    INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name)
+    SELECT md5('demand-resource-' || f.id)::uuid, f.done_at, f.id, 'start', 'simulated_vm',
+           'vm'
+    FROM finished AS f
+    WHERE f.transition = 'start'
+    RETURNING id, created_at
+), agents AS (
+    INSERT INTO workspace_agents (id, created_at, updated_at, name, resource_id, auth_token,
+                                  architecture, operating_system, lifecycle_state)
+    SELECT md5('demand-agent-' || r.id)::uuid, r.created_at, r.created_at, 'main', r.id,
+           gen_random_uuid(), 'amd64', 'linux', 'ready'
+    FROM resources AS r
+    RETURNING id
+), gone AS (
+    UPDATE workspaces AS w
+    SET deleted = true, updated_at = f.done_at
+    FROM finished AS f
+    WHERE w.id = f.workspace_id
+      AND f.transition = 'delete'
+    RETURNING w.id
+)
+SELECT (SELECT count(*) FROM finished), (SELECT count(*) FROM agents), (SELECT count(*) FROM gone);
+
+-- name: demand_miss
+-- No prebuild to claim: the person's workspace is built from scratch, as Coder does -- a new
+-- workspace whose build 1 (`start`, initiated by the person) names the preset.
+WITH ws AS (
+    INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id, template_id,
+                            name, last_used_at)
+    VALUES (gen_random_uuid(), %(now)s, %(now)s, %(user_id)s, md5('demand-org')::uuid,
+            md5('demand-template')::uuid, %(name)s, %(now)s)
+    RETURNING id
+), job AS (
+    INSERT INTO provisioner_jobs (id, created_at, updated_at, organization_id, initiator_id,
+                                  provisioner, storage_method, type, input, file_id, tags)
+    VALUES (gen_random_uuid(), %(now)s, %(now)s, md5('demand-org')::uuid, %(user_id)s,
+            'terraform', 'file', 'workspace_build', '{}'::jsonb, md5('demand-file')::uuid,
+            '{"scope": "organization", "owner": ""}'::jsonb)
+    RETURNING id
+), build AS (
+    INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id,
+                                  build_number, transition, initiator_id, job_id, reason,
+                                  template_version_preset_id)
+    SELECT gen_random_uuid(), %(now)s, %(now)s, ws.id, md5('demand-version')::uuid, 1, 'start',
+           %(user_id)s, job.id, 'initiator', md5('demand-preset')::uuid
+    FROM ws, job
+    RETURNING id
+)
+INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
+SELECT build.id, 'size', 'small'
+FROM build;
+
+-- name: demand_pool
+-- Idle prebuilds right now: the prebuilds user's live workspaces whose latest build is a
+-- succeeded start (what a person could claim, or soon could).
+SELECT count(*)
+FROM workspaces AS w
+CROSS JOIN LATERAL (
+    SELECT b.transition, b.job_id
+    FROM workspace_builds AS b
+    WHERE b.workspace_id = w.id
+    ORDER BY b.build_number DESC
+    LIMIT 1
+) AS lb
+JOIN provisioner_jobs AS j ON j.id = lb.job_id
+WHERE w.template_id = md5('demand-template')::uuid
+  AND w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND NOT w.deleted
+  AND lb.transition = 'start'
+  AND j.job_status = 'succeeded';
+
+-- name: demand_created
+-- Prebuilds created in [%(since)s, %(until)s).
+SELECT count(*)
+FROM workspace_builds AS b
+WHERE b.template_version_preset_id = md5('demand-preset')::uuid
+  AND b.build_number = 1
+  AND b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND b.created_at >= %(since)s::timestamptz
+  AND b.created_at < %(until)s::timestamptz;
