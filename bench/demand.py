@@ -26,7 +26,23 @@ database's count of hits and misses matches) and `auto` serves people at least a
 small fixed pool and within 5 points of the peak-sized one, with at most half of the
 peak-sized pool's idle prebuild-hours. Exit 1 otherwise.
 
-    PYTHONPATH=service python -m bench.demand [--quick] [--seed N]
+`--part reads` measures instead what demand costs the reads of a big fleet (`spec`: 1,000
+templates, 15k presets, 124k workspaces; on a clone where every person's build names a preset,
+as Coder's do, and template 1 is busy: 1,000 more workspaces started and stopped twice a day
+for 14 days), side by side and interleaved:
+  * the metrics refresh's global reads: `prebuild_metrics` (Coder's totals) and
+    `demand_totals` (misses, time saved), every 15 s on every replica;
+  * one targeted reconcile (read + plan) of the busy template: without a policy, with an
+    `auto` policy whose history is cached (every reconcile but one an hour), and with a cold
+    cache (the hourly read of 14 days of demand).
+Verdict: the cached reconcile stays within SPEC 7's 10 ms and within 1.5x of the one without a
+policy; the other figures are reported (with what the hourly read went through).
+
+    PYTHONPATH=service python -m bench.demand [--quick] [--seed N] [--part sim|reads] [--reuse]
+
+The reads part seeds (or, with --reuse, reuses) bench/fleet.py's `spec` fleet and applies this
+checkout's migrations to it: give it a PREBUILDD_BENCH_DIR of its own while other checkouts
+share the default one.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ import heapq
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,13 +62,15 @@ from uuid import UUID
 
 import psycopg
 
-from bench._common import print_header, table, verdict
+from bench._common import CpuMeter, Stats, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
+from bench.fleet import SCALES, ensure_fleet, preset_id, template_id
 from prebuildd import store
 from prebuildd.claim import claim_async
 from prebuildd.migrate import migrate
 from prebuildd.model import PlanConfig
+from prebuildd.queries import query
 from prebuildd.reconciler import Cause, Reconciler
 from prebuildd.trigger import Trigger
 
@@ -328,7 +346,133 @@ def report(results: Sequence[Result], weeks: int) -> bool:
     return ok
 
 
+# ---------------------------------------------------------------------------------------------
+# --part reads
+# ---------------------------------------------------------------------------------------------
+
+READ_ROUNDS = 15
+BUSY_WORKSPACES = 1_000
+TARGET_MS = 10.0
+TARGET_RATIO = 1.5
+
+
+@dataclass
+class Timings:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+async def _timed(meter: CpuMeter, into: Timings, work: Callable[[], Awaitable[None]]) -> None:
+    cpu0, wall0 = meter.read(), time.perf_counter()
+    await work()
+    into.wall.append(time.perf_counter() - wall0)
+    into.cpu.append(meter.read() - cpu0)
+
+
+async def reads(args: argparse.Namespace) -> int:
+    print_header("demand-aware pools: what demand costs the reads of a big fleet")
+    spec = SCALES["spec"]
+    busy = template_id(1)
+    busy_preset = preset_id(1, spec.versions, 1)
+    with bench_server() as server:
+        print_server(server)
+        fleet = ensure_fleet(server, "spec", spec, reuse=args.reuse)
+        url = server.clone(fleet, "bench_demand_reads")
+        try:
+            migrate(url)
+            now = datetime.now(UTC)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(bench_query("demand_reads_presets_everywhere"))
+                conn.execute(
+                    bench_query("demand_reads_busy_template"),
+                    {"template_id": busy, "preset_id": busy_preset, "now": now,
+                     "workspaces": BUSY_WORKSPACES},
+                )  # fmt: skip
+                conn.execute(bench_query("demand_reads_analyze"))
+                row = conn.execute(
+                    bench_query("demand_reads_counts"), {"template_id": busy, "now": now}
+                ).fetchone()
+            in_window = int(row[0]) if row else 0
+            print(f"fleet {spec.describe()}; busy template: {in_window:,} builds naming its "
+                  f"presets in the last 14 days")  # fmt: skip
+            return await _measure_reads(url, busy, busy_preset, in_window)
+        finally:
+            server.drop("bench_demand_reads")
+
+
+async def _measure_reads(url: str, busy: UUID, busy_preset: UUID, in_window: int) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        meter = CpuMeter(conn.info.backend_pid)
+        found: dict[str, Timings] = {
+            k: Timings() for k in ("prebuild_metrics", "demand_totals", "off", "warm", "cold")
+        }
+        warm = Reconciler(PlanConfig(), dry_run=True)
+
+        async def policy(mode: str) -> None:
+            await conn.execute(
+                bench_query("demand_reads_policy"), {"mode": mode, "preset_id": busy_preset}
+            )
+
+        async def metrics() -> None:
+            await (await conn.execute(query("prebuild_metrics"))).fetchall()
+
+        async def demand() -> None:
+            await (await conn.execute(query("demand_totals"))).fetchall()
+
+        async def cached() -> None:
+            await warm.reconcile(conn, [busy], Cause(Trigger.EVENT))
+
+        async def cold() -> None:
+            await Reconciler(PlanConfig(), dry_run=True).reconcile(
+                conn, [busy], Cause(Trigger.EVENT)
+            )
+
+        await policy("auto")
+        await cached()  # fills the warm cache (and the connection's caches)
+        totals = await store.read_demand_totals(conn)
+        for n in range(READ_ROUNDS):
+            if n % 2 == 0:
+                await _timed(meter, found["prebuild_metrics"], metrics)
+                await _timed(meter, found["demand_totals"], demand)
+            else:
+                await _timed(meter, found["demand_totals"], demand)
+                await _timed(meter, found["prebuild_metrics"], metrics)
+            await policy("off")
+            await _timed(meter, found["off"], cached)
+            await policy("auto")
+            await _timed(meter, found["warm"], cached)
+            await _timed(meter, found["cold"], cold)
+    whose = "this process + its backend" if meter.includes_server else "this process only"
+    rows = [("read", "wall median", "wall p90", f"CPU median ({whose})")]
+    labels = {
+        "prebuild_metrics": "metrics: prebuild_metrics (global, existing)",
+        "demand_totals": f"metrics: demand_totals (global, new; {len(totals):,} presets)",
+        "off": "reconcile busy template, no policy",
+        "warm": "reconcile busy template, auto, history cached",
+        "cold": f"reconcile busy template, auto, history read ({in_window:,} builds)",
+    }
+    for key, label in labels.items():
+        wall, cpu = Stats.of(found[key].wall), Stats.of(found[key].cpu)
+        rows.append((label, f"{wall.median:.2f} ms", f"{wall.p90:.2f} ms", f"{cpu.median:.2f} ms"))
+    print(table(rows))
+    off = Stats.of(found["off"].cpu).median
+    warm_cpu = Stats.of(found["warm"].cpu).median
+    warm_wall = Stats.of(found["warm"].wall).median
+    ratio = warm_cpu / off if off else float("inf")
+    metrics_ratio = Stats.of(found["demand_totals"].cpu).median / max(
+        Stats.of(found["prebuild_metrics"].cpu).median, 1e-9
+    )
+    ok = warm_wall <= TARGET_MS and ratio <= TARGET_RATIO and in_window > 0
+    print()
+    print(f"* demand_totals / prebuild_metrics CPU: {metrics_ratio:.2f} (reported)")
+    print(f"* cached reconcile {warm_wall:.2f} ms <= {TARGET_MS:.0f} ms and CPU ratio to no "
+          f"policy {ratio:.2f} <= {TARGET_RATIO}: {verdict(ok)}")  # fmt: skip
+    return 0 if ok else 1
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    if args.part == "reads":
+        return await reads(args)
     print_header("demand-aware pools: a weekday curve, off vs auto")
     weeks = 2 if args.quick else args.weeks
     if weeks < 2:
@@ -359,6 +503,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two simulated weeks, not three")
     parser.add_argument("--weeks", type=int, default=3, help="simulated weeks (default 3)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the arrivals")
+    parser.add_argument("--part", choices=("sim", "reads"), default="sim")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reads: reuse a seeded `spec` fleet"
+    )
     sys.exit(asyncio.run(main_async(parser.parse_args())))
 
 

@@ -175,3 +175,90 @@ WHERE b.template_version_preset_id = md5('demand-preset')::uuid
   AND b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
   AND b.created_at >= %(since)s::timestamptz
   AND b.created_at < %(until)s::timestamptz;
+
+-- ---------------------------------------------------------------------------------------------
+-- `--part reads`: what demand costs the reads of a big fleet (bench/fleet.py's `spec`)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: demand_reads_presets_everywhere
+-- Coder names a preset on most builds of a workspace created from one (it matches the
+-- parameters); the fleet leaves people's builds without one. Give each the first preset (by
+-- name) of its build's version, so every read by preset sees the rows it would see on a real
+-- deployment.
+UPDATE workspace_builds AS b
+SET template_version_preset_id = p.id
+FROM (
+    SELECT DISTINCT ON (pr.template_version_id) pr.template_version_id, pr.id
+    FROM template_version_presets AS pr
+    ORDER BY pr.template_version_id, pr.name, pr.id
+) AS p
+WHERE p.template_version_id = b.template_version_id
+  AND b.template_version_preset_id IS NULL;
+
+-- name: demand_reads_busy_template
+-- A busy template: %(workspaces)s more people's workspaces of template %(template_id)s, each
+-- created from its preset %(preset_id)s at a random moment of the last 14 days (build 1: a
+-- miss) and then stopped and started twice a day (builds naming the preset, by the owner),
+-- up to %(now)s. What the forecast's 14-day read of that template has to go through.
+WITH people AS (
+    SELECT md5('bench-user-' || (1 + mod(k, 50)))::uuid AS owner_id, k,
+           %(now)s::timestamptz - random() * interval '14 days' AS born
+    FROM generate_series(1, %(workspaces)s::int) AS k
+), ws AS (
+    INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id, template_id,
+                            name, last_used_at)
+    SELECT md5('busy-ws-' || p.k)::uuid, p.born, p.born, p.owner_id, t.organization_id, t.id,
+           'busy-' || p.k, p.born
+    FROM people AS p
+    JOIN templates AS t ON t.id = %(template_id)s
+    RETURNING id, created_at, owner_id, organization_id
+), plan AS (
+    SELECT ws.id AS workspace_id, ws.owner_id, ws.organization_id, n,
+           ws.created_at + (n - 1) * interval '12 hours' AS at,
+           md5('busy-build-' || ws.id || '-' || n)::uuid AS build_id,
+           md5('busy-job-' || ws.id || '-' || n)::uuid AS job_id
+    FROM ws
+    CROSS JOIN LATERAL generate_series(1, 1 + floor(extract(epoch FROM %(now)s::timestamptz
+                                                    - ws.created_at) / 43200)::int) AS n
+), jobs AS (
+    INSERT INTO provisioner_jobs (id, created_at, updated_at, started_at, completed_at,
+                                  organization_id, initiator_id, provisioner, storage_method,
+                                  type, input, worker_id, file_id, tags)
+    SELECT pl.job_id, pl.at, pl.at, pl.at, pl.at + interval '3 minutes', pl.organization_id,
+           pl.owner_id, 'terraform', 'file', 'workspace_build', '{}'::jsonb,
+           md5('bench-worker')::uuid, md5('bench-file')::uuid,
+           '{"scope": "organization", "owner": ""}'::jsonb
+    FROM plan AS pl
+    RETURNING id
+)
+INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id,
+                              build_number, transition, initiator_id, job_id, reason,
+                              template_version_preset_id)
+SELECT pl.build_id, pl.at, pl.at, pl.workspace_id, p.template_version_id, pl.n,
+       CASE WHEN mod(pl.n, 2) = 0 THEN 'stop' ELSE 'start' END::workspace_transition,
+       pl.owner_id, pl.job_id, 'initiator', p.id
+FROM plan AS pl
+JOIN template_version_presets AS p ON p.id = %(preset_id)s
+WHERE (SELECT count(*) FROM jobs) > 0;
+
+-- name: demand_reads_counts
+-- What the busy template's 14-day read goes through: builds naming its presets in the window.
+SELECT count(*)
+FROM workspace_builds AS b
+JOIN template_version_presets AS p ON p.id = b.template_version_preset_id
+JOIN template_versions AS v ON v.id = p.template_version_id
+WHERE v.template_id = %(template_id)s
+  AND b.created_at >= %(now)s::timestamptz - interval '14 days';
+
+-- name: demand_reads_policy
+-- Switch the busy preset's policy between rounds (untimed): off (no demand read) or auto.
+INSERT INTO prebuildd.autoscale_policies (template_id, preset_name, mode, min_instances,
+                                          max_instances)
+SELECT v.template_id, p.name, %(mode)s, 0, 10
+FROM template_version_presets AS p
+JOIN template_versions AS v ON v.id = p.template_version_id
+WHERE p.id = %(preset_id)s
+ON CONFLICT (template_id, preset_name) DO UPDATE SET mode = EXCLUDED.mode;
+
+-- name: demand_reads_analyze
+ANALYZE workspace_builds;
