@@ -15,10 +15,12 @@
 --         has desired_instances. Its time is that build's created_at.
 --
 -- Both count whether or not the workspace still exists (a claimed workspace deleted since was
--- still a claim) and attach to the preset the build names. They are found through the builds
--- naming a preset, by preset and time (prebuildd_workspace_builds_preset_created,
--- sql/schema/0005_demand_index.sql), starting from the templates' presets: every read is
--- narrowed by template and window, except the lifetime totals of the metrics.
+-- still a claim) and attach to the preset the build names (a claim build names the claimed
+-- preset). They are found through the builds naming a preset, by preset and time
+-- (prebuildd_workspace_builds_preset_created and, for first builds only,
+-- prebuildd_workspace_builds_first_preset: sql/schema/0005_demand_index.sql), starting from
+-- the templates' presets: every read is narrowed by template and window, except the lifetime
+-- totals of the metrics, which read first builds only.
 
 -- name: snapshot_policies
 -- The autoscale policies in force for the templates being reconciled (`off` is the same as no
@@ -180,8 +182,11 @@ ORDER BY n.template_id, n.preset_name;
 --   saved_seconds_total  over those claims, the time a person did not wait: the prebuild's
 --                        create (queued to done: what a miss waits for) minus the claim build
 --                        (queued to done: what the person waited for), never below 0.
--- A global read by nature, like prebuild_metrics: one index range per active preset over the
--- builds of people, run by the metrics refresh (every 15 s).
+-- A global read by nature, like prebuild_metrics, run by the metrics refresh (every 15 s), so
+-- it starts from first builds only (prebuildd_workspace_builds_first_preset: one index range
+-- per active preset over its creates and misses, whatever the number of later builds of
+-- people's workspaces): a miss is a first build; a claim is a create whose workspace a person
+-- owns now, and its claim build is found by the workspace's build numbers.
 WITH presets AS MATERIALIZED (
     SELECT p.id AS preset_id
     FROM templates AS t
@@ -189,50 +194,47 @@ WITH presets AS MATERIALIZED (
     WHERE NOT t.deleted
       AND p.desired_instances IS NOT NULL
 ),
-builds AS MATERIALIZED (
-    SELECT
-        pr.preset_id, b.workspace_id, b.build_number, b.transition, b.initiator_id,
-        b.created_at, b.job_id
+firsts AS MATERIALIZED (
+    SELECT pr.preset_id, f.workspace_id, f.transition, f.initiator_id, f.created_at, f.job_id
     FROM presets AS pr
-    JOIN workspace_builds AS b ON b.template_version_preset_id = pr.preset_id
-    WHERE b.initiator_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+    JOIN workspace_builds AS f
+        ON f.template_version_preset_id = pr.preset_id
+       AND f.build_number = 1
 ),
 misses AS (
-    SELECT bl.preset_id, count(*) AS misses_total
-    FROM builds AS bl
-    WHERE bl.build_number = 1
-      AND bl.transition = 'start'
-    GROUP BY bl.preset_id
+    SELECT fi.preset_id, count(*) AS misses_total
+    FROM firsts AS fi
+    WHERE fi.initiator_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND fi.transition = 'start'
+    GROUP BY fi.preset_id
 ),
 claims AS (
     SELECT
-        bl.preset_id,
+        fi.preset_id,
         count(*) AS claims_measured,
         sum(GREATEST(
-            extract(epoch FROM (fj.completed_at - f.created_at) - (cj.completed_at - bl.created_at)),
+            extract(epoch FROM (fj.completed_at - fi.created_at) - (cj.completed_at - cb.created_at)),
             0
         ))::float8 AS saved_seconds_total
-    FROM builds AS bl
-    JOIN workspaces AS w ON w.id = bl.workspace_id
-    JOIN workspace_builds AS f
-        ON f.workspace_id = bl.workspace_id
-       AND f.build_number = 1
-    JOIN provisioner_jobs AS fj ON fj.id = f.job_id
-    JOIN provisioner_jobs AS cj ON cj.id = bl.job_id
-    WHERE bl.build_number > 1
-      AND w.owner_id = bl.initiator_id
-      AND f.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+    FROM firsts AS fi
+    JOIN workspaces AS w ON w.id = fi.workspace_id
+    CROSS JOIN LATERAL (
+        SELECT c.created_at, c.job_id, c.template_version_preset_id
+        FROM workspace_builds AS c
+        WHERE c.workspace_id = fi.workspace_id
+          AND c.build_number > 1
+          AND c.initiator_id = w.owner_id
+        ORDER BY c.build_number
+        LIMIT 1
+    ) AS cb
+    JOIN provisioner_jobs AS fj ON fj.id = fi.job_id
+    JOIN provisioner_jobs AS cj ON cj.id = cb.job_id
+    WHERE fi.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND w.owner_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND cb.template_version_preset_id = fi.preset_id
       AND fj.job_status = 'succeeded'
       AND cj.job_status = 'succeeded'
-      AND NOT EXISTS (
-          SELECT 1
-          FROM workspace_builds AS e
-          WHERE e.workspace_id = bl.workspace_id
-            AND e.build_number > 1
-            AND e.build_number < bl.build_number
-            AND e.initiator_id = bl.initiator_id
-      )
-    GROUP BY bl.preset_id
+    GROUP BY fi.preset_id
 )
 SELECT
     pr.preset_id,

@@ -8,11 +8,21 @@
 --
 -- It replaces prebuildd_workspace_builds_preset (0001), whose one column it leads with: every
 -- read that used that index (lookups by preset) uses this one, and Coder's writes to
--- workspace_builds keep maintaining one prebuildd index, not two. Created first, so no
--- moment is without one. Same rules as 0001: CONCURRENTLY, one statement per block.
+-- workspace_builds keep maintaining the same entries. Created first, so no moment is without
+-- one. Same rules as 0001: CONCURRENTLY, one statement per block.
+--
+-- The metrics' lifetime totals (demand_totals, every 15 s on every replica) read every first
+-- build of every active preset: prebuilds' creates and people's misses. Through the index
+-- above that meant visiting every later build of people's workspaces too (7x the CPU of
+-- Coder's own totals on the `spec` fleet, bench/demand.py --part reads); a partial index of
+-- first builds only holds one entry per workspace, added when Coder creates a workspace.
 
 CREATE INDEX CONCURRENTLY IF NOT EXISTS prebuildd_workspace_builds_preset_created
     ON workspace_builds (template_version_preset_id, created_at)
     WHERE template_version_preset_id IS NOT NULL;
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS prebuildd_workspace_builds_first_preset
+    ON workspace_builds (template_version_preset_id, created_at)
+    WHERE build_number = 1 AND template_version_preset_id IS NOT NULL;
 
 DROP INDEX CONCURRENTLY IF EXISTS prebuildd_workspace_builds_preset;

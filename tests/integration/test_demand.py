@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from _coder_schemas import EventInbox
 
 from factories import (
     BuildRef,
@@ -308,3 +309,44 @@ def test_prebuilds_user_is_never_a_person(conn: Conn, history: History) -> None:
     # Claimed prebuilds: #1, #2, #3, #4, #5; people's own first builds: 3 misses, the
     # pool-less preset's and the one from fifteen days ago.
     assert rows == (5, 5)
+
+
+def test_a_miss_wakes_its_template_like_a_claim(db_url: str, conn: Conn) -> None:
+    """The trigger on workspace_builds announces a person's first build naming a preset that
+    keeps a pool (event `missed`, urgent); nothing else a person builds."""
+    org = make_org(conn)
+    user = make_user(conn)
+    tpl = make_template(conn, org)
+    pooled = make_preset(conn, tpl.version_id, name="pooled", desired=1)
+    poolless = make_preset(conn, tpl.version_id, name="poolless", desired=None)
+    conn.commit()
+    inbox = EventInbox(db_url)
+    try:
+        assert inbox.payloads() == []
+
+        miss = make_prebuild(conn, pooled, owner=user)
+        conn.commit()
+        got = [(p["k"], p.get("t")) for p in inbox.payloads()]
+        assert got == [("missed", str(tpl.id))]
+
+        # The person's next builds, a pool-less preset's first build, a first build without a
+        # preset: silence.
+        add_build(conn, miss.workspace_id, transition="stop", initiator=user)
+        add_build(conn, miss.workspace_id, transition="start", initiator=user)
+        make_prebuild(conn, poolless, owner=user)
+        bare = uuid4()
+        conn.execute(
+            "INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id,"
+            " template_id, name, last_used_at) VALUES (%s, now(), now(), %s, %s, %s, %s, now())",
+            (bare, user, org, tpl.id, "bare"),
+        )
+        add_build(conn, bare, transition="start", initiator=user, version=tpl.version_id)
+        conn.commit()
+        assert inbox.payloads() == []
+
+        # The prebuilds user's own first build is a create, not a miss.
+        make_prebuild(conn, pooled, job_status="pending")
+        conn.commit()
+        assert [p["k"] for p in inbox.payloads()] == ["build_inserted"]
+    finally:
+        inbox.close()
