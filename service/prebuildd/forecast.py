@@ -19,9 +19,14 @@ The model, in four steps:
    hours of the week that [H, H + 1h + R) touches, times R. (Little's law: with demand at
    rate λ and each claimed prebuild replaced after R, λR prebuilds are missing on average.)
    Looking into the next hour is what makes a pool grow *before* the morning peak.
-4. **Safety margin.** Demand comes in bursts: the suggested pool is the smallest k with
-   P(N <= k) >= 95 % for N ~ Poisson(expected), i.e. with k ready a refill period passes
-   without a miss at least 95 times in 100.
+4. **Safety margin.** The suggested pool is the smallest k with P(N <= k) >= 95 %, N the
+   demand during one refill, so that with k ready a refill period passes without a miss at
+   least 95 times in 100. N is not taken as Poisson with the estimated rate: two samples of
+   an hour say little about its rate (3 people in 2 hours fit a rate of 0.5/h as well as
+   4/h). With k events seen in T hours, demand in the next r hours follows the Poisson-gamma
+   predictive, a negative binomial (shape k + 1/2, Jeffreys' prior; success probability
+   T / (T + r)), which is wider the less was seen and tends to Poisson(k r / T) as T grows.
+   The hour that step 3 picks is the one whose quantile is highest.
 
 Everything is constant within an hour (the history ends at the hour boundary, step 3 looks at
 whole hours), which is why the planner asks to look again at the next boundary.
@@ -48,7 +53,7 @@ __all__ = [
     "hourly_rates",
     "hours_covered",
     "next_hour",
-    "poisson_quantile",
+    "predictive_quantile",
 ]
 
 _HOUR = timedelta(hours=1)
@@ -64,8 +69,10 @@ class ForecastConfig:
 
     # How far back demand and build durations are read.
     history: timedelta = timedelta(days=14)
-    # Probability that a refill period passes without a miss (the Poisson quantile).
+    # Probability that a refill period passes without a miss (the predictive's quantile).
     service_level: float = 0.95
+    # Shape of the gamma prior on an hour's rate (Jeffreys' prior for a Poisson rate).
+    prior_shape: float = 0.5
     # Refill time assumed until one successful create was measured.
     default_refill: timedelta = timedelta(minutes=10)
 
@@ -76,6 +83,8 @@ class ForecastConfig:
             raise ValueError("history must cover at least an hour")
         if self.default_refill <= timedelta(0):
             raise ValueError("default_refill must be positive")
+        if self.prior_shape <= 0:
+            raise ValueError("prior_shape must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +93,9 @@ class Forecast:
 
     # Pool size that covers demand during one refill with the configured service level.
     suggested: int
-    # Expected demand (hits + misses) during one refill at the hour's busiest moment.
+    # Expected demand (hits + misses) during one refill at the peak hour's estimated rate.
     expected: float
-    # That peak rate (demand per hour) and the hour of the week it belongs to.
+    # That hour of the week (the one needing most prebuilds) and its estimated rate per hour.
     peak_rate: float
     peak_hour: int
     refill: timedelta
@@ -97,6 +106,8 @@ class Forecast:
     hours: int
     # The instant from which the forecast may differ (the next hour boundary).
     valid_until: datetime
+    # The share of refills `suggested` lets pass without a miss.
+    service_level: float = 0.95
 
     def explain(self) -> str:
         """One line for `reconcile --dry-run` and logs."""
@@ -107,7 +118,9 @@ class Forecast:
         return (
             f"forecast: {self.demand} claim(s)+miss(es) in {self.hours} h of history; peak "
             f"{self.peak_rate:.2f}/h ({hour_name(self.peak_hour)}); {refill}; expected "
-            f"{self.expected:.2f} during a refill -> {self.suggested} ready"
+            f"{self.expected:.2f} during a refill -> {self.suggested} ready "
+            f"({self.service_level:.0%} of refills without a miss, the rate's uncertainty "
+            f"included)"
         )
 
 
@@ -177,23 +190,37 @@ def hourly_rates(history: DemandHistory) -> tuple[float, ...]:
     return tuple(d / c if c else mean for d, c in zip(demand, covered, strict=True))
 
 
-def poisson_quantile(mean: float, level: float) -> int:
-    """The smallest k with P(N <= k) >= level for N ~ Poisson(mean)."""
-    if mean < 0 or not math.isfinite(mean):
-        raise ValueError(f"mean must be finite and >= 0, not {mean}")
+def predictive_quantile(
+    events: float, hours: float, window: float, level: float, prior_shape: float = 0.5
+) -> int:
+    """The smallest k with P(N <= k) >= level, N the events of the next `window` hours at a
+    rate of which `events` in `hours` is all that is known (step 4 of the model).
+
+    N is negative binomial with shape `events + prior_shape` and success probability
+    `hours / (hours + window)`. Nothing observed (`hours` 0) or nothing to cover (`window` 0)
+    gives 0.
+    """
+    for name, value in (("events", events), ("hours", hours), ("window", window)):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be finite and >= 0, not {value}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), not {level}")
-    if mean == 0:
+    if prior_shape <= 0:
+        raise ValueError(f"prior_shape must be positive, not {prior_shape}")
+    if hours == 0 or window == 0:
         return 0
-    # Summed in log space: exp(-mean) underflows for large means, each term does not.
-    log_mean = math.log(mean)
-    cdf, k = 0.0, 0
-    limit = int(mean + 50 * math.sqrt(mean) + 50)
-    while k <= limit:
-        cdf += math.exp(k * log_mean - mean - math.lgamma(k + 1))
+    shape = events + prior_shape
+    log_p, log_q = math.log(hours / (hours + window)), math.log(window / (hours + window))
+    base = shape * log_p - math.lgamma(shape)
+    # Summed in log space (p^shape underflows for large counts; each term does not), up to
+    # far beyond the mean: shape * q / p, variance shape * q / p^2.
+    mean = shape * window / hours
+    limit = int(mean + 60 * math.sqrt(mean * (hours + window) / hours) + 60)
+    cdf = 0.0
+    for k in range(limit + 1):
+        cdf += math.exp(base + math.lgamma(k + shape) - math.lgamma(k + 1) + k * log_q)
         if cdf >= level:
             return k
-        k += 1
     return limit  # rounding kept the sum a hair below level: the tail beyond is negligible
 
 
@@ -211,27 +238,44 @@ def forecast(
     else:
         refill, samples = config.default_refill, 0
     hour = hour_floor(now)
+    window = refill / _HOUR
+    evidence = _evidence(history)
     # Buckets touched by [hour, hour + 1h + refill): the current one and ceil(refill / 1h) more.
-    reach = 1 + math.ceil(refill / _HOUR)
+    reach = 1 + math.ceil(window)
     first = hour_of_week(hour)
     buckets = [(first + k) % HOURS_PER_WEEK for k in range(min(reach, HOURS_PER_WEEK))]
+    needed = {
+        b: predictive_quantile(*evidence[b], window, config.service_level, config.prior_shape)
+        for b in buckets
+    }
     peak_hour = buckets[0]
     for bucket in buckets[1:]:
-        if rates[bucket] > rates[peak_hour]:  # ties: the earliest hour names the peak
+        # The hour needing most; ties: the higher rate, then the earliest hour.
+        if (needed[bucket], rates[bucket]) > (needed[peak_hour], rates[peak_hour]):
             peak_hour = bucket
-    peak = rates[peak_hour]
-    expected = peak * (refill / _HOUR)
+    covered = hours_covered(history.since, history.until)
     return Forecast(
-        suggested=poisson_quantile(expected, config.service_level),
-        expected=expected,
-        peak_rate=peak,
+        suggested=needed[peak_hour],
+        expected=rates[peak_hour] * window,
+        peak_rate=rates[peak_hour],
         peak_hour=peak_hour,
         refill=refill,
         refill_samples=samples,
         demand=sum(history.hits) + sum(history.misses),
-        hours=sum(hours_covered(history.since, history.until)),
+        hours=sum(covered),
         valid_until=hour + _HOUR,
+        service_level=config.service_level,
     )
+
+
+def _evidence(history: DemandHistory) -> list[tuple[int, int]]:
+    """(demand seen, hours covered) behind each hour of the week's rate: its own, or, for an
+    hour the history never covered, that of every covered hour (step 1)."""
+    covered = hours_covered(history.since, history.until)
+    demand = [h + m for h, m in zip(history.hits, history.misses, strict=True)]
+    seen = sum(d for d, c in zip(demand, covered, strict=True) if c)
+    total = sum(covered)
+    return [(d, c) if c else (seen, total) for d, c in zip(demand, covered, strict=True)]
 
 
 def _check(counts: Sequence[int], what: str) -> None:

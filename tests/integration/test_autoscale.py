@@ -29,18 +29,20 @@ from factories import (
     make_version,
 )
 from prebuildd.cli import EXIT_OK, EXIT_USAGE, main
-from prebuildd.forecast import ForecastConfig, hour_floor, poisson_quantile
+from prebuildd.forecast import ForecastConfig, hour_floor, predictive_quantile
 
 Conn = psycopg.Connection[Any]
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 # Seeded demand: 12 misses in each of the three hours from the current one, in each of the
-# last two weeks (two samples of each hour: 12 per hour); creates take 30 minutes, so 6 are
-# expected during a refill, and 10 cover that at 95 %.
+# last two weeks (24 in the two samples of each hour: 12 per hour); creates take 30 minutes,
+# so 6 are expected during a refill, and 11 cover that at 95 % (the rate's uncertainty
+# included).
 MISSES_PER_HOUR_PER_WEEK = 12
 REFILL = timedelta(minutes=30)
-EXPECTED = MISSES_PER_HOUR_PER_WEEK * (REFILL / HOUR)
-SUGGESTED = poisson_quantile(EXPECTED, ForecastConfig().service_level)
+SUGGESTED = predictive_quantile(
+    2 * MISSES_PER_HOUR_PER_WEEK, 2, REFILL / HOUR, ForecastConfig().service_level
+)
 
 CREATES: LiteralString = """
 SELECT count(*) FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
@@ -118,8 +120,8 @@ def world(db_url: str) -> World:
 
 
 def test_the_seeded_demand_suggests_more_than_configured() -> None:
-    """Control: the numbers below mean something (the forecast wants 10, not 1)."""
-    assert SUGGESTED == 10
+    """Control: the numbers below mean something (the forecast wants 11, not 1)."""
+    assert SUGGESTED == 11
     assert ForecastConfig().service_level == 0.95
 
 
@@ -127,7 +129,7 @@ def test_auto_grows_the_pool_up_to_max_and_no_further(db_url: str, world: World)
     assert autoscale(db_url, "set", "--preset", str(world.busy), "--mode", "auto",
                      "--max", "5") == EXIT_OK  # fmt: skip
     assert run(db_url, "reconcile", "--once") == EXIT_OK
-    assert scalar(db_url, CREATES, world.busy) == 5  # max, not the forecast's 10
+    assert scalar(db_url, CREATES, world.busy) == 5  # max, not the forecast's 11
     assert run(db_url, "reconcile", "--once") == EXIT_OK
     assert scalar(db_url, CREATES, world.busy) == 5  # and it stays there
     # A higher max lets it reach the forecast.

@@ -22,7 +22,7 @@ from prebuildd.forecast import (
     hourly_rates,
     hours_covered,
     next_hour,
-    poisson_quantile,
+    predictive_quantile,
 )
 from prebuildd.model import (
     HOURS_PER_WEEK,
@@ -160,45 +160,81 @@ def test_bad_histories_are_refused() -> None:
         hourly_rates(history(misses=counts(h1=-1)))
 
 
-# ---- the Poisson margin ---------------------------------------------------------------------
+# ---- the margin: the predictive quantile ----------------------------------------------------
 
 
-def test_poisson_quantile_known_values() -> None:
-    # Poisson(1): P(N<=0)=.368, <=1 .736, <=2 .920, <=3 .981.
-    assert poisson_quantile(1.0, 0.95) == 3
-    assert poisson_quantile(1.0, 0.90) == 2
-    assert poisson_quantile(0.0, 0.95) == 0
-    # Poisson(0.05): P(N<=0) = .951.
-    assert poisson_quantile(0.05, 0.95) == 0
-    assert poisson_quantile(0.06, 0.95) == 1
-    # Large means do not underflow: close to mean + 1.645 sd.
-    assert abs(poisson_quantile(1000.0, 0.95) - (1000 + 1.645 * math.sqrt(1000))) < 3
+def _predictive_cdf(events: float, hours: float, window: float, n: int) -> float:
+    """P(N <= n), N negative binomial (shape events + 1/2, p = hours / (hours + window)),
+    summed by the textbook recurrence (fine for the moderate counts used here)."""
+    shape, p = events + 0.5, hours / (hours + window)
+    term = p**shape
+    total = term
+    for k in range(n):
+        term *= (k + shape) / (k + 1) * (1 - p)
+        total += term
+    return total
 
 
-@given(st.floats(min_value=0.0, max_value=500.0), st.floats(min_value=0.01, max_value=0.99))
-def test_poisson_quantile_is_the_smallest_k_reaching_the_level(mean: float, level: float) -> None:
-    k = poisson_quantile(mean, level)
+def test_predictive_quantile_known_values() -> None:
+    # Nothing observed, or nothing to cover: nothing needed.
+    assert predictive_quantile(0, 0, 1.0, 0.95) == 0
+    assert predictive_quantile(5, 2, 0.0, 0.95) == 0
+    # No demand in two hours: a 10-minute refill needs none, a 20-minute one needs one (two
+    # empty hours do not rule out a rate of 1/h).
+    assert predictive_quantile(0, 2, 1 / 6, 0.95) == 0
+    assert predictive_quantile(0, 2, 1 / 3, 0.95) == 1
+    # Much evidence: the Poisson quantile of the rate (Poisson(1): P(N<=2)=.920, <=3 .981).
+    assert predictive_quantile(10**6, 10**6, 1.0, 0.95) == 3
+    # Little evidence of the same rate: a wider margin.
+    assert predictive_quantile(2, 2, 1.0, 0.95) > 3
+    # Large counts do not underflow: close to mean + 1.645 sd.
+    big = predictive_quantile(10**5, 100, 1.0, 0.95)
+    assert abs(big - (1000 + 1.645 * math.sqrt(1000 * 1.01))) < 3
 
-    def cdf(n: int) -> float:
-        if mean == 0:
-            return 1.0
-        return sum(math.exp(i * math.log(mean) - mean - math.lgamma(i + 1)) for i in range(n + 1))
 
-    assert cdf(k) >= level - 1e-9
-    assert k == 0 or cdf(k - 1) < level + 1e-9
+@given(
+    st.integers(min_value=0, max_value=200),
+    st.integers(min_value=1, max_value=400),
+    st.floats(min_value=0.01, max_value=5.0),
+    st.floats(min_value=0.05, max_value=0.99),
+)
+def test_predictive_quantile_is_the_smallest_k_reaching_the_level(
+    events: int, hours: int, window: float, level: float
+) -> None:
+    k = predictive_quantile(events, hours, window, level)
+    assert _predictive_cdf(events, hours, window, k) >= level - 1e-9
+    assert k == 0 or _predictive_cdf(events, hours, window, k - 1) < level + 1e-9
 
 
-def test_poisson_quantile_refuses_nonsense() -> None:
-    for mean, level in ((-1.0, 0.5), (math.inf, 0.5), (1.0, 0.0), (1.0, 1.0)):
+@given(
+    st.integers(min_value=0, max_value=30),
+    st.integers(min_value=1, max_value=24),
+    st.floats(min_value=0.05, max_value=2.0),
+)
+def test_more_evidence_of_the_same_rate_never_needs_more(
+    events: int, hours: int, window: float
+) -> None:
+    needed = [predictive_quantile(events * c, hours * c, window, 0.95) for c in (1, 2, 4, 16)]
+    assert needed == sorted(needed, reverse=True)
+
+
+def test_predictive_quantile_refuses_nonsense() -> None:
+    for events, hours, window, level in (
+        (-1.0, 1.0, 1.0, 0.5), (1.0, math.inf, 1.0, 0.5), (1.0, 1.0, -1.0, 0.5),
+        (1.0, 1.0, 1.0, 0.0), (1.0, 1.0, 1.0, 1.0),
+    ):  # fmt: skip
         with pytest.raises(ValueError):
-            poisson_quantile(mean, level)
+            predictive_quantile(events, hours, window, level)
+    with pytest.raises(ValueError):
+        predictive_quantile(1, 1, 1, 0.5, prior_shape=0)
 
 
 # ---- the forecast -------------------------------------------------------------------------
 
 
 def test_expected_demand_during_a_refill_at_the_hours_peak() -> None:
-    # 12 per Monday 08:00 over two weeks = 6/h; refill 10 min -> 1.0 expected -> 3 at 95 %.
+    # 12 per Monday 08:00 over two weeks = 6/h; refill 10 min -> 1.0 expected -> 3 at 95 %
+    # (the same as Poisson(1) here: 12 events are good evidence of the rate).
     f = forecast(history(hits=counts(h8=12)), MONDAY_0820)
     assert f.peak_rate == 6.0 and f.peak_hour == 8
     assert f.expected == pytest.approx(1.0)
@@ -206,6 +242,7 @@ def test_expected_demand_during_a_refill_at_the_hours_peak() -> None:
     assert f.refill == timedelta(minutes=10) and f.refill_samples == 10
     assert f.valid_until == datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
     assert "peak 6.00/h (Mon 08:00 UTC)" in f.explain()
+    assert "95% of refills without a miss" in f.explain()
 
 
 def test_the_forecast_looks_into_the_hours_a_refill_reaches() -> None:
@@ -244,6 +281,8 @@ def test_forecast_config_is_checked() -> None:
         ForecastConfig(service_level=1.0)
     with pytest.raises(ValueError):
         ForecastConfig(default_refill=timedelta(0))
+    with pytest.raises(ValueError):
+        ForecastConfig(prior_shape=0.0)
 
 
 # ---- the sizing rule ----------------------------------------------------------------------
