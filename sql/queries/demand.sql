@@ -178,7 +178,8 @@ ORDER BY n.template_id, n.preset_name;
 -- per-preset series show), for the metrics beside Coder's created/failed/claimed totals:
 --   misses_total         every miss of the preset;
 --   claims_measured      claims whose time saved is measurable: the prebuild's create and the
---                        claim build both succeeded;
+--                        claim build both succeeded (and nobody else built the prebuild
+--                        before it was claimed);
 --   saved_seconds_total  over those claims, the time a person did not wait: the prebuild's
 --                        create (queued to done: what a miss waits for) minus the claim build
 --                        (queued to done: what the person waited for), never below 0.
@@ -217,20 +218,25 @@ claims AS (
             0
         ))::float8 AS saved_seconds_total
     FROM firsts AS fi
-    JOIN workspaces AS w ON w.id = fi.workspace_id
+    -- The first build of someone else after the prebuild's own: the claim build when its
+    -- initiator owns the workspace now. (Read in build order from the workspace's unique
+    -- index and stopped at the first: most prebuilds have no such build, claimed ones have
+    -- it next. A claim preceded by an admin's build of the unclaimed prebuild is not
+    -- measured: rare, and its time saved is muddled anyway.)
     CROSS JOIN LATERAL (
-        SELECT c.created_at, c.job_id, c.template_version_preset_id
+        SELECT c.created_at, c.job_id, c.template_version_preset_id, c.initiator_id
         FROM workspace_builds AS c
         WHERE c.workspace_id = fi.workspace_id
           AND c.build_number > 1
-          AND c.initiator_id = w.owner_id
+          AND c.initiator_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
         ORDER BY c.build_number
         LIMIT 1
     ) AS cb
+    JOIN workspaces AS w ON w.id = fi.workspace_id
     JOIN provisioner_jobs AS fj ON fj.id = fi.job_id
     JOIN provisioner_jobs AS cj ON cj.id = cb.job_id
     WHERE fi.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-      AND w.owner_id <> 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND w.owner_id = cb.initiator_id
       AND cb.template_version_preset_id = fi.preset_id
       AND fj.job_status = 'succeeded'
       AND cj.job_status = 'succeeded'

@@ -13,9 +13,11 @@
 --
 -- The metrics' lifetime totals (demand_totals, every 15 s on every replica) read every first
 -- build of every active preset: prebuilds' creates and people's misses. Through the index
--- above that meant visiting every later build of people's workspaces too (7x the CPU of
--- Coder's own totals on the `spec` fleet, bench/demand.py --part reads); a partial index of
--- first builds only holds one entry per workspace, added when Coder creates a workspace.
+-- above that meant visiting every later build of people's workspaces too: 7.4x the CPU of
+-- Coder's own totals (prebuild_metrics) on the `spec` fleet where people's builds name their
+-- preset, 3.8x with this one (bench/demand.py --part reads, docs/benchmarks.md). A partial
+-- index of first builds holds one entry per workspace, added when a workspace is created;
+-- prebuild_metrics and the cancel of pending creates use it too.
 
 CREATE INDEX CONCURRENTLY IF NOT EXISTS prebuildd_workspace_builds_preset_created
     ON workspace_builds (template_version_preset_id, created_at)
