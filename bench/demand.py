@@ -5,9 +5,12 @@ weekday rate curve (a Poisson process, the same arrivals for every pool); each o
 ready prebuild of the preset (a *hit*, through the real claim query) or, when none is ready,
 gets a workspace built from scratch (a *miss*, the rows Coder writes). After every event --
 an arrival, a job the simulated provisioner finished, a timer the planner asked for -- the real
-`Reconciler` reconciles the template, through the real store, planner and forecast, with its
-clock injected (`Reconciler(clock=...)`, the documented test and bench hook): every row it
-writes carries simulated time, so the forecast reads a simulated history. The provisioner
+`Reconciler` reconciles the template, through the real store, planner and forecast. prebuildd
+runs on the database's clock (`now()`, read with every snapshot), so the bench makes the
+database's clock the simulation's for its own session: `now()` and `clock_timestamp()` resolve
+to functions of a schema listed before pg_catalog in that session's search_path, which return
+the simulated instant (bench/sql/demand.sql, demand_sim_clock). Every row the reconciler writes
+carries simulated time, so the forecast reads a simulated history. The provisioner
 finishes a create (and a miss's fresh build) BUILD after it was queued, a claim's build or a
 delete SHORT after; its capacity is unbounded.
 
@@ -172,12 +175,9 @@ class Simulation:
         self.end = end
         self.now = START
         self.result = Result(pool)
-        self.reconciler = Reconciler(PlanConfig(), clock=self._clock)
+        self.reconciler = Reconciler(PlanConfig())
         self.timer: datetime | None = None
         self.names = 0
-
-    def _clock(self) -> datetime:
-        return self.now
 
     async def run(self, conn: psycopg.AsyncConnection[Any], preset: UUID, template: UUID) -> None:
         started = time.monotonic()
@@ -229,7 +229,10 @@ class Simulation:
                 self.result.hits += 1
 
     async def _reconcile(self, conn: psycopg.AsyncConnection[Any], template: UUID) -> None:
+        await conn.execute(bench_query("demand_sim_now"), {"now": self.now})
         outcome = await self.reconciler.reconcile(conn, [template], Cause(Trigger.EVENT))
+        if outcome.now != self.now:
+            raise RuntimeError(f"the reconcile planned at {outcome.now}, not at {self.now}")
         self.result.reconciles += 1
         timer = outcome.next_attention.get(template)
         # A plan that wants another look at once (creates left over by the per-cycle cap)
@@ -275,6 +278,7 @@ def _user(n: int) -> UUID:
 def prepare(url: str, pool: Pool) -> None:
     """A migrated database `url` gets the template, its preset and people (and the policy)."""
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(bench_query("demand_sim_clock"))
         conn.execute(bench_query("demand_seed"),
                      {"at": START - DAY, "users": USERS, "desired": pool.desired})  # fmt: skip
         if pool.policy is not None:
@@ -289,6 +293,7 @@ async def run_pool(
     """Simulate `pool` on the prepared database `url`."""
     sim = Simulation(url, pool, people, measure_from, end)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(bench_query("demand_sim_session"))
         await sim.run(conn, _seeded_id("preset"), _seeded_id("template"))
     return sim.result
 

@@ -262,3 +262,31 @@ ON CONFLICT (template_id, preset_name) DO UPDATE SET mode = EXCLUDED.mode;
 
 -- name: demand_reads_analyze
 ANALYZE workspace_builds;
+
+-- ---------------------------------------------------------------------------------------------
+-- The simulated clock
+-- ---------------------------------------------------------------------------------------------
+
+-- name: demand_sim_clock
+-- prebuildd plans at the database's now(), read in the snapshot's pipeline
+-- (service/prebuildd/clock.py), so the simulation's clock must be the database's -- for the
+-- bench's own session only. These functions return the simulated instant set in `bench.now`;
+-- a session whose search_path lists schema bench_sim before pg_catalog (demand_sim_session)
+-- resolves now() and clock_timestamp() to them, since pg_catalog is searched where the path
+-- lists it. Every other session, and prebuildd's own functions (their search_path is pinned),
+-- keep the server's clock.
+CREATE SCHEMA IF NOT EXISTS bench_sim;
+CREATE OR REPLACE FUNCTION bench_sim.now() RETURNS timestamptz
+    LANGUAGE sql STABLE
+    AS $fn$ SELECT pg_catalog.current_setting('bench.now')::timestamptz $fn$;
+CREATE OR REPLACE FUNCTION bench_sim.clock_timestamp() RETURNS timestamptz
+    LANGUAGE sql VOLATILE
+    AS $fn$ SELECT pg_catalog.current_setting('bench.now')::timestamptz $fn$;
+
+-- name: demand_sim_session
+SELECT pg_catalog.set_config(
+    'search_path', 'bench_sim, pg_catalog, ' || pg_catalog.current_setting('search_path'), false
+);
+
+-- name: demand_sim_now
+SELECT pg_catalog.set_config('bench.now', %(now)s::timestamptz::text, false);

@@ -274,14 +274,14 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
     ON template_version_preset_prebuild_schedules TO prebuildd;
 
 -- The pause switch, and nothing else of site_configs (whose other keys Coder keeps secret):
--- prebuilds_settings (read by every reconcile and the metrics loop) selects from a view of
--- that one row (sql/schema/0002_pause_switch.sql).
+-- prebuilds_settings (read by every reconcile and the metrics loop) calls a security-definer
+-- function that returns that one row's value (sql/functions/pause_switch.sql).
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
-GRANT SELECT ON prebuildd.prebuilds_settings TO prebuildd;
+GRANT EXECUTE ON FUNCTION prebuildd.prebuilds_settings() TO prebuildd;
 
 -- snapshot_policies (every reconcile), demand_events and demand_refill (the forecast's
 -- inputs), autoscale_list: the autoscale policies, prebuildd's own table
--- (sql/schema/0004_autoscale_policies.sql). Written only through set_autoscale_policy below.
+-- (sql/schema/0005_autoscale_policies.sql). Written only through set_autoscale_policy below.
 GRANT SELECT ON prebuildd.autoscale_policies TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
     prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
     prebuildd.set_preset_status(uuid, text),
-    prebuildd.notify_hard_limited(uuid),
+    prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean),
     prebuildd.set_autoscale_policy(uuid, text, integer, integer)

@@ -1,6 +1,9 @@
 """The CLI's tables: `status` and `reconcile --once [--dry-run]` print sweep outcomes here.
 
-Printing only: the sweep itself (and every write) is prebuildd.sweep's.
+Printing only: the sweep itself (and every write) is prebuildd.sweep's. `status` and dry runs
+take no lock (prebuildd.reconciler): the BUSY column says which templates a reconcile (a
+replica, another CLI run) holds at this moment, whose numbers may be changing as they are
+read, and a line below the table says when Coder's own reconciliation loop is in a cycle.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ from uuid import UUID
 from prebuildd.demand import PresetDemand
 from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
 from prebuildd.reconciler import Outcome
+
+BUSY = "busy"
+CODER_LOOP_RUNNING = (
+    "Coder's own reconciliation loop is running a cycle (it holds advisory lock 7); "
+    "it may be changing these pools right now"
+)
 
 
 def _plans(outcomes: list[Outcome]) -> list[Plan]:
@@ -42,11 +51,16 @@ _STATUS_COLUMNS = (
 # With demand (`prebuildd status`): hits and misses of the last 24 hours, and the share of
 # that demand a prebuild served.
 _DEMAND_COLUMNS = ("CLAIMS_24H", "MISSES_24H", "HIT_RATE")
-# Last: its cells may contain spaces.
-_LAST_COLUMN = "STATUS"
+_LAST_COLUMNS = ("STATUS", "BUSY")
 
 
-def _status_row(plan: Plan, demand: Mapping[UUID, PresetDemand] | None) -> tuple[str, ...]:
+def _reconciling(outcomes: list[Outcome]) -> frozenset[UUID]:
+    return frozenset(t for o in outcomes for t in o.reconciling)
+
+
+def _status_row(
+    plan: Plan, reconciling: frozenset[UUID], demand: Mapping[UUID, PresetDemand] | None
+) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
     if s.backoff_until is not None:
@@ -67,7 +81,7 @@ def _status_row(plan: Plan, demand: Mapping[UUID, PresetDemand] | None) -> tuple
         seen = demand.get(p.id) or PresetDemand(p.id)
         rate = seen.hit_rate
         cells += [str(seen.hits), str(seen.misses), "-" if rate is None else f"{rate:.0%}"]
-    return (*cells, status)
+    return (*cells, status, BUSY if p.template_id in reconciling else "-")
 
 
 def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
@@ -91,20 +105,28 @@ def print_status(
     if not plans:
         out.write("no presets with prebuilds configured\n")
         return
-    header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), _LAST_COLUMN)
-    _table([header, *(_status_row(p, demand) for p in plans)], out)
+    reconciling = _reconciling(outcomes)
+    header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), *_LAST_COLUMNS)
+    _table([header, *(_status_row(p, reconciling, demand) for p in plans)], out)
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
+    if reconciling:
+        out.write(f"\n{BUSY}: a reconcile holds these templates right now (numbers may move)\n")
+    if any(o.coder_reconciling for o in outcomes):
+        out.write(f"\n{CODER_LOOP_RUNNING}\n")
 
 
 def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
     print_status(outcomes, out)
     verb = "would" if dry_run else "did"
+    reconciling = _reconciling(outcomes)
     for plan in _plans(outcomes):
         if not plan.actions and not plan.errors and not plan.reasons:
             continue
         p = plan.preset
         out.write(f"\n{p.template_name} / {p.template_version_name} / {p.name} ({p.id})\n")
+        if p.template_id in reconciling:
+            out.write(f"  {BUSY}: being reconciled right now; this plan may be overtaken\n")
         for action in plan.actions:
             out.write(f"  {verb}: {_describe(action)}\n")
         for reason in plan.reasons:

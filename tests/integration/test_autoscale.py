@@ -230,7 +230,7 @@ def test_status_shows_the_last_24_hours_of_claims_and_misses(
     assert run(db_url, "status") == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
-    assert header[-4:] == ["CLAIMS_24H", "MISSES_24H", "HIT_RATE", "STATUS"]
+    assert header[-5:] == ["CLAIMS_24H", "MISSES_24H", "HIT_RATE", "STATUS", "BUSY"]
     rows = [dict(zip(header, line.split(), strict=False)) for line in lines[1:] if line]
     small = next(r for r in rows if r["PRESET"] == "small" and r["ACTIVE"] == "yes")
     assert (small["CLAIMS_24H"], small["MISSES_24H"], small["HIT_RATE"]) == ("1", "3", "25%")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 from uuid import UUID, uuid4
 
 import psycopg
@@ -51,10 +51,36 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# prebuildd reads the database's now() with every snapshot. These tests pin it, for their own
+# session only: now() and clock_timestamp() resolve to these functions when the session's
+# search_path lists their schema before pg_catalog (bench/demand.py simulates time the same
+# way).
+PINNED_CLOCK: LiteralString = """
+CREATE SCHEMA IF NOT EXISTS pinned_clock;
+CREATE OR REPLACE FUNCTION pinned_clock.now() RETURNS timestamptz
+    LANGUAGE sql STABLE
+    AS $fn$ SELECT pg_catalog.current_setting('pinned.now')::timestamptz $fn$;
+CREATE OR REPLACE FUNCTION pinned_clock.clock_timestamp() RETURNS timestamptz
+    LANGUAGE sql VOLATILE
+    AS $fn$ SELECT pg_catalog.current_setting('pinned.now')::timestamptz $fn$;
+"""
+
+
 @pytest.fixture
 async def aconn(db_url: str) -> AsyncIterator[AConn]:
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as connection:
+        await connection.execute(PINNED_CLOCK)
+        await connection.execute(
+            "SELECT pg_catalog.set_config('search_path',"
+            " 'pinned_clock, pg_catalog, ' || pg_catalog.current_setting('search_path'), false)"
+        )
+        await pin(connection, NOW)
         yield connection
+
+
+async def pin(conn: AConn, at: datetime) -> None:
+    """The database's clock, as this session sees it, shows `at`."""
+    await conn.execute("SELECT pg_catalog.set_config('pinned.now', %s::text, false)", (at,))
 
 
 def claim_at(conn: Conn, prebuild: BuildRef, user: UUID, at: datetime, preset: UUID) -> BuildRef:
@@ -219,7 +245,8 @@ async def test_forecast_history_by_template_preset_name_and_hour(
     aconn: AConn, conn: Conn, history: History
 ) -> None:
     _set_policy(conn, history.small, "forecast", 0, 5)
-    snapshot = await store.read_snapshot(aconn, [history.template], now=NOW, config=PlanConfig())
+    snapshot = await store.read_snapshot(aconn, [history.template], config=PlanConfig())
+    assert snapshot.now == NOW  # the pinned clock
     by_id = {ps.preset.id: ps for ps in snapshot.presets}
     small = by_id[history.small]
     assert small.policy is not None and small.policy.mode is AutoscaleMode.FORECAST
@@ -265,8 +292,9 @@ async def test_the_history_is_read_once_per_template_and_hour(
     cache = HistoryCache()
 
     async def misses(now: datetime, cache: HistoryCache) -> int:
+        await pin(aconn, now)
         snap = await store.read_snapshot(
-            aconn, [history.template], now=now, config=PlanConfig(), histories=cache
+            aconn, [history.template], config=PlanConfig(), histories=cache
         )
         demand = next(ps.demand for ps in snap.presets if ps.preset.id == history.small)
         assert demand is not None
@@ -283,7 +311,7 @@ async def test_the_history_is_read_once_per_template_and_hour(
     # A policy for another name of the template is read at once, within the hour.
     _set_policy(conn, history.large, "forecast", 0, 5)
     snap = await store.read_snapshot(
-        aconn, [history.template], now=NOW + HOUR, config=PlanConfig(), histories=cache
+        aconn, [history.template], config=PlanConfig(), histories=cache
     )
     large = next(ps for ps in snap.presets if ps.preset.id == history.large)
     assert large.demand is not None and sum(large.demand.hits) == 1
@@ -292,7 +320,7 @@ async def test_the_history_is_read_once_per_template_and_hour(
 
 async def test_mode_off_reads_no_demand(aconn: AConn, conn: Conn, history: History) -> None:
     _set_policy(conn, history.small, "off", 0, 0)
-    snapshot = await store.read_snapshot(aconn, [history.template], now=NOW, config=PlanConfig())
+    snapshot = await store.read_snapshot(aconn, [history.template], config=PlanConfig())
     assert all(ps.policy is None and ps.demand is None for ps in snapshot.presets)
 
 
