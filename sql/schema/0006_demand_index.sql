@@ -15,7 +15,7 @@
 -- build of every active preset: prebuilds' creates and people's misses. Through the index
 -- above that meant visiting every later build of people's workspaces too: 7.4x the CPU of
 -- Coder's own totals (prebuild_metrics) on the `spec` fleet where people's builds name their
--- preset, 3.8x with this one (bench/demand.py --part reads, docs/benchmarks.md). A partial
+-- preset, about 4x with this one (bench/demand.py --part reads, docs/benchmarks.md). A partial
 -- index of first builds holds one entry per workspace, added when a workspace is created;
 -- prebuild_metrics and the cancel of pending creates use it too.
 

@@ -393,6 +393,8 @@ def snapshot(
         template_deleted=False,
         template_deprecated=False,
         desired_instances=desired,
+        # Coder ignores schedules of a preset without a scheduling timezone; so do we.
+        scheduling_timezone="UTC",
     )
     born = MONDAY_0820 - timedelta(hours=1)
     pool = tuple(
