@@ -67,7 +67,7 @@ from uuid import UUID
 
 import psycopg
 
-from bench._common import CpuMeter, Stats, print_header, table, verdict
+from bench._common import CpuMeter, ServiceErrors, Stats, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, ensure_fleet, preset_id, template_id
@@ -316,7 +316,7 @@ async def simulate(
         server.drop(dbname)
 
 
-def report(results: Sequence[Result], weeks: int) -> bool:
+def report(results: Sequence[Result], weeks: int, errors: ServiceErrors) -> bool:
     rows = [("pool", "people", "hits", "misses", "hit rate", "idle prebuild-h", "people's wait h",
              "created", "suggested (min-max)", "db hits/misses")]  # fmt: skip
     for r in results:
@@ -346,7 +346,8 @@ def report(results: Sequence[Result], weeks: int) -> bool:
     print(f"* auto idle prebuild-hours {auto.idle_hours:.1f} <= {IDLE_SHARE:.0%} of "
           f"off/{peak.pool.desired}'s {peak.idle_hours:.1f} (ratio {idle_ratio:.2f}; hit rate "
           f"{auto.hit_rate:.1%} vs {peak.hit_rate:.1%}): {verdict(saves)}")  # fmt: skip
-    ok = ran and serves and saves
+    print(f"* {errors.summary('the reconciler')}")
+    ok = errors.verdict(ran and serves and saves)
     print(f"* overall ({weeks} simulated weeks, the last one measured): {verdict(ok)}")
     return ok
 
@@ -379,7 +380,8 @@ async def reads(args: argparse.Namespace) -> int:
     spec = SCALES["spec"]
     busy = template_id(1)
     busy_preset = preset_id(1, spec.versions, 1)
-    with bench_server() as server:
+    errors = ServiceErrors()
+    with bench_server() as server, errors.watching():
         print_server(server)
         fleet = ensure_fleet(server, "spec", spec, reuse=args.reuse)
         url = server.clone(fleet, "bench_demand_reads")
@@ -400,12 +402,14 @@ async def reads(args: argparse.Namespace) -> int:
             in_window = int(row[0]) if row else 0
             print(f"fleet {spec.describe()}; busy template: {in_window:,} builds naming its "
                   f"presets in the last 14 days")  # fmt: skip
-            return await _measure_reads(url, busy, busy_preset, in_window)
+            return await _measure_reads(url, busy, busy_preset, in_window, errors)
         finally:
             server.drop("bench_demand_reads")
 
 
-async def _measure_reads(url: str, busy: UUID, busy_preset: UUID, in_window: int) -> int:
+async def _measure_reads(
+    url: str, busy: UUID, busy_preset: UUID, in_window: int, errors: ServiceErrors
+) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         meter = CpuMeter(conn.info.backend_pid)
         found: dict[str, Timings] = {
@@ -467,8 +471,9 @@ async def _measure_reads(url: str, busy: UUID, busy_preset: UUID, in_window: int
     metrics_ratio = Stats.of(found["demand_totals"].cpu).median / max(
         Stats.of(found["prebuild_metrics"].cpu).median, 1e-9
     )
-    ok = warm_wall <= TARGET_MS and ratio <= TARGET_RATIO and in_window > 0
+    ok = errors.verdict(warm_wall <= TARGET_MS and ratio <= TARGET_RATIO and in_window > 0)
     print()
+    print(f"* {errors.summary('the reconciler')}")
     print(f"* demand_totals / prebuild_metrics CPU: {metrics_ratio:.2f} (reported)")
     print(f"* cached reconcile {warm_wall:.2f} ms <= {TARGET_MS:.0f} ms and CPU ratio to no "
           f"policy {ratio:.2f} <= {TARGET_RATIO}: {verdict(ok)}")  # fmt: skip
@@ -495,13 +500,14 @@ async def main_async(args: argparse.Namespace) -> int:
         Pool(f"off, desired {PEAK}", PEAK),
         Pool(f"auto (desired 1, max {MAX})", 1, ("auto", 0, MAX)),
     )
-    with bench_server() as server:
+    errors = ServiceErrors()
+    with bench_server() as server, errors.watching():
         print_server(server)
         results = [
             await simulate(server, pool, people, measure_from, end, print) for pool in pools
         ]
     print()
-    return 0 if report(results, weeks) else 1
+    return 0 if report(results, weeks, errors) else 1
 
 
 def main() -> None:
