@@ -170,6 +170,7 @@ class MetricsCollector:
                     hard_limited=state.hard_limited,
                     validation_failed=plan.preset.prebuild_status
                     is PrebuildStatus.VALIDATION_FAILED,
+                    creates_held=state.held,
                 )
             )
         return rows

@@ -27,9 +27,9 @@ import psycopg
 from opentelemetry import trace
 from psycopg import AsyncConnection
 
-from prebuildd import store
+from prebuildd import store, throttle
 from prebuildd.gc_pause import deferred_collection
-from prebuildd.model import ActionKind, Plan, PlanConfig
+from prebuildd.model import ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
 from prebuildd.trigger import Trigger
 
@@ -70,6 +70,9 @@ class Outcome:
     results: list[store.ActionResult] = field(default_factory=list)
     failed_presets: list[tuple[UUID, str]] = field(default_factory=list)
     next_attention: dict[UUID, datetime] = field(default_factory=dict)
+    # Templates of other presets that the cap on pending prebuild jobs dealt creates to
+    # (prebuildd.throttle): their turn came, wake them.
+    wake: tuple[UUID, ...] = ()
     duration: float = 0.0
     lag: float | None = None
 
@@ -132,12 +135,49 @@ class Reconciler:
                 for ps in snapshot.presets
                 if self._dry_run or not can_skip(ps)
             ]
+        verdict = None
+        if self._config.max_pending_prebuild_jobs > 0 and (self._dry_run or not snapshot.paused):
+            verdict = await self._share_room(conn, locked, outcome, now)
         _collect_next_attention(outcome)
         if snapshot.paused or self._dry_run:
             return
         for plan in outcome.plans:
             if plan.actions:
                 await self._execute_plan(conn, plan, now, outcome)
+        if verdict is not None:
+            if verdict.changed:
+                with _tracer.start_as_current_span("prebuildd.throttle_record"):
+                    await store.record_throttle_waits(conn, locked, verdict.waits)
+            outcome.wake = verdict.wake
+
+    async def _share_room(
+        self,
+        conn: AsyncConnection[object],
+        templates: Sequence[UUID],
+        outcome: Outcome,
+        now: datetime,
+    ) -> throttle.Verdict:
+        """Cut the plans' creates to the room under the cap; lock the tag sets (not dry).
+
+        The locks are taken here, before any preset's actions, in one ascending order
+        (sql/functions/throttle.sql), and held to the commit.
+        """
+        versions = [
+            a.template_version_id
+            for plan in outcome.plans
+            for a in plan.actions
+            if isinstance(a, Create)
+        ]
+        with _tracer.start_as_current_span("prebuildd.throttle") as span:
+            lines = await store.read_throttle_lines(
+                conn, versions, templates, take_locks=not self._dry_run
+            )
+            cap = self._config.max_pending_prebuild_jobs
+            verdict = throttle.share(outcome.plans, lines, templates, cap, now)
+            span.set_attribute("prebuildd.tag_sets", len(lines.pending))
+            span.set_attribute("prebuildd.creates_held", sum(w.held for w in verdict.waits))
+        outcome.plans = list(verdict.plans)
+        return verdict
 
     async def _execute_plan(
         self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome
