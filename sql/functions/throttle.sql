@@ -42,34 +42,35 @@ $pin$;
 -- prebuildd.queue_builds writes into provisioner_jobs.tags (empty values dropped, `scope`
 -- defaulted to "organization", `owner` = the prebuilds user for user scope, "" otherwise).
 -- tests/integration/test_throttle.py checks that the two agree on every shape of tags.
+-- PL/pgSQL, like the helpers below: it keeps its statements' plans for the session, where a
+-- SQL function that cannot be inlined is planned again at every call.
 CREATE OR REPLACE FUNCTION prebuildd.prebuild_job_tags(import_tags jsonb)
 RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 IMMUTABLE
 PARALLEL SAFE
 AS $fn$
-    SELECT kept.tags || pg_catalog.jsonb_build_object(
-        'scope', scope.value,
-        'owner', CASE scope.value
-                     WHEN 'user' THEN 'c42fdf75-3097-471c-8c33-fb52454d81c0'
-                     ELSE ''
-                 END
-    )
-    FROM (
-        SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{}'::jsonb) AS tags
-        FROM pg_catalog.jsonb_each_text(COALESCE(import_tags, '{}'::jsonb)) AS e
-        WHERE e.value <> ''
-    ) AS kept
-    CROSS JOIN LATERAL (
-        SELECT CASE
-                   WHEN kept.tags ->> 'scope' IN ('user', 'organization') THEN kept.tags ->> 'scope'
-                   ELSE 'organization'
-               END AS value
-    ) AS scope
+DECLARE
+    kept jsonb;
+    scope text;
+BEGIN
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{}'::jsonb)
+    INTO kept
+    FROM pg_catalog.jsonb_each_text(COALESCE(import_tags, '{}'::jsonb)) AS e
+    WHERE e.value <> '';
+    scope := CASE
+                 WHEN kept ->> 'scope' IN ('user', 'organization') THEN kept ->> 'scope'
+                 ELSE 'organization'
+             END;
+    RETURN kept || pg_catalog.jsonb_build_object(
+        'scope', scope,
+        'owner', CASE scope WHEN 'user' THEN 'c42fdf75-3097-471c-8c33-fb52454d81c0' ELSE '' END
+    );
+END
 $fn$;
 
 -- key2 of a tag set's advisory lock. jsonb's text form is canonical (keys sorted), so equal
--- tag sets give equal keys; two tag sets that hash alike merely share a lock.
+-- tag sets give equal keys; two tag sets that hash alike merely share a lock. Inlined.
 CREATE OR REPLACE FUNCTION prebuildd.throttle_lock_key(organization_id uuid, tags jsonb)
 RETURNS integer
 LANGUAGE sql
@@ -83,39 +84,65 @@ $fn$;
 -- import job has none (its creates fail as invalid input anyway).
 CREATE OR REPLACE FUNCTION prebuildd.throttle_keys(version_ids uuid[])
 RETURNS TABLE (template_version_id uuid, organization_id uuid, tags jsonb)
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SET search_path FROM CURRENT
 SET plan_cache_mode = force_generic_plan
 AS $fn$
-    SELECT v.id, t.organization_id, prebuildd.prebuild_job_tags(ij.tags)
-    FROM (SELECT DISTINCT u.id FROM unnest(version_ids) AS u (id)) AS want
-    JOIN template_versions AS v ON v.id = want.id
-    JOIN templates AS t ON t.id = v.template_id
-    JOIN provisioner_jobs AS ij ON ij.id = v.job_id
+#variable_conflict use_column
+BEGIN
+    IF COALESCE(cardinality(throttle_keys.version_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    -- Primary-key probes per version (OFFSET 0 keeps the lookup a lookup).
+    RETURN QUERY
+    SELECT want.id, src.organization_id, prebuildd.prebuild_job_tags(src.tags)
+    FROM (SELECT DISTINCT u.id FROM unnest(throttle_keys.version_ids) AS u (id)) AS want
+    CROSS JOIN LATERAL (
+        SELECT t.organization_id, ij.tags
+        FROM template_versions AS v
+        JOIN templates AS t ON t.id = v.template_id
+        JOIN provisioner_jobs AS ij ON ij.id = v.job_id
+        WHERE v.id = want.id
+        OFFSET 0
+    ) AS src;
+END
 $fn$;
 
 -- Prebuild create jobs of one tag set that no provisioner has picked up: pending (not
--- started, canceled or finished), started by the prebuilds user, building a `start`. Served
--- by Coder's partial index of not-yet-started jobs (provisioner_jobs_started_at_idx).
--- Deletes are never held, so they do not count.
+-- started, canceled or finished), started by the prebuilds user, building a `start`. Deletes
+-- are never held, so they do not count. Read through prebuildd's index of the organization's
+-- queued prebuild jobs (sql/schema/0006_prebuild_queue_index.sql), whose rows the cap keeps
+-- few; the status is tested above an OFFSET 0 so that the planner does not also intersect
+-- Coder's index of every job's status (all of people's queued jobs).
 CREATE OR REPLACE FUNCTION prebuildd.pending_prebuild_creates(organization_id uuid, tags jsonb)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SET search_path FROM CURRENT
 SET plan_cache_mode = force_generic_plan
 AS $fn$
+#variable_conflict use_column
+DECLARE
+    pending bigint;
+BEGIN
     SELECT count(*)
-    FROM provisioner_jobs AS j
-    JOIN workspace_builds AS b ON b.job_id = j.id
-    WHERE j.started_at IS NULL
-      AND j.job_status = 'pending'
-      AND j.organization_id = pending_prebuild_creates.organization_id
-      AND j.tags = pending_prebuild_creates.tags
-      AND j.initiator_id = prebuildd.prebuilds_user_id()
-      AND j.type = 'workspace_build'
-      AND b.transition = 'start'
+    INTO pending
+    FROM (
+        SELECT j.id, j.job_status
+        FROM provisioner_jobs AS j
+        WHERE j.started_at IS NULL
+          AND j.initiator_id = prebuildd.prebuilds_user_id()
+          AND j.organization_id = pending_prebuild_creates.organization_id
+          AND j.tags = pending_prebuild_creates.tags
+          AND j.type = 'workspace_build'
+        OFFSET 0
+    ) AS queued
+    JOIN workspace_builds AS b ON b.job_id = queued.id
+    WHERE queued.job_status = 'pending'
+      AND b.transition = 'start';
+    RETURN pending;
+END
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -153,21 +180,39 @@ SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 DECLARE
+    versions uuid[];
+    version_orgs uuid[];
+    version_tags jsonb[];
+    key_orgs uuid[];
+    key_tags jsonb[];
     lock_key integer;
 BEGIN
+    -- The tag sets, known before any lock: a version's never changes (its import job is
+    -- immutable), and only reconciles of these templates, which hold their locks, change
+    -- their entries in the lines.
+    SELECT array_agg(tk.template_version_id), array_agg(tk.organization_id),
+           array_agg(tk.tags)
+    INTO versions, version_orgs, version_tags
+    FROM prebuildd.throttle_keys(throttle_lines.version_ids) AS tk;
+    SELECT array_agg(k.organization_id), array_agg(k.tags)
+    INTO key_orgs, key_tags
+    FROM (
+        SELECT u.organization_id, u.tags
+        FROM unnest(version_orgs, version_tags) AS u (organization_id, tags)
+        UNION
+        SELECT tw.organization_id, tw.tags
+        FROM prebuildd.throttle_waits AS tw
+        WHERE tw.template_id = ANY(throttle_lines.template_ids)
+    ) AS k;
+    IF key_orgs IS NULL THEN
+        RETURN;  -- nothing to create, nobody of these templates waiting
+    END IF;
     IF take_locks THEN
         -- One at a time, in ascending order (see the header): a loop, so the order is a
         -- guarantee rather than a property of a plan.
         FOR lock_key IN
-            SELECT DISTINCT prebuildd.throttle_lock_key(k.organization_id, k.tags) AS key2
-            FROM (
-                SELECT tk.organization_id, tk.tags
-                FROM prebuildd.throttle_keys(throttle_lines.version_ids) AS tk
-                UNION
-                SELECT tw.organization_id, tw.tags
-                FROM prebuildd.throttle_waits AS tw
-                WHERE tw.template_id = ANY(throttle_lines.template_ids)
-            ) AS k
+            SELECT DISTINCT prebuildd.throttle_lock_key(k.organization_id, k.tags)
+            FROM unnest(key_orgs, key_tags) AS k (organization_id, tags)
             ORDER BY 1
         LOOP
             PERFORM pg_catalog.pg_advisory_xact_lock(1346524232, lock_key);
@@ -175,32 +220,21 @@ BEGIN
     END IF;
     -- A new statement, so a new snapshot: everything committed before the locks were ours.
     RETURN QUERY
-    WITH version_keys AS MATERIALIZED (
-        SELECT tk.template_version_id, tk.organization_id, tk.tags
-        FROM prebuildd.throttle_keys(throttle_lines.version_ids) AS tk
-    ),
-    keys AS MATERIALIZED (
-        SELECT vk.organization_id, vk.tags FROM version_keys AS vk
-        UNION
-        SELECT tw.organization_id, tw.tags
-        FROM prebuildd.throttle_waits AS tw
-        WHERE tw.template_id = ANY(throttle_lines.template_ids)
-    )
     SELECT
-        'version'::text, vk.template_version_id, vk.organization_id, vk.tags, NULL::bigint,
-        NULL::uuid, NULL::uuid, NULL::integer, NULL::timestamptz
-    FROM version_keys AS vk
+        'version'::text, v.id, v.organization_id, v.tags, NULL::bigint, NULL::uuid,
+        NULL::uuid, NULL::integer, NULL::timestamptz
+    FROM unnest(versions, version_orgs, version_tags) AS v (id, organization_id, tags)
     UNION ALL
     SELECT
         'key', NULL, k.organization_id, k.tags,
         prebuildd.pending_prebuild_creates(k.organization_id, k.tags),
         NULL, NULL, NULL, NULL
-    FROM keys AS k
+    FROM unnest(key_orgs, key_tags) AS k (organization_id, tags)
     UNION ALL
     SELECT
         'waiter', NULL, tw.organization_id, tw.tags, NULL, tw.preset_id, tw.template_id,
         tw.held, tw.waiting_since
-    FROM keys AS k
+    FROM unnest(key_orgs, key_tags) AS k (organization_id, tags)
     JOIN prebuildd.throttle_waits AS tw
         ON tw.organization_id = k.organization_id AND tw.tags = k.tags;
 END

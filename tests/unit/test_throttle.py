@@ -104,8 +104,9 @@ def test_deal_equals_dealing_one_at_a_time(wanted: list[int], room: int) -> None
 
 
 def test_no_cap_changes_nothing() -> None:
-    plans = (wanting(preset(1), 10),)
-    verdict = share(plans, lines(pending=100, versions=[preset(1)]), [preset(1).template_id], 0, NOW)
+    p = preset(1)
+    plans = (wanting(p, 10),)
+    verdict = share(plans, lines(pending=100, versions=[p]), [p.template_id], 0, NOW)
     assert verdict.plans == plans
     assert (verdict.waits, verdict.wake, verdict.changed) == ((), (), False)
 
