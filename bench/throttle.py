@@ -5,12 +5,16 @@ Each round undoes the last (untimed), sets the preset's desired count (committed
 and times one reconcile of the template, alternately without the cap ("off") and with it
 ("on"), the order flipping every round. Scenarios:
 
+* create 10 with the seeded queue: the fleet is seeded without a cap, with ~1,000 prebuild
+  jobs queued per organization; the cap's count reads them all (the state just after turning
+  the cap on over a backlog). Then, on the clone, a provisioner takes them and a vacuum
+  follows (untimed), leaving the queue a cap keeps: only what the rounds create;
 * create 10 / create 500: the cap is high enough to hold nothing, so both sides write the same
   rows and the difference is the throttle's own work (the tag set's lock, the count of its
   pending prebuild creates and the read of its line, the capped create's own count);
 * nothing to create: what every reconcile pays while the cap is on (one more round trip);
-* create 10 with people's jobs queued: the count of pending prebuild creates walks the
-  organization's not-yet-started jobs, people's included;
+* create 10 with 2,000 of people's jobs queued: the count must not read them (prebuildd's
+  index of queued prebuild jobs);
 * create 10, hold 10: "on" wants 20 under a cap of 10 and writes the line; "off" wants 10.
 
 Cost is CPU time (client + the server backend): on a shared machine wall time mostly measures
@@ -57,11 +61,17 @@ class Scenario:
     created: int
     held: int = 0
     backlog: int = 0
+    # After this one, a provisioner takes the organization's queued prebuild jobs.
+    drain_after: bool = False
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, seeded_queue: int) -> list[Scenario]:
     big = 100 if quick else 500
     return [
+        Scenario(
+            f"create 10, {seeded_queue:,} prebuild jobs queued (as seeded)", (10, 0),
+            (10, NO_HOLD), 10, drain_after=True,
+        ),
         Scenario("create 10", (10, 0), (10, NO_HOLD), 10),
         Scenario(f"create {big}", (big, 0), (big, NO_HOLD), big),
         Scenario("nothing to create", (0, 0), (0, NO_HOLD), 0),
@@ -104,6 +114,17 @@ class ThrottleProbe:
         if self._backlog:
             await self.conn.execute(bench_query("forget_jobs"), {"job_ids": self._backlog})
             self._backlog = []
+
+    async def queued_prebuild_jobs(self) -> int:
+        params = {"template_id": self.template}
+        cur = await self.conn.execute(bench_query("queued_prebuild_jobs_of_org"), params)
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def drain_queue(self) -> None:
+        params = {"template_id": self.template}
+        await self.conn.execute(bench_query("start_queued_prebuild_jobs_of_org"), params)
+        await self.conn.execute(bench_query("vacuum_jobs"))
 
     async def pending_in_tag_set(self) -> int:
         cur = await self.conn.execute(
@@ -162,6 +183,8 @@ async def run_scenario(probe: ThrottleProbe, scenario: Scenario, rounds: int) ->
     finally:
         await probe.reset()
         await probe.drop_backlog()
+    if scenario.drain_after:
+        await probe.drain_queue()
     off_wall, off_cpu = (Stats.of(s) for s in samples["off"])
     on_wall, on_cpu = (Stats.of(s) for s in samples["on"])
     return [
@@ -200,7 +223,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         "wall off / on ms",
                     ]
                 ]
-                for scenario in scenarios(args.quick):
+                seeded_queue = await probe.queued_prebuild_jobs()
+                for scenario in scenarios(args.quick, seeded_queue):
                     print(f"-- {scenario.name}: {rounds} rounds per side (+1 warm-up)", flush=True)
                     rows.append(await run_scenario(probe, scenario, rounds))
         finally:

@@ -8,6 +8,10 @@ byte it reads or writes goes through `store`. What it owns is the transaction sh
   Templates held by another replica are skipped; the holder receives the same notifications
   and runs its own follow-up, and we retry shortly as a safety net. Every read that decides a
   create runs *after* the lock is held, so two replicas can never both fill one deficit;
+* with `--max-pending-prebuild-jobs`, the advisory locks of the organizations' provisioner
+  tag sets the plans create for are taken next, all at once and in ascending order, before
+  any preset's actions (prebuildd.throttle; sql/functions/throttle.sql): the pending jobs
+  counted under them stay true until the commit;
 * each preset's actions run in a savepoint: a failing preset is rolled back, logged and
   counted, and never stops the others;
 * provisioner wake-ups are `pg_notify` calls inside that transaction, delivered at commit, so
