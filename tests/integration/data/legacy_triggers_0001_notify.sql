@@ -42,7 +42,6 @@ DECLARE
     kind        text := TG_ARGV[0];
     prebuilds   constant uuid := 'c42fdf75-3097-471c-8c33-fb52454d81c0';
     template_id uuid;
-    next_in_line uuid;
 BEGIN
     IF TG_TABLE_NAME = 'site_configs' THEN
         -- The pause switch applies to every template: a global event without "t".
@@ -68,23 +67,6 @@ BEGIN
         FROM workspaces w
         WHERE w.id = NEW.workspace_id;
     ELSIF TG_TABLE_NAME = 'provisioner_jobs' THEN
-        -- A prebuild job left the queue (picked up, canceled, failed): creates held back by
-        -- --max-pending-prebuild-jobs for its organization and tag set may go on. Wake the
-        -- template first in that tag set's line (sql/schema/0005_throttle_waits.sql; empty,
-        -- so one probe of an empty index, unless the cap holds creates).
-        IF OLD.job_status = 'pending' THEN
-            SELECT tw.template_id INTO next_in_line
-            FROM prebuildd.throttle_waits tw
-            WHERE tw.organization_id = NEW.organization_id
-              AND tw.tags = NEW.tags
-            ORDER BY tw.waiting_since, tw.preset_id
-            LIMIT 1;
-            IF next_in_line IS NOT NULL THEN
-                PERFORM pg_catalog.pg_notify('prebuildd_events', format(
-                    '{"v":1,"k":"throttle_turn","t":"%s","at":%s}', next_in_line,
-                    extract(epoch FROM now())));
-            END IF;
-        END IF;
         -- A prebuild's job: its build was started by the prebuilds user (creates, deletes) or
         -- the workspace still belongs to it. A claimed workspace's jobs are the user's.
         SELECT w.template_id INTO template_id
