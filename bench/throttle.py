@@ -20,7 +20,8 @@ and times one reconcile of the template, alternately without the cap ("off") and
 Cost is CPU time (client + the server backend): on a shared machine wall time mostly measures
 waiting for a core; wall is printed beside it. Every "on" round is checked to have gone
 through the cap (the creates carry it, the held round held and queued its rest): a run that
-did not exercise the throttle fails instead of printing figures.
+did not exercise the throttle fails instead of printing figures, and so does one in which the
+reconciler logged an error line (exit status 1).
 
     PYTHONPATH=service python -m bench.throttle [--quick] [--reuse] [--rounds N]
 """
@@ -36,7 +37,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from bench._common import CpuMeter, Stats, common_args, print_header, table
+from bench._common import CpuMeter, ServiceErrors, Stats, common_args, print_header, table
 from bench._server import bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, ensure_fleet, steady_template, template_id, version_id
@@ -197,8 +198,10 @@ async def run_scenario(probe: ThrottleProbe, scenario: Scenario, rounds: int) ->
     ]
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace) -> bool:
+    """True when every round was checked and the code under test logged no error line."""
     print_header("bench.throttle")
+    errors = ServiceErrors()
     name = "quick" if args.quick else "reaction"
     rounds = args.rounds or (4 if args.quick else 15)
     spec = SCALES[name]
@@ -224,20 +227,25 @@ async def main_async(args: argparse.Namespace) -> None:
                     ]
                 ]
                 seeded_queue = await probe.queued_prebuild_jobs()
-                for scenario in scenarios(args.quick, seeded_queue):
-                    print(f"-- {scenario.name}: {rounds} rounds per side (+1 warm-up)", flush=True)
-                    rows.append(await run_scenario(probe, scenario, rounds))
+                with errors.watching():
+                    for scenario in scenarios(args.quick, seeded_queue):
+                        print(f"-- {scenario.name}: {rounds} rounds per side (+1 warm-up)",
+                              flush=True)
+                        rows.append(await run_scenario(probe, scenario, rounds))
         finally:
             server.drop(clone)
     print("\n== summary (medians; CPU = client + server backend)")
     print(table(rows))
+    print(f"* {errors.summary('the reconciler')}")
+    return errors.clean
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     common_args(parser)
     parser.add_argument("--rounds", type=int, default=0)
-    asyncio.run(main_async(parser.parse_args()))
+    clean = asyncio.run(main_async(parser.parse_args()))
+    raise SystemExit(0 if clean else 1)
 
 
 if __name__ == "__main__":
