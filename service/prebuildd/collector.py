@@ -177,6 +177,7 @@ class MetricsCollector:
                     hard_limited=state.hard_limited,
                     validation_failed=plan.preset.prebuild_status
                     is PrebuildStatus.VALIDATION_FAILED,
+                    creates_held=state.held,
                     misses_total=missed.misses_total if missed else 0,
                     claims_measured=missed.claims_measured if missed else 0,
                     saved_seconds_total=missed.saved_seconds_total if missed else 0.0,
@@ -212,6 +213,8 @@ def _log_outcome(outcome: Outcome) -> None:
             "duration_ms": round(outcome.duration * 1000, 2),
             "lag_ms": None if outcome.lag is None else round(outcome.lag * 1000, 2),
             "paused": outcome.paused,
+            # Creates waiting under --max-pending-prebuild-jobs (0 without the cap).
+            "creates_held": sum(p.state.held for p in outcome.plans),
         },
     )
     for plan in acted:

@@ -46,6 +46,7 @@ _STATUS_COLUMNS = (
     "RUNNING",
     "ELIGIBLE",
     "STARTING",
+    "HELD",
     "EXPIRED",
 )
 # With demand (`prebuildd status`): hits and misses of the last 24 hours, and the share of
@@ -75,6 +76,7 @@ def _status_row(
         str(s.running),
         str(s.eligible),
         str(s.starting),
+        str(s.held),
         str(s.expired),
     ]
     if demand is not None:
@@ -108,6 +110,13 @@ def print_status(
     reconciling = _reconciling(outcomes)
     header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), *_LAST_COLUMNS)
     _table([header, *(_status_row(p, reconciling, demand) for p in plans)], out)
+    held = sum(p.state.held for p in plans)
+    if held:
+        waiting = sum(1 for p in plans if p.state.held)
+        out.write(
+            f"\n{held} create(s) of {waiting} preset(s) HELD: their provisioner tag sets have "
+            "--max-pending-prebuild-jobs create jobs waiting for a provisioner\n"
+        )
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
     if reconciling:
@@ -142,6 +151,8 @@ def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
 
 def _describe(action: object) -> str:
     match action:
+        case Create(count=count, max_pending=cap) if cap > 0:
+            return f"create {count} prebuild(s) (at most {cap} pending per tag set)"
         case Create(count=count):
             return f"create {count} prebuild(s)"
         case Delete(workspace_ids=ids, reason=reason):

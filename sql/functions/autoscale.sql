@@ -1,4 +1,4 @@
--- The one write of autoscale policies (prebuildd.autoscale_policies, sql/schema/0005_*), as a
+-- The one write of autoscale policies (prebuildd.autoscale_policies, sql/schema/0007_*), as a
 -- SECURITY DEFINER function of schema `prebuildd`, like the service's other writes
 -- (sql/functions/prebuild_writes.sql, whose rules this file follows: search_path pinned with
 -- pg_temp last, PL/pgSQL so that nothing depends on Coder's columns, built-in argument types,

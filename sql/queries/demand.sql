@@ -18,7 +18,7 @@
 -- still a claim) and attach to the preset the build names (a claim build names the claimed
 -- preset). They are found through the builds naming a preset, by preset and time
 -- (prebuildd_workspace_builds_preset_created and, for first builds only,
--- prebuildd_workspace_builds_first_preset: sql/schema/0006_demand_index.sql), starting from
+-- prebuildd_workspace_builds_first_preset: sql/schema/0008_demand_index.sql), starting from
 -- the templates' presets: every read is narrowed by template and window, except the lifetime
 -- totals of the metrics, which read first builds only.
 
