@@ -62,6 +62,19 @@ def describe_error(exc: BaseException) -> str:
     return redact_dsn(f"{name}{code}: {message}".strip())[:_ERROR_CHARS]
 
 
+def _lost_link(exc: BaseException) -> bool:
+    """The database could not be reached (not: it refused or canceled a statement).
+
+    OperationalError covers both: a connection that broke or could not be had in time
+    (PoolTimeout; no SQLSTATE, or class 08, or the server shutting down: 57P0x) and a
+    statement the server canceled (QueryCanceled, 57014), which says nothing about the link.
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    code = exc.sqlstate
+    return code is None or code.startswith(("08", "57P"))
+
+
 class _Streak:
     """Consecutive failures of one path, and the last one's description."""
 
@@ -120,8 +133,7 @@ class MetricsCollector:
 
     def database_error(self, exc: psycopg.Error, where: str) -> None:
         """A statement failed: log it (without a password), count it, and note a lost link."""
-        # PoolTimeout is an OperationalError too: no connection could be had in time.
-        if isinstance(exc, psycopg.OperationalError):
+        if _lost_link(exc):
             self._db_ok = False
             self._db_why = describe_error(exc)
         self.metrics.reconcile_errors.labels(where).inc()
@@ -133,7 +145,7 @@ class MetricsCollector:
         """A sweep could not list the templates; the dispatcher retries it in `retry_in` s."""
         self._sweeps.failed(exc)
         self.metrics.reconcile_errors.labels("sweep").inc()
-        if isinstance(exc, psycopg.OperationalError):
+        if _lost_link(exc):
             self._db_ok = False
             self._db_why = describe_error(exc)
         log.error(
