@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,7 +17,7 @@ from uuid import UUID, uuid4
 import anyio
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from _freeze import frozen
 from psycopg.rows import TupleRow
 
 from prebuildd.events import CHANNEL, Event, EventKind, format_payload
@@ -194,43 +193,47 @@ async def test_failed_probe_means_reconnect(db_url: str) -> None:
     assert rec.states == [True, False, True, False]
 
 
-def _local_backend(url: str, pid: int) -> bool:
-    """Only signal a backend we can be sure is the PostgreSQL process on this machine."""
-    host = str(conninfo_to_dict(url).get("host") or "")
-    if not host.startswith("/"):
-        return False
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def frozen(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
 async def test_open_but_silent_connection_is_detected(db_url: str) -> None:
     # A frozen backend keeps its socket open and answers nothing: only the probe notices.
     rec = Recorder()
     async with running(rec.listener(db_url)), sender(db_url) as conn:
         await rec.until(lambda: rec.connected == 1)
         (pid,) = await listener_pids(conn)
-        if not _local_backend(db_url, pid):
-            pytest.skip("the server's processes are not signalable from here")
-        try:
-            with frozen(pid):
-                # Detected within one interval plus the probe timeout (0.2 + 0.5 s).
-                await rec.until(lambda: rec.connected == 2, timeout=3.0)
-        except PermissionError:
-            pytest.skip("not allowed to signal the server's processes")
+        with frozen(db_url, pid):
+            # Detected within one interval plus the probe timeout (0.2 + 0.5 s).
+            await rec.until(lambda: rec.connected == 2, timeout=3.0)
         assert rec.states == [True, False, True]
         await notify(conn, claimed(uuid4()))
         await rec.until(lambda: len(rec.events) == 1)
+
+
+async def test_probes_only_while_the_channel_is_silent(db_url: str) -> None:
+    """Notifications prove the connection alive: no probe while they flow; after
+    `liveness_interval` of silence, one probe per interval (the listener's whole load)."""
+    rec = Recorder()
+    listener = rec.listener(db_url, liveness_interval=1.0, liveness_timeout=1.0)
+    probes: list[float] = []
+    real_probe = listener._probe
+
+    async def probe(conn: AsyncConn) -> None:
+        probes.append(time.monotonic())
+        await real_probe(conn)
+
+    listener._probe = probe  # type: ignore[method-assign]
+    async with running(listener), sender(db_url) as conn:
+        await rec.until(lambda: rec.connected == 1)
+        busy_from = len(probes)
+        for _ in range(40):  # 2 s of traffic, a notification every 50 ms
+            await notify(conn, claimed(uuid4()))
+            await anyio.sleep(0.05)
+        busy = len(probes) - busy_from
+        quiet_from = len(probes)
+        await anyio.sleep(2.6)
+        quiet = len(probes) - quiet_from
+    assert len(rec.events) == 40
+    assert busy == 0, f"{busy} probes while notifications flowed"
+    assert 1 <= quiet <= 3, f"{quiet} probes in 2.6 s of silence"
+    assert rec.connected == 1
 
 
 async def test_unreachable_server_is_retried_quietly_and_without_the_password(
