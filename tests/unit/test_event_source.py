@@ -1,7 +1,7 @@
 """The event source's health without a database: the expected triggers (parsed from the files
 migrate applies), their comparison with catalog rows, and the accounting of work a periodic
 sweep found that no event announced (prebuildd.event_source). The catalog query itself, the
-service and migrate run against PostgreSQL in tests/integration/test_event_source.py."""
+service and migrate run against PostgreSQL in tests/integration/test_event_triggers.py."""
 
 from __future__ import annotations
 
