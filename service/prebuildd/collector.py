@@ -344,6 +344,7 @@ class MetricsCollector:
                     hard_limited=state.hard_limited,
                     validation_failed=plan.preset.prebuild_status
                     is PrebuildStatus.VALIDATION_FAILED,
+                    creates_held=state.held,
                 )
             )
         return rows
@@ -375,6 +376,8 @@ def _log_outcome(outcome: Outcome) -> None:
             "duration_ms": round(outcome.duration * 1000, 2),
             "lag_ms": None if outcome.lag is None else round(outcome.lag * 1000, 2),
             "paused": outcome.paused,
+            # Creates waiting under --max-pending-prebuild-jobs (0 without the cap).
+            "creates_held": sum(p.state.held for p in outcome.plans),
         },
     )
     for plan in acted:

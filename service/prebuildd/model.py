@@ -148,6 +148,9 @@ class PlanConfig:
     failure_hard_limit: int = 3
     # Bound on creates for one preset in one cycle; the remainder follows immediately after.
     max_creates_per_cycle: int = 500
+    # At most this many prebuild create jobs waiting for a provisioner per organization and
+    # provisioner tag set (prebuildd.throttle); 0: no cap.
+    max_pending_prebuild_jobs: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +176,10 @@ class Create:
     preset_id: UUID
     template_version_id: UUID
     count: int
+    # > 0: create no more than leaves this many prebuild create jobs pending for the
+    # version's organization and tag set, counted by the database under the tag set's lock
+    # (set by prebuildd.throttle when `max_pending_prebuild_jobs` is on).
+    max_pending: int = 0
     kind: ActionKind = field(default=ActionKind.CREATE, init=False)
 
 
@@ -240,6 +247,8 @@ class PresetState:
     to_create: int
     backoff_until: datetime | None
     hard_limited: bool
+    # Creates wanted now but held back by the cap on pending prebuild jobs (prebuildd.throttle).
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)

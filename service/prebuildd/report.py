@@ -43,6 +43,7 @@ _STATUS_COLUMNS = (
     "RUNNING",
     "ELIGIBLE",
     "STARTING",
+    "HELD",
     "EXPIRED",
     "STATUS",
     "BUSY",
@@ -67,6 +68,7 @@ def _status_row(plan: Plan, reconciling: frozenset[UUID]) -> tuple[str, ...]:
         str(s.running),
         str(s.eligible),
         str(s.starting),
+        str(s.held),
         str(s.expired),
         status,
         BUSY if p.template_id in reconciling else "-",
@@ -87,6 +89,13 @@ def print_status(outcomes: list[Outcome], out: TextIO) -> None:
         return
     reconciling = _reconciling(outcomes)
     _table([_STATUS_COLUMNS, *(_status_row(p, reconciling) for p in plans)], out)
+    held = sum(p.state.held for p in plans)
+    if held:
+        waiting = sum(1 for p in plans if p.state.held)
+        out.write(
+            f"\n{held} create(s) of {waiting} preset(s) HELD: their provisioner tag sets have "
+            "--max-pending-prebuild-jobs create jobs waiting for a provisioner\n"
+        )
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
     if reconciling:
@@ -121,6 +130,8 @@ def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
 
 def _describe(action: object) -> str:
     match action:
+        case Create(count=count, max_pending=cap) if cap > 0:
+            return f"create {count} prebuild(s) (at most {cap} pending per tag set)"
         case Create(count=count):
             return f"create {count} prebuild(s)"
         case Delete(workspace_ids=ids, reason=reason):
