@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import psycopg
 
-from bench._common import Stats, common_args, print_header, table, verdict
+from bench._common import ServiceErrors, Stats, common_args, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from prebuildd.config import Settings
@@ -291,13 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1:
         parser.error("--rounds must be >= 1")
     print_header("frozen listener: promotion -> reconcile across a frozen LISTEN backend")
-    with bench_server() as server:
+    with bench_server() as server, ServiceErrors().watching() as errors:
         print_server(server)
         if server.kind == "given":
             print("verdict: MISSED: the listener's backend must be a process of this machine")
             return 1
         chosen = anyio.run(measure, server, rounds)
-    return 0 if report(chosen) else 1
+    met = report(chosen)
+    # A round that "recovered" while the service logged errors is not a recovery.
+    print(errors.summary())
+    return 0 if errors.verdict(met) else 1
 
 
 if __name__ == "__main__":
