@@ -15,7 +15,8 @@
 -- checks the same first and exits 2 either way): the mode is off, forecast or auto; min and
 -- max are not negative and min <= max; the preset exists and has desired_instances. The
 -- policy is keyed by the preset's template and name (it outlives promotions); setting it
--- again replaces it. Returns the key it stored.
+-- again replaces it. Returns the key it stored, and wakes the template (a `preset_changed`
+-- event on prebuildd's channel, sent at commit).
 --
 -- Repeatable file: re-applied by `prebuildd migrate` when it changes (CREATE OR REPLACE keeps
 -- the role's grant).
@@ -91,6 +92,13 @@ BEGIN
         min_instances = EXCLUDED.min_instances,
         max_instances = EXCLUDED.max_instances,
         updated_at = EXCLUDED.updated_at;
+
+    -- The policy changes the template's plans: wake it the way a change of the preset's own
+    -- prebuild settings does (delivered at commit; nothing if the caller rolls back), so the
+    -- service acts at once rather than at its next sweep.
+    PERFORM pg_catalog.pg_notify('prebuildd_events', pg_catalog.format(
+        '{"v":1,"k":"preset_changed","t":"%s","at":%s}', found_template,
+        extract(epoch FROM pg_catalog.now())));
 
     policy_template_id := found_template;
     policy_preset_name := found_name;

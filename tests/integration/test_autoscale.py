@@ -320,6 +320,26 @@ def test_malformed_flags_exit_2_and_store_nothing(
     assert scalar(db_url, POLICIES) == 0
 
 
+def test_setting_a_policy_wakes_the_template(db_url: str, world: World) -> None:
+    """A policy changes the template's plans: `autoscale set` wakes it at once (an event, as
+    for a change of the preset's own settings), so no sweep has to find the work."""
+    from _coder_schemas import EventInbox
+
+    inbox = EventInbox(db_url)
+    try:
+        assert inbox.payloads() == []
+        assert autoscale(db_url, "set", "--preset", str(world.busy), "--mode", "auto",
+                         "--max", "5") == EXIT_OK  # fmt: skip
+        got = [(p["k"], p.get("t")) for p in inbox.payloads()]
+        assert got == [("preset_changed", str(world.template))]
+        # Refused: nothing stored, nothing sent.
+        assert autoscale(db_url, "set", "--preset", str(world.plain), "--mode", "auto",
+                         "--max", "5") == EXIT_USAGE  # fmt: skip
+        assert inbox.payloads() == []
+    finally:
+        inbox.close()
+
+
 def test_the_database_refuses_what_the_cli_would(db_url: str, world: World) -> None:
     """The function is the last line: the service role cannot store nonsense either."""
     cases = [
