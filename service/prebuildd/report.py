@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
+from prebuildd.model import CancelPending, Create, Delete, Plan, PrebuildStatus, SetStatus
 from prebuildd.reconciler import Outcome
 
 
@@ -41,6 +41,11 @@ _STATUS_COLUMNS = (
 def _status_row(plan: Plan) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
+    if s.validation_failed and p.prebuild_status is not PrebuildStatus.VALIDATION_FAILED:
+        # Found invalid by this plan; the reconcile that acts on it stores it.
+        status = f"{status} -> {PrebuildStatus.VALIDATION_FAILED}"
+    elif s.creates_refused is not None and not s.validation_failed:
+        status += " (creates held)"
     if s.backoff_until is not None:
         status += f" (backoff until {s.backoff_until:%H:%M:%S})"
     return (
@@ -70,6 +75,15 @@ def print_status(outcomes: list[Outcome], out: TextIO) -> None:
         out.write("no presets with prebuilds configured\n")
         return
     _table([_STATUS_COLUMNS, *(_status_row(p) for p in plans)], out)
+    refused = [p for p in plans if p.state.creates_refused is not None]
+    if refused:
+        out.write("\nwhy no prebuilds are created:\n")
+        for plan in refused:
+            p = plan.preset
+            out.write(
+                f"  {p.template_name} / {p.template_version_name} / {p.name}: "
+                f"{plan.state.creates_refused}\n"
+            )
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
 
@@ -97,6 +111,9 @@ def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
 
 def _describe(action: object) -> str:
     match action:
+        case Create(count=count, workspace_tags=tags) if tags:
+            routed = ", ".join(f"{key}={value}" for key, value in tags)
+            return f"create {count} prebuild(s) (workspace tags {routed})"
         case Create(count=count):
             return f"create {count} prebuild(s)"
         case Delete(workspace_ids=ids, reason=reason):
