@@ -525,8 +525,9 @@ async def test_cancel_pending_scope(aconn: AConn, conn: Conn, listener: Inbox) -
                       " WHERE workspace_build_id = %s", build["id"])
         assert {p["name"]: p["value"] for p in params} == PARAMS
         assert scalar(conn, "SELECT deleted FROM workspaces WHERE id = %s", target.workspace_id)
-    # No provisioner has anything to do for a cancel.
-    assert postings(listener) == []
+    # Issue 10 item 4: provisioners are woken once for the batch (Coder posts one per batch;
+    # here one per distinct organization, provisioner and tags: both targets share them).
+    assert postings(listener) == [untagged_posting(m.tpl.organization_id)]
 
 
 async def test_cancel_pending_never_touches_the_active_version(aconn: AConn, conn: Conn) -> None:
