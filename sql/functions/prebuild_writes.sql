@@ -100,32 +100,29 @@ CREATE OR REPLACE FUNCTION prebuildd.job_tags(
     owner_id uuid
 )
 RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 IMMUTABLE
 PARALLEL SAFE
 SET search_path FROM CURRENT
 AS $fn$
-    SELECT merged.tags || jsonb_build_object(
-        'scope', scope.value,
-        'owner', CASE scope.value WHEN 'user' THEN job_tags.owner_id::text ELSE '' END
-    )
-    FROM (
-        SELECT COALESCE(
-                   (
-                       SELECT jsonb_object_agg(e.key, e.value)
-                       FROM jsonb_each_text(COALESCE(job_tags.import_tags, '{}'::jsonb)) AS e
-                       WHERE e.value <> ''
-                   ),
-                   '{}'::jsonb
-               ) || COALESCE(job_tags.workspace_tags, '{}'::jsonb) AS tags
-    ) AS merged
-    CROSS JOIN LATERAL (
-        SELECT CASE
-                   WHEN merged.tags ->> 'scope' IN ('user', 'organization')
-                       THEN merged.tags ->> 'scope'
-                   ELSE 'organization'
-               END AS value
-    ) AS scope
+DECLARE
+    merged jsonb;
+    scope text;
+BEGIN
+    SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{}'::jsonb)
+    INTO merged
+    FROM jsonb_each_text(COALESCE(job_tags.import_tags, '{}'::jsonb)) AS e
+    WHERE e.value <> '';
+    merged := merged || COALESCE(job_tags.workspace_tags, '{}'::jsonb);
+    scope := merged ->> 'scope';
+    IF scope IS NULL OR scope NOT IN ('user', 'organization') THEN
+        scope := 'organization';
+    END IF;
+    RETURN merged || jsonb_build_object(
+        'scope', scope,
+        'owner', CASE scope WHEN 'user' THEN job_tags.owner_id::text ELSE '' END
+    );
+END
 $fn$;
 
 -- The rows Coder's workspace builder writes for a build, shared by create, delete and the
