@@ -124,7 +124,7 @@ def plan_for(preset_id: UUID) -> Plan:
 
 
 async def run(aconn: AConn, *actions: Action, commit: bool = True) -> list[store.ActionResult]:
-    """Execute actions in one transaction, the way the reconciler does (savepoint per preset)."""
+    """Execute actions in one transaction, the way the reconciler does (savepoint per action)."""
     results: list[store.ActionResult] = []
     async with aconn.transaction() as tx:
         for action in actions:
