@@ -82,11 +82,10 @@ class BulkProbe:
         return time.perf_counter() - started
 
     async def _plan(self) -> Plan:
-        now = datetime.now(UTC)
         async with self.conn.transaction():
-            snap = await store.read_snapshot(self.conn, [self.template], now=now, config=PLAN)
+            snap = await store.read_snapshot(self.conn, [self.template], config=PLAN)
         ours = next(p for p in snap.presets if p.preset.id == BULK_PRESET)
-        return plan_preset(ours, now, PLAN)
+        return plan_preset(ours, snap.now, PLAN)
 
     async def _set_desired(self, desired: int) -> None:
         params = {**self._preset(), "desired": desired}

@@ -25,7 +25,7 @@ import re
 import statistics
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -95,7 +95,7 @@ def _params(n: int) -> dict[str, Any]:
     return {
         "template_ids": [template_id(n)],
         "hard_limit": 3,
-        "lookback_since": datetime.now(UTC) - timedelta(hours=1),
+        "backoff_lookback": timedelta(hours=1),
     }
 
 
@@ -121,8 +121,9 @@ def measure(url: str, rounds: int, warmup: int) -> bool:
     read = {v.label: Stats.of(v.read_seconds) for v in (current, before)}
     alone = {v.label: Stats.of(v.presets_seconds) for v in (current, before)}
     print(f"\nrounds: {rounds} (+{warmup} warm-up), templates read in turn: {TEMPLATES}")
-    print(f"preset rows read per variant: {presets_read:,}; rounds with differing rows: "
-          f"{mismatches}")
+    print(
+        f"preset rows read per variant: {presets_read:,}; rounds with differing rows: {mismatches}"
+    )
     print("\nwhole snapshot read of one template (4 statements, generic plans):")
     for label, stats in read.items():
         print(f"  {label:32s} {stats.row()}")

@@ -293,12 +293,11 @@ async def run_bulk(clone: Clone, login: Login, spec: FleetSpec, rounds: int) -> 
 
 async def _bulk_plan(conn: AConn, template: UUID) -> Plan:
     """A real plan of the bench preset (read as the role), for `store.execute`."""
-    now = datetime.now(UTC)
     config = PlanConfig(max_creates_per_cycle=COUNT)
     async with conn.transaction():
-        snap = await store.read_snapshot(conn, [template], now=now, config=config)
+        snap = await store.read_snapshot(conn, [template], config=config)
     ours = next(p for p in snap.presets if p.preset.id == BULK_PRESET)
-    return plan_preset(ours, now, config)
+    return plan_preset(ours, snap.now, config)
 
 
 async def _rows_of_bulk_preset(owner: AConn) -> tuple[int, ...]:

@@ -529,7 +529,7 @@ async def run_explain(fleet: Fleet, *, show: bool) -> list[str]:
     read_params: dict[str, object] = {
         "template_ids": [tpl],
         "hard_limit": max(config.failure_hard_limit, 0),
-        "lookback_since": now - config.backoff_lookback,
+        "backoff_lookback": config.backoff_lookback,
     }
     flagged: list[str] = []
     async with await AsyncConnection.connect(fleet.url) as conn:

@@ -1,123 +1,235 @@
-"""What do prebuildd's NOTIFY triggers cost Coder's hot paths?
+"""What do prebuildd's NOTIFY triggers cost Coder's hot paths? (issue 11 item 3, issue 14 item 4)
 
-Two clones of one seeded fleet side by side: A with prebuildd's triggers, B after
-`prebuildd.migrate.uninstall` (no triggers; the prebuildd_* indexes it also drops are not on
-the tables written here). The same writes run against both, each write one statement in its
-own transaction as Coder makes them (from one connection; `--clients N` spreads them over N
-concurrent connections, but on a 2-core box client threads mostly add noise):
+File-level clones of one seeded fleet, side by side in the same run: A with prebuildd's
+current triggers (sql/functions/*.sql and sql/triggers/*.sql of this tree applied to it), B
+after `prebuildd.migrate.uninstall` (no triggers; the prebuildd_* indexes it also drops are
+not on the tables written here), and with `--compare FILE` a side C: A's triggers with the
+function(s) of FILE instead, an alternative being weighed. The same writes run against every
+side, each one statement in its own transaction, as Coder's provisioner daemons and agents
+write:
 
-* prebuild job status: pending -> running -> succeeded for prebuild jobs (the trigger fires
-  and NOTIFYs at every commit);
-* user job status: the same for ordinary users' jobs (the trigger fires, finds no prebuild,
-  sends nothing) -- Coder's most common job path;
-* job heartbeat: updated_at only (the trigger must not even fire);
-* agent heartbeat: an agent's connection bookkeeping (likewise).
+* provisioner heartbeat: `updated_at` only, on prebuilds' running jobs (must send nothing);
+* agent connection update: an agent's connection bookkeeping (must send nothing);
+* users' job status: pending -> running -> succeeded for ordinary users' jobs (nothing);
+* prebuild job status: the same for jobs the prebuilds user initiated -- the event prebuildd
+  exists to receive (at least one notification per completed job).
 
-The machine is shared and noisy, so A and B alternate in short paired slices (`--slice` rows
-each, the order flipping every pair): both sides of a pair see the same conditions. Reported:
-the median over pairs of (B time / A time) -- A's throughput relative to B's -- and the CPU
-both sides spent (client, the writing backends and, for A, the listening backend that
-receives the notifications). The LISTEN connection on A also counts notifications. The
-verdict uses the CPU-based ratio (B's CPU per write / A's) when the server's CPU can be read:
-wall-time pairs still swing by +-15 % on a busy 2-core box, even for writes whose trigger
-never fires.
+Client part (the targets): each workload with 1 writer and with 16 concurrent writers
+(prebuild job status also with 64): NOTIFY serialises committing transactions on a
+cluster-wide lock, so concurrency is where it costs. The sides alternate in slices (the order
+rotating every slice) so that every side of a slice sees the same machine; a side's ratio is
+the median over slices of (B time / its time), i.e. its throughput relative to B's. The CPU
+each side spent (this process's threads, the writing backends and the listening backend) is
+printed beside it.
 
-Targets (SPEC 4 and 7): throughput with triggers >= 90 % of without; zero notifications from
-heartbeats. Both commit modes are measured: synchronous_commit=on (Coder's default: a commit
-waits for its WAL flush) and off (commits are CPU-bound, the worst case for per-commit work).
+Server part: the same writes made by a procedure on the server (bench/sql/triggers.sql), one
+transaction per write, measured as the writing backend's CPU per write (and the listener's):
+what the triggers cost Coder's database server, without the client's share and mostly
+without the machine's noise.
 
-    PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse] [--clients N]
+Positive controls, so that a verdict cannot be vacuous: every side with triggers must carry
+them (enabled, without WHEN or UPDATE OF) and B none; every write must have updated its row;
+a LISTEN session on each side with triggers must receive at least one notification per
+completed prebuild job (counted exactly, with a sentinel after each slice), and none for the
+other workloads. Any failed control prints MISSED, and any MISSED of side A makes the exit
+status 1 (C is for comparison only).
+
+Targets: heartbeats, agent connection updates, users' job status >= 95 % of trigger-free;
+prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64.
+
+    PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse]
+        [--synchronous-commit on|off] [--rows N] [--rounds N] [--case TEXT]
+        [--compare FUNCTION.sql] [--part client|server|all]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench._common import CpuMeter, common_args, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, ensure_fleet
-from prebuildd.migrate import uninstall
+from prebuildd.migrate import repeatable_files, uninstall
 
-TARGET_RATIO = 0.90
 Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    query: str
+    # Every committed write of this step must reach the listener (a prebuild's status change).
+    notifies: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
     name: str
     pick: str
-    steps: tuple[str, ...]
-    # Reset the rows to pending before each round (status runs repeat the same transitions).
+    steps: tuple[Step, ...]
+    # Back to pending before each round (status runs repeat the same transitions).
     reset: bool
-    # Heartbeats must not notify at all.
-    must_be_silent: bool
+
+    @property
+    def silent(self) -> bool:
+        return not any(step.notifies for step in self.steps)
 
 
-WORKLOADS = (
-    Workload("prebuild job status", "pick_prebuild_jobs", ("job_acquired", "job_completed"),
-             reset=True, must_be_silent=False),
-    Workload("user job status", "pick_user_jobs", ("job_acquired", "job_completed"),
-             reset=True, must_be_silent=False),
-    Workload("job heartbeat", "pick_prebuild_jobs", ("job_heartbeat",),
-             reset=False, must_be_silent=True),
-    Workload("agent heartbeat", "pick_prebuild_agents", ("agent_heartbeat",),
-             reset=False, must_be_silent=True),
-)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Case:
+    workload: Workload
+    writers: int
+    target: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.name}, {self.writers} writer{'s' if self.writers > 1 else ''}"
 
 
-@dataclass
+HEARTBEAT = Workload(
+    "provisioner heartbeat", "pick_prebuild_jobs", (Step("job_heartbeat", False),), reset=False
+)
+AGENT = Workload(
+    "agent connection update",
+    "pick_prebuild_agents",
+    (Step("agent_connection", False),),
+    reset=False,
+)
+USER_STATUS = Workload(
+    "users' job status",
+    "pick_user_jobs",
+    (Step("job_acquired", False), Step("job_completed", False)),
+    reset=True,
+)
+PREBUILD_STATUS = Workload(
+    "prebuild job status",
+    "pick_prebuild_jobs",
+    # pending -> running need not be announced: the planner counts both as in progress.
+    (Step("job_acquired", False), Step("job_completed", True)),
+    reset=True,
+)
+
+CASES = (
+    Case(HEARTBEAT, 1, 0.95),
+    Case(HEARTBEAT, 16, 0.95),
+    Case(AGENT, 1, 0.95),
+    Case(AGENT, 16, 0.95),
+    Case(USER_STATUS, 1, 0.95),
+    Case(USER_STATUS, 16, 0.95),
+    Case(PREBUILD_STATUS, 1, 0.90),
+    Case(PREBUILD_STATUS, 16, 0.80),
+    Case(PREBUILD_STATUS, 64, 0.80),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# One side: a database and its writers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SliceRun:
+    seconds: float
+    cpu: float
+    # Writes that updated no row: the workload did not do what it claims.
+    missed_rows: int
+
+
 class Side:
-    """One database, its writing connections, and what its runs cost."""
+    """One database, its writing connections, and a CPU meter over them."""
 
-    label: str
-    url: str
-    clients: list[Conn]
-    pool: ThreadPoolExecutor
-    cpu: CpuMeter
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
+    def __init__(self, label: str, url: str, pool: ThreadPoolExecutor) -> None:
+        self.label = label
+        self.url = url
+        self.pool = pool
+        self.writers: list[Conn] = []
+        self.extra_pids: list[int] = []
+        self.meter = CpuMeter()
 
-    def run(self, workload: Workload, ids: Sequence[uuid.UUID]) -> float:
-        """Write `ids` through all clients at once; returns the wall time, adds the CPU."""
-        statements = [bench_query(step) for step in workload.steps]
+    def connect(self, writers: int, mode: str) -> None:
+        self.close()
+        self.writers = [psycopg.connect(self.url, autocommit=True) for _ in range(writers)]
+        for conn in self.writers:
+            conn.execute(bench_query("set_synchronous_commit"), {"mode": mode})
+        pids = [conn.info.backend_pid for conn in self.writers]
+        self.meter = CpuMeter(*pids, *self.extra_pids)
+
+    def close(self) -> None:
+        for conn in self.writers:
+            conn.close()
+        self.writers = []
+
+    def run(self, workload: Workload, ids: Sequence[uuid.UUID]) -> SliceRun:
+        """Write `ids` through every writer at once (each takes every n-th row)."""
+        statements = [bench_query(step.query) for step in workload.steps]
         worker = uuid.uuid4()
 
-        def client(conn: Conn, share: Sequence[uuid.UUID]) -> None:
+        def writer(conn: Conn, share: Sequence[uuid.UUID]) -> int:
+            missed = 0
             for row_id in share:
                 for statement in statements:
-                    conn.execute(statement, {"id": row_id, "worker_id": worker})
+                    cur = conn.execute(statement, {"id": row_id, "worker_id": worker})
+                    missed += cur.rowcount != 1
+            return missed
 
-        cpu = self.cpu.read()
+        n = len(self.writers)
+        cpu = self.meter.read()
         started = time.perf_counter()
-        if len(self.clients) == 1:
-            client(self.clients[0], ids)
+        if n == 1:
+            missed = writer(self.writers[0], ids)
         else:
-            shares = [ids[i :: len(self.clients)] for i in range(len(self.clients))]
-            futures = [
-                self.pool.submit(client, conn, share)
-                for conn, share in zip(self.clients, shares, strict=True)
-            ]
-            for future in futures:
-                future.result()
+            futures = [self.pool.submit(writer, self.writers[i], ids[i::n]) for i in range(n)]
+            missed = sum(future.result() for future in futures)
         elapsed = time.perf_counter() - started
-        self.cpu_seconds += self.cpu.read() - cpu
-        self.seconds += elapsed
-        return elapsed
+        return SliceRun(elapsed, self.meter.read() - cpu, missed)
+
+
+class Listener:
+    """LISTEN on A; counts what each slice's commits sent, exactly (sentinel after them)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn: Conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(bench_query("listen_events"))
+        self.pid = self.conn.info.backend_pid
+
+    def drain(self) -> int:
+        token = f"sentinel-{uuid.uuid4()}"
+        self.conn.execute(bench_query("send_sentinel"), {"token": token})
+        received = 0
+        for notify in self.conn.notifies(timeout=60.0):
+            if notify.payload == token:
+                return received
+            received += 1
+        raise RuntimeError(f"the sentinel never arrived ({received} notifications before)")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
-    workload: Workload
+    """One side with triggers against the trigger-free side B, for one case."""
+
+    case: Case
+    mode: str
+    label: str
     ops: int = 0
     pair_ratios: list[float] = field(default_factory=list)
     a_seconds: float = 0.0
@@ -125,146 +237,446 @@ class Result:
     a_cpu: float = 0.0
     b_cpu: float = 0.0
     notifications: int = 0
+    # Status changes committed on this side that the triggers must announce.
+    announced_writes: int = 0
+    missed_rows: int = 0
 
     @property
     def ratio(self) -> float:
-        """A's throughput relative to B's: the median over paired slices."""
-        return statistics.median(self.pair_ratios)
+        """This side's throughput relative to B's: the median over paired slices."""
+        return statistics.median(self.pair_ratios) if self.pair_ratios else 0.0
 
     @property
     def cpu_ratio(self) -> float:
-        """A's throughput relative to B's if both were CPU-bound: B's CPU per op / A's."""
-        return self.b_cpu / self.a_cpu
+        """B's CPU per write / this side's: what the triggers cost if both were CPU-bound."""
+        return self.b_cpu / self.a_cpu if self.a_cpu > 0 else 0.0
+
+    def controls(self) -> list[str]:
+        """Why this result cannot be trusted; empty when every control holds."""
+        failed: list[str] = []
+        if self.ops == 0 or not self.pair_ratios:
+            failed.append("nothing was measured")
+        if self.missed_rows:
+            failed.append(f"{self.missed_rows} writes updated no row")
+        if self.case.workload.silent and self.notifications:
+            failed.append(f"{self.notifications} notifications from writes that must send none")
+        if not self.case.workload.silent and self.notifications < self.announced_writes:
+            failed.append(
+                f"{self.notifications} notifications for {self.announced_writes} status changes"
+            )
+        return failed
+
+    def met(self, triggers_ok: bool) -> bool:
+        return triggers_ok and not self.controls() and self.ratio >= self.case.target
 
 
-def drain(listener: Conn) -> int:
-    """Notifications waiting on the LISTEN connection (they arrive right after each commit)."""
-    return sum(1 for _ in listener.notifies(timeout=0.3))
+def slice_rows(writers: int, base: int) -> int:
+    """Rows per slice: enough that every writer has a few, and thread start-up is noise."""
+    return max(base, writers * 8)
 
 
-def measure(
-    a: Side, b: Side, listener: Conn, rows: int, rounds: int, slice_rows: int
+def measure_case(
+    case: Case,
+    tested: Sequence[Side],
+    b: Side,
+    listeners: dict[str, Listener],
+    ids: Sequence[uuid.UUID],
+    *,
+    mode: str,
+    rounds: int,
+    base_slice: int,
+    keep_open: bool,
 ) -> list[Result]:
-    results: list[Result] = []
-    for workload in WORKLOADS:
-        ids = [r[0] for r in a.clients[0].execute(bench_query(workload.pick), {"limit": rows})]
-        if not ids:
-            raise RuntimeError(f"the fleet has no rows for {workload.name!r}")
-        result = Result(workload)
-        for r in range(rounds + 1):  # round 0 warms both sides up
-            for side in (a, b):
-                if workload.reset:
-                    side.clients[0].execute(bench_query("reset_jobs_pending"), {"ids": ids})
-            drain(listener)  # the reset's own events
-            for i, start in enumerate(range(0, len(ids), slice_rows)):
-                part = ids[start : start + slice_rows]
-                a_cpu, b_cpu = a.cpu_seconds, b.cpu_seconds
-                first, second = (a, b) if (i + r) % 2 == 0 else (b, a)
-                took = {first.label: first.run(workload, part)}
-                took[second.label] = second.run(workload, part)
+    """Every side with triggers against B, slice by slice, the order rotating."""
+    results = {side.label: Result(case, mode, side.label) for side in tested}
+    workload = case.workload
+    sides = [*tested, b]
+    size = slice_rows(case.writers, base_slice)
+    slices = [ids[start : start + size] for start in range(0, len(ids), size)]
+    if keep_open:
+        for side in sides:
+            side.connect(case.writers, mode)
+    try:
+        for r in range(rounds + 1):  # round 0 warms every side up
+            if workload.reset:
+                for side in sides:
+                    with psycopg.connect(side.url, autocommit=True) as admin:
+                        admin.execute(bench_query("reset_jobs_pending"), {"ids": list(ids)})
+            for listener in listeners.values():
+                listener.drain()  # the reset's own events
+            for i, part in enumerate(slices):
+                took: dict[str, SliceRun] = {}
+                sent: dict[str, int] = {}
+                turn = (i + r) % len(sides)
+                for side in sides[turn:] + sides[:turn]:
+                    if not keep_open:
+                        side.connect(case.writers, mode)
+                    took[side.label] = side.run(workload, part)
+                    if not keep_open:
+                        side.close()
+                    if side.label in listeners:
+                        sent[side.label] = listeners[side.label].drain()
                 if r == 0:
                     continue
-                result.ops += len(part) * len(workload.steps)
-                result.pair_ratios.append(took[b.label] / took[a.label])
-                result.a_seconds += took[a.label]
-                result.b_seconds += took[b.label]
-                result.a_cpu += a.cpu_seconds - a_cpu
-                result.b_cpu += b.cpu_seconds - b_cpu
-            result.notifications += drain(listener)
-        print(f"  {workload.name}: {len(ids)} rows x {len(workload.steps)} writes x {rounds}")
-        results.append(result)
+                run_b = took[b.label]
+                for side in tested:
+                    res, run_a = results[side.label], took[side.label]
+                    res.ops += len(part) * len(workload.steps)
+                    res.pair_ratios.append(run_b.seconds / run_a.seconds)
+                    res.a_seconds += run_a.seconds
+                    res.b_seconds += run_b.seconds
+                    res.a_cpu += run_a.cpu
+                    res.b_cpu += run_b.cpu
+                    res.missed_rows += run_a.missed_rows + run_b.missed_rows
+                    res.notifications += sent[side.label]
+                    announced = sum(step.notifies for step in workload.steps)
+                    res.announced_writes += (len(part) - run_a.missed_rows) * announced
+    finally:
+        for side in sides:
+            side.close()
+    return [results[side.label] for side in tested]
+
+
+# ---------------------------------------------------------------------------------------------
+# Server cost per write, without a client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoop:
+    """The same writes from a procedure on the server (bench/sql/triggers.sql), one
+    transaction each: what the triggers cost Coder's database server, free of the client's
+    noise. Measured as the writing backend's CPU (and the listener's, on a side with
+    triggers)."""
+
+    name: str
+    pick: str
+    call: str
+    writes_per_row: int
+    reset: bool
+    # Notifications each row must produce (a prebuild's completed job: 1).
+    announced_per_row: int
+
+
+SERVER_LOOPS = (
+    ServerLoop("provisioner heartbeat", "pick_prebuild_jobs", "heartbeat_loop", 1, False, 0),
+    ServerLoop(
+        "agent connection update", "pick_prebuild_agents", "agent_connection_loop", 1, False, 0
+    ),
+    ServerLoop("users' job status", "pick_user_jobs", "job_status_loop", 2, True, 0),
+    ServerLoop("prebuild job status", "pick_prebuild_jobs", "job_status_loop", 2, True, 1),
+)
+
+
+@dataclass
+class ServerResult:
+    loop: ServerLoop
+    mode: str
+    # Per side: backend CPU per write (us) of each measured repetition.
+    writer_us: dict[str, list[float]] = field(default_factory=dict)
+    listener_us: dict[str, list[float]] = field(default_factory=dict)
+    notifications: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    def median(self, label: str) -> float:
+        return statistics.median(self.writer_us[label])
+
+    def listener(self, label: str) -> float:
+        samples = self.listener_us.get(label)
+        return statistics.median(samples) if samples else 0.0
+
+    def controls(self, label: str) -> list[str]:
+        failed: list[str] = []
+        if not self.writer_us.get(label):
+            failed.append("nothing was measured")
+        needed = self.rows * self.loop.announced_per_row
+        got = self.notifications.get(label, 0)
+        if self.loop.announced_per_row == 0 and got:
+            failed.append(f"{got} notifications from writes that must send none")
+        if got < needed:
+            failed.append(f"{got} notifications for {needed} status changes")
+        return failed
+
+
+def _backend_cpu_us(pid: int) -> float:
+    meter = CpuMeter(pid)
+    return meter.split()[1] * 1e6
+
+
+def measure_server_loops(
+    tested: dict[str, str],
+    url_b: str,
+    listeners: dict[str, Listener],
+    *,
+    mode: str,
+    rows: int,
+    reps: int,
+) -> list[ServerResult]:
+    urls = {**tested, "B": url_b}
+    conns = {label: psycopg.connect(url, autocommit=True) for label, url in urls.items()}
+    results: list[ServerResult] = []
+    try:
+        for conn in conns.values():
+            conn.execute(bench_query("create_write_loops"))
+            conn.execute(bench_query("set_synchronous_commit"), {"mode": mode})
+        for loop in SERVER_LOOPS:
+            ids = [r[0] for r in conns["B"].execute(bench_query(loop.pick), {"limit": rows})]
+            result = ServerResult(loop, mode, rows=0)
+            labels = list(urls)
+            for rep in range(reps + 1):  # repetition 0 warms every side up
+                turn = rep % len(labels)
+                for label in labels[turn:] + labels[:turn]:
+                    conn = conns[label]
+                    if loop.reset:
+                        conn.execute(bench_query("reset_jobs_pending"), {"ids": ids})
+                    if label in listeners:
+                        listeners[label].drain()
+                    pid = conn.info.backend_pid
+                    listener_pid = listeners[label].pid if label in listeners else None
+                    before = _backend_cpu_us(pid)
+                    heard_before = _backend_cpu_us(listener_pid) if listener_pid else 0.0
+                    conn.execute(bench_query(loop.call), {"ids": ids, "worker_id": uuid.uuid4()})
+                    spent = _backend_cpu_us(pid) - before
+                    sent = listeners[label].drain() if label in listeners else 0
+                    heard = _backend_cpu_us(listener_pid) - heard_before if listener_pid else 0.0
+                    if rep == 0:
+                        continue
+                    writes = len(ids) * loop.writes_per_row
+                    result.writer_us.setdefault(label, []).append(spent / writes)
+                    if listener_pid:
+                        result.listener_us.setdefault(label, []).append(heard / writes)
+                    result.notifications[label] = result.notifications.get(label, 0) + sent
+                if rep > 0:
+                    result.rows += len(ids)
+            results.append(result)
+            summary = ", ".join(f"{label} {result.median(label):.1f}" for label in labels)
+            print(f"  server CPU per write, {loop.name}: {summary} us", flush=True)
+    finally:
+        for conn in conns.values():
+            conn.close()
     return results
 
 
-def report(results: Sequence[Result], mode: str, by_cpu: bool) -> tuple[str, list[str]]:
-    """The verdict uses the CPU-based ratio when the server's CPU is measured: it is what the
-    triggers cost, while wall-time ratios on a shared machine swing by +-15 % even for writes
-    whose trigger never fires. Both are printed."""
+def server_report(results: Sequence[ServerResult], tested: Sequence[str]) -> tuple[str, list[str]]:
     rows = [[
-        f"synchronous_commit={mode}", "A ops/s", "B ops/s", "A/B wall (median of pairs)",
-        "CPU us/op A", "CPU us/op B", "A/B by CPU", "NOTIFYs in A", "met?",
+        "workload (server only)", "side", "sync commit", "writer us/write vs B",
+        "+ listener us/write", "B / side (writer)", "B / side (writer + listener)",
+        "NOTIFYs (needed)", "controls",
     ]]  # fmt: skip
     summary: list[str] = []
     for res in results:
-        judged = res.cpu_ratio if by_cpu else res.ratio
-        silent = res.notifications == 0 or not res.workload.must_be_silent
-        ok = judged >= TARGET_RATIO and silent
-        a_us, b_us = res.a_cpu / res.ops * 1e6, res.b_cpu / res.ops * 1e6
+        b_us = res.median("B")
+        needed = res.rows * res.loop.announced_per_row
+        for label in tested:
+            a_us, heard = res.median(label), res.listener(label)
+            failed = res.controls(label)
+            rows.append([
+                res.loop.name, label, res.mode, f"{a_us:.1f} vs {b_us:.1f}", f"{heard:.1f}",
+                f"{b_us / a_us:.1%}", f"{b_us / (a_us + heard):.1%}",
+                f"{res.notifications.get(label, 0):,} ({needed:,})",
+                "; ".join(failed) or "held",
+            ])  # fmt: skip
+            summary.append(
+                f"server CPU, {res.loop.name}, side {label} (synchronous_commit={res.mode}): "
+                f"{a_us:.1f} vs {b_us:.1f} us per write on the writing backend "
+                f"(+{heard:.1f} us on the listener): {b_us / a_us:.1%} of trigger-free, "
+                f"{b_us / (a_us + heard):.1%} with the listener; "
+                f"controls {'; '.join(failed) or 'held'}"
+            )
+    return table(rows), summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Controls and report
+# ---------------------------------------------------------------------------------------------
+
+
+def install_current_triggers(url: str, alternative: Path | None = None) -> None:
+    """Apply this tree's function and trigger files, each in its own transaction as migrate
+    does (a reused fleet may have been migrated by another checkout: what is measured must be
+    these files, whatever its bookkeeping says), then `alternative`, a function file whose
+    CREATE OR REPLACE stands in for the current one."""
+    texts = [file.text for file in repeatable_files()]
+    if alternative is not None:
+        texts.append(alternative.read_text(encoding="utf-8"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for text in texts:
+            with conn.transaction():
+                # Files of this repository or named on the command line, executed verbatim
+                # like migrate does.
+                conn.execute(sql.SQL(text))
+
+
+def check_triggers(tested: dict[str, str], b_url: str) -> list[str]:
+    """Why the comparison would be meaningless; empty when every tested side has the
+    triggers (enabled, no WHEN, no UPDATE OF) and B has none."""
+    problems: list[str] = []
+    for label, url in tested.items():
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute(bench_query("event_triggers")).fetchall()
+        tables = {str(row[1]) for row in found}
+        for wanted in ("provisioner_jobs", "workspace_agents", "workspaces", "workspace_builds"):
+            if wanted not in tables:
+                problems.append(f"{label} has no prebuildd trigger on {wanted}")
+        for name, table_name, enabled, has_when, has_columns in found:
+            if not enabled or has_when or has_columns:
+                problems.append(
+                    f"{label}: trigger {name} on {table_name} is not the current kind "
+                    f"(enabled={enabled}, WHEN={has_when}, UPDATE OF={has_columns})"
+                )
+    with psycopg.connect(b_url, autocommit=True) as conn:
+        on_b = conn.execute(bench_query("event_triggers")).fetchall()
+    if on_b:
+        problems.append(f"B still has {len(on_b)} prebuildd triggers")
+    return problems
+
+
+def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]]:
+    rows = [[
+        "workload", "side", "sync commit", "writes/s vs B", "vs B (median of pairs)",
+        "CPU us/write vs B", "vs B by CPU", "NOTIFYs (needed)", "target", "verdict",
+    ]]  # fmt: skip
+    summary: list[str] = []
+    for res in results:
+        ok = res.met(triggers_ok)
+        a_us = res.a_cpu / res.ops * 1e6 if res.ops else 0.0
+        b_us = res.b_cpu / res.ops * 1e6 if res.ops else 0.0
+        a_rate = res.ops / res.a_seconds if res.a_seconds else 0.0
+        b_rate = res.ops / res.b_seconds if res.b_seconds else 0.0
+        needed = "0" if res.case.workload.silent else f">= {res.announced_writes:,}"
         rows.append([
-            res.workload.name, f"{res.ops / res.a_seconds:,.0f}", f"{res.ops / res.b_seconds:,.0f}",
-            f"{res.ratio:.1%}", f"{a_us:,.0f}", f"{b_us:,.0f}", f"{res.cpu_ratio:.1%}",
-            str(res.notifications), verdict(ok),
+            res.case.label, res.label, res.mode, f"{a_rate:,.0f} vs {b_rate:,.0f}",
+            f"{res.ratio:.1%}", f"{a_us:,.0f} vs {b_us:,.0f}", f"{res.cpu_ratio:.1%}",
+            f"{res.notifications:,} ({needed})", f">= {res.case.target:.0%}", verdict(ok),
         ])  # fmt: skip
-        silence = " and 0 notifications" if res.workload.must_be_silent else ""
+        why = "; ".join(res.controls()) or "controls held"
         summary.append(
-            f"{res.workload.name} (synchronous_commit={mode}): {res.cpu_ratio:.1%} by CPU "
-            f"({a_us:,.0f} vs {b_us:,.0f} us/op), {res.ratio:.1%} by wall time (median of "
-            f"{len(res.pair_ratios)} pairs), {res.notifications} notifications; target "
-            f">= {TARGET_RATIO:.0%}{silence}: {verdict(ok)}"
+            f"{res.case.label}, side {res.label} (synchronous_commit={res.mode}): "
+            f"{res.ratio:.1%} of trigger-free "
+            f"throughput (median of {len(res.pair_ratios)} pairs), {res.cpu_ratio:.1%} by CPU, "
+            f"{res.notifications:,} notifications ({needed} needed), {why}; "
+            f"target >= {res.case.target:.0%}: {verdict(ok)}"
         )
     return table(rows), summary
 
 
-def _side(label: str, url: str, clients: int, listener: Conn | None) -> Side:
-    conns = [psycopg.connect(url, autocommit=True) for _ in range(clients)]
-    pids = [c.info.backend_pid for c in conns]
-    if listener is not None:
-        pids.append(listener.info.backend_pid)
-    return Side(label, url, conns, ThreadPoolExecutor(clients), CpuMeter(*pids))
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
 
 
-def _close(side: Side) -> None:
-    side.pool.shutdown()
-    for conn in side.clients:
-        conn.close()
-
-
-def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> list[str]:
-    rows = args.rows or (200 if args.quick else 1000)
-    rounds = args.rounds or (2 if args.quick else 4)
-    url_a = server.clone(fleet_db, f"{fleet_db}_ta")
+def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[list[str], bool]:
+    rows = args.rows or (512 if args.quick else 2048)
+    rounds = args.rounds or (1 if args.quick else 5)
+    urls = {"A": server.clone(fleet_db, f"{fleet_db}_ta")}
+    install_current_triggers(urls["A"])
+    if args.compare:
+        # C: the same, with the function of another file (an alternative being weighed).
+        urls["C"] = server.clone(fleet_db, f"{fleet_db}_tc")
+        install_current_triggers(urls["C"], args.compare)
     url_b = server.clone(fleet_db, f"{fleet_db}_tb")
     removed = uninstall(url_b)
-    triggers = sum(r.startswith("trigger ") for r in removed)
-    print(f"B: uninstalled {triggers} triggers ({len(removed)} objects in all)")
-    listener = psycopg.connect(url_a, autocommit=True)
-    listener.execute(bench_query("listen_events"))
-    a = _side("A", url_a, args.clients, listener)
-    b = _side("B", url_b, args.clients, None)
+    print(f"B: uninstalled {sum(r.startswith('trigger ') for r in removed)} triggers")
+    if args.compare:
+        print(f"C: A's triggers with the function of {args.compare}")
+    problems = check_triggers(urls, url_b)
+    for problem in problems:
+        print(f"CONTROL FAILED: {problem}")
+    listeners = {label: Listener(url) for label, url in urls.items()}
+    pool = ThreadPoolExecutor(max(case.writers for case in CASES))
+    tested = [Side(label, url, pool) for label, url in urls.items()]
+    for side in tested:
+        side.extra_pids = [listeners[side.label].pid]
+    b = Side("B", url_b, pool)
+    with psycopg.connect(url_b, autocommit=True) as conn:
+        row = conn.execute(bench_query("max_connections")).fetchone()
+    available = int(row[0]) if row else 0
+    cases = [c for c in CASES if not args.case or any(w in c.label for w in args.case)]
+    if args.part == "server":
+        cases = []
     tables: list[str] = []
     summary: list[str] = []
+    # The verdict is A's, the files of this tree; C is there to be compared with.
+    all_met = not problems and (bool(cases) or args.part == "server")
     try:
         for mode in args.synchronous_commit or ["on", "off"]:
-            for conn in a.clients + b.clients:
-                conn.execute(bench_query("set_synchronous_commit"), {"mode": mode})
-            print(
-                f"\n-- synchronous_commit={mode}: {rows} rows, {rounds} rounds (+1 warm-up), "
-                f"{args.clients} clients, A/B in pairs of {args.slice}-row slices"
-            )
-            results = measure(a, b, listener, rows, rounds, args.slice)
-            text, lines = report(results, mode, by_cpu=a.cpu.includes_server)
-            tables.append(text)
-            summary += lines
+            results: list[Result] = []
+            print(f"\n-- synchronous_commit={mode}: {rows} rows x {rounds} rounds (+1 warm-up)")
+            for case in cases:
+                with psycopg.connect(url_b, autocommit=True) as conn:
+                    picked = conn.execute(bench_query(case.workload.pick), {"limit": rows})
+                    ids = [r[0] for r in picked.fetchall()]
+                if len(ids) < rows:
+                    print(f"  {case.label}: only {len(ids)} rows in this fleet")
+                # Every side's writers at once, plus the listeners and a reset connection.
+                keep_open = (len(tested) + 1) * case.writers + len(tested) + 2 <= available
+                measured = measure_case(
+                    case, tested, b, listeners, ids, mode=mode, rounds=rounds,
+                    base_slice=args.slice, keep_open=keep_open,
+                )  # fmt: skip
+                note = "" if keep_open else " (reconnecting per slice: max_connections)"
+                for res in measured:
+                    print(
+                        f"  {case.label}, {res.label}: {res.ratio:.1%} (median of "
+                        f"{len(res.pair_ratios)} pairs), by CPU {res.cpu_ratio:.1%}, "
+                        f"{res.notifications:,} notifications{note}",
+                        flush=True,
+                    )
+                    if res.label == "A":
+                        all_met = all_met and res.met(not problems)
+                results += measured
+            if results:
+                text, lines = report(results, not problems)
+                tables.append(text)
+                summary += lines
+            if args.part in ("server", "all"):
+                served = measure_server_loops(
+                    urls, url_b, listeners, mode=mode, rows=rows, reps=args.server_reps
+                )
+                text, lines = server_report(served, list(urls))
+                tables.append(text)
+                summary += lines
+                all_met = all_met and not any(r.controls(label) for r in served for label in urls)
     finally:
-        _close(a)
-        _close(b)
-        listener.close()
-        server.drop(f"{fleet_db}_ta")
-        server.drop(f"{fleet_db}_tb")
+        for side in [*tested, b]:
+            side.close()
+        pool.shutdown()
+        for listener in listeners.values():
+            listener.close()
+        for suffix in ("ta", "tb", "tc"):
+            server.drop(f"{fleet_db}_{suffix}")
     for text in tables:
         print()
         print(text)
-    return summary
+    summary += [f"control failed: {problem}: MISSED" for problem in problems]
+    return summary, all_met
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     common_args(parser)
-    parser.add_argument("--rows", type=int, default=0, help="rows written per round")
-    parser.add_argument("--rounds", type=int, default=0)
-    parser.add_argument("--slice", type=int, default=100, help="rows per A/B slice")
+    parser.add_argument("--rows", type=int, default=0, help="rows written per round and case")
+    parser.add_argument("--rounds", type=int, default=0, help="measured rounds (after warm-up)")
+    parser.add_argument("--slice", type=int, default=128, help="rows per A/B slice (at least)")
     parser.add_argument(
-        "--clients", type=int, default=1, help="concurrent client connections (threads)"
+        "--part",
+        choices=("client", "server", "all"),
+        default="all",
+        help="client: throughput from client connections (the targets); server: CPU per "
+        "write of the same writes made by a procedure on the server; all: both",
+    )
+    parser.add_argument(
+        "--server-reps", type=int, default=7, help="measured repetitions of each server loop"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also measure side C: the current triggers with the function of this file",
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        help="only the cases whose label contains this text (e.g. 'heartbeat', '16 writers')",
     )
     parser.add_argument(
         "--synchronous-commit",
@@ -278,10 +690,13 @@ def main() -> None:
     with bench_server() as server:
         print_server(server)
         fleet_db = ensure_fleet(server, name, SCALES[name], reuse=args.reuse)
-        summary = run(server, fleet_db, args)
+        summary, all_met = run(server, fleet_db, args)
     print("\n== summary")
     for line in summary:
         print(f"* {line}")
+    print(f"verdict: {verdict(all_met)}")
+    if not all_met:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,29 @@
 -- Coder's hot-path writes, as its provisioner daemons and agents make them (one row per
--- statement, each its own transaction), for bench/trigger_overhead.py.
+-- statement, each its own transaction), and the checks around them, for
+-- bench/trigger_overhead.py.
 
 -- name: listen_events
 LISTEN prebuildd_events;
+
+-- name: send_sentinel
+-- Sent by the listener after a slice: notifications arrive in commit order, so everything the
+-- slice's commits sent has arrived once this one has.
+SELECT pg_notify('prebuildd_events', %(token)s);
+
+-- name: event_triggers
+-- prebuildd's triggers on this database's tables: (name, table, enabled, has a WHEN clause,
+-- has an UPDATE OF column list). The positive control of the bench.
+SELECT t.tgname, c.relname, t.tgenabled <> 'D', t.tgqual IS NOT NULL,
+       t.tgattr <> ''::int2vector
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+  AND t.tgname LIKE 'prebuildd\_%'
+ORDER BY 1, 2;
+
+-- name: max_connections
+SELECT current_setting('max_connections')::int
+     - current_setting('superuser_reserved_connections')::int;
 
 -- name: pick_prebuild_jobs
 -- Jobs of builds the prebuilds user started (status runs reset them to pending first).
@@ -72,13 +93,98 @@ UPDATE provisioner_jobs
 SET updated_at = now()
 WHERE id = %(id)s::uuid;
 
--- name: agent_heartbeat
--- An agent's connection bookkeeping (no lifecycle change).
+-- name: agent_connection
+-- An agent's connection bookkeeping, as coderd writes it while the agent stays connected
+-- (no lifecycle change).
 UPDATE workspace_agents
-SET last_connected_at = now(), updated_at = now()
+SET first_connected_at = COALESCE(first_connected_at, now()),
+    last_connected_at = now(),
+    disconnected_at = NULL,
+    last_connected_replica_id = %(worker_id)s::uuid,
+    updated_at = now()
 WHERE id = %(id)s::uuid;
 
 -- name: set_synchronous_commit
 -- Per session: 'on' is Coder's (and PostgreSQL's) default; 'off' makes commits CPU-bound,
 -- the worst case for any per-commit overhead such as NOTIFY.
 SELECT set_config('synchronous_commit', %(mode)s, false);
+
+-- ---------------------------------------------------------------------------------------------
+-- Server cost per write, without a client: the same writes from a procedure on the server, one
+-- transaction per write (COMMIT in the loop), so that per-transaction costs (a trigger
+-- function's set-up, its subtransaction, NOTIFY at commit) are all there and nothing else
+-- varies. Created on the bench's clones only, in their public schema.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: create_write_loops
+CREATE OR REPLACE PROCEDURE bench_heartbeat_loop(ids uuid[])
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE provisioner_jobs SET updated_at = now() WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+CREATE OR REPLACE PROCEDURE bench_agent_connection_loop(ids uuid[], replica uuid)
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE workspace_agents
+        SET first_connected_at = COALESCE(first_connected_at, now()),
+            last_connected_at = now(),
+            disconnected_at = NULL,
+            last_connected_replica_id = replica,
+            updated_at = now()
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no agent %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+CREATE OR REPLACE PROCEDURE bench_job_status_loop(ids uuid[], worker uuid)
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE provisioner_jobs
+        SET started_at = now(), updated_at = now(), worker_id = worker
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+        UPDATE provisioner_jobs
+        SET completed_at = now(), updated_at = now(), error = NULL, error_code = NULL
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
+-- name: heartbeat_loop
+CALL bench_heartbeat_loop(%(ids)s::uuid[]);
+
+-- name: agent_connection_loop
+CALL bench_agent_connection_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
+
+-- name: job_status_loop
+CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid);

@@ -286,10 +286,10 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
     ON template_version_preset_prebuild_schedules TO prebuildd;
 
 -- The pause switch, and nothing else of site_configs (whose other keys Coder keeps secret):
--- prebuilds_settings (read by every reconcile and the metrics loop) selects from a view of
--- that one row (sql/schema/0002_pause_switch.sql).
+-- prebuilds_settings (read by every reconcile and the metrics loop) calls a security-definer
+-- function that returns that one row's value (sql/functions/pause_switch.sql).
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
-GRANT SELECT ON prebuildd.prebuilds_settings TO prebuildd;
+GRANT EXECUTE ON FUNCTION prebuildd.prebuilds_settings() TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
 -- Reads of prebuilds' state: workspaces, builds, jobs, agents
@@ -331,7 +331,7 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
     prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
     prebuildd.set_preset_status(uuid, text),
-    prebuildd.notify_hard_limited(uuid),
+    prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean)
 TO prebuildd;

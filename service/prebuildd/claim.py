@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -103,14 +103,14 @@ def claim_params(
     validate_name(name)
     if user_id == PREBUILDS_USER_ID:
         raise InvalidClaim("a prebuild cannot be claimed for the prebuilds user itself")
-    at = now if now is not None else datetime.now(UTC)
-    if at.tzinfo is None:
+    if now is not None and now.tzinfo is None:
         raise InvalidClaim("`now` must be timezone-aware")
     return {
         "preset_id": preset_id,
         "user_id": user_id,
         "name": name,
-        "now": at,
+        # None: the database's now() (the query says so); never this host's clock.
+        "now": now,
         # Generated here so that the job's input can name the build it belongs to.
         "build_id": uuid.uuid4(),
         "job_id": uuid.uuid4(),

@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,11 +23,14 @@ import psycopg
 from prebuildd import __version__
 from prebuildd.claim import ClaimError
 from prebuildd.config import (
+    NOTIFICATION_METHODS,
     ConfigError,
     Settings,
     default_data_dir,
     env_or,
     format_duration,
+    notification_delivery,
+    parse_bool,
     parse_duration,
     plan_config,
     redact_dsn,
@@ -44,6 +48,13 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NONE_AVAILABLE = 0, 1, 2, 3
 def _duration(text: str) -> timedelta:
     try:
         return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -133,6 +144,29 @@ def _reconcile_knobs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _notification_knobs(parser: argparse.ArgumentParser) -> None:
+    """Coder's notification settings, which Coder's database does not show: set them to
+    Coder's values so that the hard-limit notice goes out the way Coder's own would."""
+    _option(
+        parser,
+        "--notifications-method",
+        "NOTIFICATIONS_METHOD",
+        "smtp",
+        "Coder's CODER_NOTIFICATIONS_METHOD (smtp, webhook), the method of notifications "
+        "whose template names none; 'none' when Coder has neither an SMTP smarthost nor a "
+        "webhook endpoint configured",
+        choices=NOTIFICATION_METHODS,
+    )
+    _option(
+        parser,
+        "--notifications-inbox-enabled",
+        "NOTIFICATIONS_INBOX_ENABLED",
+        "true",
+        "Coder's CODER_NOTIFICATIONS_INBOX_ENABLED: also queue the notice for Coder Inbox",
+        type=_bool,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prebuildd",
@@ -144,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the service until SIGTERM/SIGINT")
     _common(run)
     _reconcile_knobs(run)
+    _notification_knobs(run)
     _option(
         run,
         "--sweep-interval",
@@ -214,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="reconcile every preset once")
     _common(rec)
     _reconcile_knobs(rec)
+    _notification_knobs(rec)
     rec.add_argument("--once", action="store_true", help="one full sweep, then exit (default)")
     rec.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
 
@@ -335,8 +371,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from prebuildd.report import print_plans
     from prebuildd.sweep import sweep_once
 
+    config, notifications = plan_config(args), notification_delivery(args)
     with database(args, start_embedded=False) as url:
-        outcomes = anyio.run(sweep_once, url, plan_config(args), args.dry_run)
+        outcomes = anyio.run(
+            partial(sweep_once, url, config, args.dry_run, notifications=notifications)
+        )
     print_plans(outcomes, sys.stdout, dry_run=args.dry_run)
     return EXIT_OK
 
@@ -379,9 +418,7 @@ def _set_paused(paused: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
-        row = conn.execute(
-            query("invalidate_preset"), {"preset_id": args.preset, "now": datetime.now(UTC)}
-        ).fetchone()
+        row = conn.execute(query("invalidate_preset"), {"preset_id": args.preset}).fetchone()
     if row is None:
         print(f"no preset {args.preset}", file=sys.stderr)
         return EXIT_ERROR

@@ -85,6 +85,24 @@ def default_data_dir() -> Path:
     return Path(base) / "prebuildd"
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationDelivery:
+    """What Coder's notification enqueuer decides from its own configuration, which the
+    database does not show; prebuildd mirrors it (`--notifications-method`,
+    `--notifications-inbox-enabled`). Defaults are Coder's."""
+
+    # The deployment's default method for notifications whose template names none: "smtp"
+    # or "webhook" (CODER_NOTIFICATIONS_METHOD); None when Coder has neither an SMTP
+    # smarthost nor a webhook endpoint configured (Coder then uses no default method).
+    default_method: str | None = "smtp"
+    # Coder Inbox (CODER_NOTIFICATIONS_INBOX_ENABLED).
+    inbox: bool = True
+
+
+# Coder's own defaults: its default method, and the inbox on.
+CODER_NOTIFICATION_DEFAULTS = NotificationDelivery()
+
+
 # Without a setting of its own, the per-preset series are refreshed this often (or every sweep
 # interval, when that is shorter).
 _METRICS_REFRESH_SECONDS = 15.0
@@ -108,6 +126,8 @@ class Settings:
     # Measured in docs/benchmarks.md ("Reaction, storm and memory").
     cooldown: timedelta = timedelta(seconds=1)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    # How Coder delivers the hard-limit notice (a mirror of Coder's own settings).
+    notifications: NotificationDelivery = field(default_factory=NotificationDelivery)
     metrics_addr: str = "127.0.0.1:2118"
     pool_min_size: int = 2
     pool_max_size: int = 10
@@ -166,6 +186,32 @@ def plan_config(args: argparse.Namespace) -> PlanConfig:
     )
 
 
+# `--notifications-method` values: Coder's CODER_NOTIFICATIONS_METHOD, or none.
+NOTIFICATION_METHODS = ("smtp", "webhook", "none")
+
+
+def notification_delivery(args: argparse.Namespace) -> NotificationDelivery:
+    """Coder's notification settings as mirrored by `prebuildd run|reconcile` flags."""
+    method = args.notifications_method
+    if method not in NOTIFICATION_METHODS:
+        choices = ", ".join(NOTIFICATION_METHODS)
+        raise ConfigError(f"--notifications-method must be one of {choices}, not {method!r}")
+    return NotificationDelivery(
+        default_method=None if method == "none" else method,
+        inbox=args.notifications_inbox_enabled,
+    )
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, as Coder's boolean settings take them (also 1/0, yes/no, on/off)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (use true or false)")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """`prebuildd run`'s settings from its parsed flags (each already falls back to env)."""
     pool = at_least(args.pool_size, "--pool-size", 2)
@@ -177,6 +223,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settle=args.settle,
         cooldown=args.cooldown,
         plan=plan_config(args),
+        notifications=notification_delivery(args),
         metrics_addr=args.metrics_addr or "",
         pool_max_size=pool,
         pool_min_size=min(2, pool),

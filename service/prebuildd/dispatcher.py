@@ -16,7 +16,9 @@ What it owns:
   queue from here and nowhere else: the timers a plan asked for (schedule boundary, TTL,
   backoff end, capped creates), the busy retry of templates another replica held, the
   error retry of a batch that failed (its delay doubling per template), and the retry of a
-  sweep whose listing failed;
+  sweep whose listing failed. A timer's instant is the database's time (the plans were made
+  at the database's now); its delay is measured on the outcome's reading of the database's
+  clock plus this host's monotonic time since (prebuildd.clock), never the wall clock;
 * the periodic sweep, so that every piece of work the service does on the pool runs here.
 
 Without a collector the dispatcher makes one pass (the CLI's sweep, prebuildd.sweep): nothing
@@ -25,9 +27,9 @@ follows a reconcile and errors propagate to the caller.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -36,7 +38,7 @@ import psycopg
 
 from prebuildd.collector import MetricsCollector
 from prebuildd.queue import KeyMeta, QueueShutDown, Work, WorkQueue
-from prebuildd.reconciler import Cause, Outcome, Reconciler, utc_now
+from prebuildd.reconciler import Cause, Outcome, Reconciler
 from prebuildd.store import Conn, Connect
 from prebuildd.trigger import Trigger
 
@@ -98,14 +100,16 @@ class Dispatcher:
         *,
         max_batch: int,
         collector: MetricsCollector | None = None,
-        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`monotonic` must be the clock the outcomes' database clock readings were anchored
+        on (time.monotonic; tests of timers pass their fake clock and outcomes of their own)."""
         self._queue = queue
         self._reconciler = reconciler
         self._sweeper = sweeper
         self._max_batch = max_batch
         self._collector = collector
-        self._clock = clock
+        self._monotonic = monotonic
         # Consecutive failed reconciles per template: the error retry doubles with it.
         self._error_streak: dict[UUID, int] = {}
         # Called with every outcome, failed ones too (the demo narrates them; benches count).
@@ -193,7 +197,10 @@ class Dispatcher:
         for template_id in outcome.busy:
             queue.add(template_id, trigger=Trigger.RETRY, delay=BUSY_RETRY_SECONDS)
         if outcome.next_attention:
-            now = self._clock()
+            db_clock = outcome.clock
+            if db_clock is None:
+                raise ValueError("an outcome with timers must carry the database clock reading")
+            elapsed = self._monotonic()
             for template_id, when in outcome.next_attention.items():
-                delay = (when - now).total_seconds()
+                delay = db_clock.seconds_until(when, elapsed)
                 queue.add(template_id, trigger=Trigger.TIMER, delay=delay)

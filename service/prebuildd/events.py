@@ -1,6 +1,7 @@
 """What the database tells prebuildd: the payloads of channel `prebuildd_events`.
 
-The triggers in `sql/triggers/0001_notify.sql` send compact JSON, one object per change:
+The triggers (`sql/triggers/*.sql`, functions in `sql/functions/notify_event.sql`) send
+compact JSON, one object per change:
 
     {"v":1,"k":"job_status","t":"<template uuid>","at":1718035200.123456}
 

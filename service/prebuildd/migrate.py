@@ -97,7 +97,9 @@ REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = {
     # Labels of plans and metrics, the hard-limit notification.
     "organizations": _names("id name"),
     # Recipients of the hard-limit notification (template admins) and its payload.
-    "users": _names("id email username name deleted status is_system rbac_roles"),
+    "users": _names("id email username name deleted is_system rbac_roles"),
+    # ... and the organization's admins and template admins.
+    "organization_members": _names("user_id organization_id roles"),
     # The pause switch.
     "site_configs": _names("key value"),
     # Active version, retirement, the organization and provisioner of new jobs; triggers.
@@ -139,7 +141,9 @@ REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = {
     # Readiness of a prebuild: its build's top-level, non-deleted agents.
     "workspace_resources": _names("id job_id"),
     "workspace_agents": _names("resource_id lifecycle_state parent_id deleted"),
-    "notification_templates": _names("id"),
+    # The hard-limit notice: its template's name, own method and default, users' choices.
+    "notification_templates": _names("id name method enabled_by_default"),
+    "notification_preferences": _names("user_id notification_template_id disabled"),
     "notification_messages": _names(
         "id notification_template_id user_id method status created_by payload targets "
         "created_at dedupe_hash"
@@ -164,8 +168,7 @@ REQUIRED_ENUM_LABELS: Mapping[str, tuple[str, ...]] = {
     "workspace_agent_lifecycle_state": _names("ready"),
     "build_reason": _names("initiator"),
     "automatic_updates": _names("never"),
-    "user_status": _names("active"),
-    "notification_method": _names("smtp inbox"),
+    "notification_method": _names("smtp webhook inbox"),
     "notification_message_status": _names("pending"),
 }
 

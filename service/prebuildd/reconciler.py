@@ -16,7 +16,17 @@ byte it reads or writes goes through `store`. What it owns is the transaction sh
   or statement timeout, a deadlock -- says nothing about the preset's input: it is retried by
   the next reconcile of the template (its next event, timer or the periodic sweep);
 * provisioner wake-ups are `pg_notify` calls inside that transaction, delivered at commit, so
-  a crash mid-cycle leaves neither half-written prebuilds nor phantom postings.
+  a crash mid-cycle leaves neither half-written prebuilds nor phantom postings;
+* time is the database's: the snapshot's pipeline reads `now()`, the plans are made at it and
+  the writes record it, and the outcome carries the clock reading that the dispatcher turns
+  `next_attention` into timers with (prebuildd.clock). A host whose wall clock is off neither
+  expires prebuilds early nor misses a schedule boundary.
+
+A dry run (`prebuildd reconcile --dry-run`, `prebuildd status`) is read-only instead: a READ ONLY
+transaction that takes no lock at all (no per-template lock, not Coder's lock 7), so neither
+replicas nor Coder's loop ever wait for an operator who looks. It reads and plans every
+template it is given, and reports from pg_locks which of them a reconcile holds right now
+(`Outcome.reconciling`) and whether Coder's own loop is in a cycle.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from opentelemetry import trace
 from psycopg import AsyncConnection
 
 from prebuildd import store
+from prebuildd.clock import DatabaseClock
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import Action, ActionKind, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
@@ -43,6 +55,7 @@ _tracer = trace.get_tracer("prebuildd.reconciler")
 
 
 def utc_now() -> datetime:
+    """This host's wall clock: only a fallback (see Reconciler), never a plan's `now`."""
     return datetime.now(UTC)
 
 
@@ -53,8 +66,9 @@ class Cause:
     trigger: Trigger
     # Queue adds coalesced into this reconcile (notifications, timers, sweep entries...).
     events: int = 0
-    # Wall-clock epoch seconds of the earliest event that led here (`Event.event_at`); None
-    # when no notification did (timers, sweeps).
+    # Epoch seconds of the earliest event that led here (`Event.event_at`: the writing
+    # transaction's start on the database's clock); None when no notification did (timers,
+    # sweeps).
     event_at: float | None = None
 
 
@@ -63,9 +77,14 @@ class Outcome:
     """What one reconcile saw and did, or which templates it failed for and why."""
 
     cause: Cause
-    # Templates reconciled (their lock was free), and those another replica held.
+    # Templates reconciled (their lock was free), and those another replica held. A dry run
+    # takes no lock: every template it read and planned is in `locked`, none is `busy`.
     locked: tuple[UUID, ...] = ()
     busy: tuple[UUID, ...] = ()
+    # Dry runs only, from pg_locks: the templates a reconcile elsewhere holds right now (their
+    # plans may be overtaken by what it does), and whether Coder's loop is in a cycle.
+    reconciling: tuple[UUID, ...] = ()
+    coder_reconciling: bool = False
     # Set by the dispatcher when the reconcile failed as a whole (rolled back): its templates
     # and the error. The reconciler itself raises instead.
     failed: tuple[UUID, ...] = ()
@@ -75,6 +94,10 @@ class Outcome:
     results: list[store.ActionResult] = field(default_factory=list)
     failed_presets: list[tuple[UUID, str]] = field(default_factory=list)
     next_attention: dict[UUID, datetime] = field(default_factory=dict)
+    # The database's time the plans were made at, and the clock reading that turns
+    # `next_attention` (database time) into queue delays. None when nothing was read.
+    now: datetime | None = None
+    clock: DatabaseClock | None = None
     duration: float = 0.0
     lag: float | None = None
 
@@ -92,10 +115,21 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utc_now,
         dry_run: bool = False,
+        notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
     ) -> None:
+        """`clock` is this host's wall clock. Plans, writes and timers never use it: they use
+        the database's clock, read with every snapshot. It only dates an event's lag before
+        the first snapshot was read (after that, the latest database clock reading does).
+
+        `dry_run`: plan only, in a read-only transaction without locks (module docstring).
+        `notifications`: how Coder delivers the notice of a preset reaching the hard limit.
+        """
         self._config = config
+        self._notifications = notifications
         self._clock = clock
         self._dry_run = dry_run
+        # The latest reading of the database's clock (the lag of reconciles that read none).
+        self._db_clock: DatabaseClock | None = None
 
     async def reconcile(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
@@ -103,15 +137,41 @@ class Reconciler:
         """Reconcile `template_ids` on `conn` (which must not be inside a transaction)."""
         outcome = Outcome(cause)
         started = time.monotonic()
-        if cause.event_at is not None:
-            outcome.lag = max(0.0, time.time() - cause.event_at)
         with _tracer.start_as_current_span("prebuildd.reconcile") as span:
-            _annotate_start(span, template_ids, cause, outcome.lag)
+            _annotate_start(span, template_ids, cause)
             async with conn.transaction():
-                await self._locked_cycle(conn, template_ids, outcome)
+                if self._dry_run:
+                    await self._read_only_cycle(conn, template_ids, outcome)
+                else:
+                    await self._locked_cycle(conn, template_ids, outcome)
             outcome.duration = time.monotonic() - started
+            outcome.lag = self._lag(cause, started)
             _annotate_end(span, outcome)
         return outcome
+
+    def _lag(self, cause: Cause, started: float) -> float | None:
+        """From the first event's commit (the database's time) to this reconcile's start, both
+        on the database's clock; the host's wall clock only until one was read."""
+        if cause.event_at is None:
+            return None
+        db_clock = self._db_clock
+        at_start = db_clock.now(started) if db_clock is not None else self._clock()
+        return max(0.0, at_start.timestamp() - cause.event_at)
+
+    async def _read_only_cycle(
+        self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
+    ) -> None:
+        """A dry run: every template read and planned, no lock taken, nothing written."""
+        wanted = tuple(dict.fromkeys(template_ids))
+        with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
+            snapshot = await store.read_snapshot(conn, wanted, config=self._config, read_only=True)
+            span.set_attribute("prebuildd.presets", len(snapshot.presets))
+        outcome.locked = wanted
+        if snapshot.locks is not None:
+            busy = snapshot.locks.reconciling
+            outcome.reconciling = tuple(t for t in wanted if t in busy)
+            outcome.coder_reconciling = snapshot.locks.coder_reconciling
+        self._plan(snapshot, outcome, every_preset=True)
 
     async def _locked_cycle(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
@@ -123,26 +183,31 @@ class Reconciler:
         outcome.busy = tuple(t for t in dict.fromkeys(template_ids) if t not in held)
         if not locked:
             return
-        now = self._clock()
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, locked, now=now, config=self._config)
+            snapshot = await store.read_snapshot(conn, locked, config=self._config)
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
-        outcome.paused = snapshot.paused
-        with _tracer.start_as_current_span("prebuildd.plan"), deferred_collection():
-            # Presets of retired versions with nothing left to clean up are most of a big
-            # fleet and can produce no action: skip them, except when the plan is the
-            # product (dry runs and `status` show every preset).
-            outcome.plans = [
-                plan_preset(ps, now, self._config)
-                for ps in snapshot.presets
-                if self._dry_run or not can_skip(ps)
-            ]
-        _collect_next_attention(outcome)
-        if snapshot.paused or self._dry_run:
+        # Presets of retired versions with nothing left to clean up are most of a big fleet
+        # and can produce no action: skip them (dry runs, whose plans are the product, don't).
+        self._plan(snapshot, outcome, every_preset=False)
+        if snapshot.paused:
             return
         for plan in outcome.plans:
             if plan.actions:
-                await self._execute_plan(conn, plan, now, outcome)
+                await self._execute_plan(conn, plan, snapshot.now, outcome)
+
+    def _plan(self, snapshot: store.Snapshot, outcome: Outcome, *, every_preset: bool) -> None:
+        """Plan the snapshot's presets at the database's now (pure: plan.plan_preset)."""
+        now = snapshot.now
+        self._db_clock = snapshot.clock
+        outcome.now, outcome.clock = now, snapshot.clock
+        outcome.paused = snapshot.paused
+        with _tracer.start_as_current_span("prebuildd.plan"), deferred_collection():
+            outcome.plans = [
+                plan_preset(ps, now, self._config)
+                for ps in snapshot.presets
+                if every_preset or not can_skip(ps)
+            ]
+        _collect_next_attention(outcome)
 
     async def _execute_plan(
         self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome
@@ -163,7 +228,9 @@ class Reconciler:
             async with conn.transaction():  # a savepoint: this action only
                 with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
                     span.set_attribute("prebuildd.preset_id", preset_id)
-                    result = await store.execute(conn, plan, action, now=now)
+                    result = await store.execute(
+                        conn, plan, action, now=now, notifications=self._notifications
+                    )
                     _annotate_result(span, result)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
@@ -207,19 +274,17 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _annotate_start(
-    span: trace.Span, template_ids: Sequence[UUID], cause: Cause, lag: float | None
-) -> None:
+def _annotate_start(span: trace.Span, template_ids: Sequence[UUID], cause: Cause) -> None:
     span.set_attribute("prebuildd.trigger", str(cause.trigger))
     span.set_attribute("prebuildd.templates", len(template_ids))
     if len(template_ids) == 1:
         span.set_attribute("prebuildd.template_id", str(template_ids[0]))
     span.set_attribute("prebuildd.events_coalesced", cause.events)
-    if lag is not None:
-        span.set_attribute("prebuildd.lag_ms", round(lag * 1000, 3))
 
 
 def _annotate_end(span: trace.Span, outcome: Outcome) -> None:
+    if outcome.lag is not None:
+        span.set_attribute("prebuildd.lag_ms", round(outcome.lag * 1000, 3))
     span.set_attribute("prebuildd.templates_locked", len(outcome.locked))
     span.set_attribute("prebuildd.templates_busy", len(outcome.busy))
     span.set_attribute("prebuildd.paused", outcome.paused)

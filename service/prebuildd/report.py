@@ -1,14 +1,24 @@
 """The CLI's tables: `status` and `reconcile --once [--dry-run]` print sweep outcomes here.
 
-Printing only: the sweep itself (and every write) is prebuildd.sweep's.
+Printing only: the sweep itself (and every write) is prebuildd.sweep's. `status` and dry runs
+take no lock (prebuildd.reconciler): the BUSY column says which templates a reconcile (a
+replica, another CLI run) holds at this moment, whose numbers may be changing as they are
+read, and a line below the table says when Coder's own reconciliation loop is in a cycle.
 """
 
 from __future__ import annotations
 
 from typing import TextIO
+from uuid import UUID
 
 from prebuildd.model import CancelPending, Create, Delete, Plan, PrebuildStatus, SetStatus
 from prebuildd.reconciler import Outcome
+
+BUSY = "busy"
+CODER_LOOP_RUNNING = (
+    "Coder's own reconciliation loop is running a cycle (it holds advisory lock 7); "
+    "it may be changing these pools right now"
+)
 
 
 def _plans(outcomes: list[Outcome]) -> list[Plan]:
@@ -35,10 +45,15 @@ _STATUS_COLUMNS = (
     "STARTING",
     "EXPIRED",
     "STATUS",
+    "BUSY",
 )
 
 
-def _status_row(plan: Plan) -> tuple[str, ...]:
+def _reconciling(outcomes: list[Outcome]) -> frozenset[UUID]:
+    return frozenset(t for o in outcomes for t in o.reconciling)
+
+
+def _status_row(plan: Plan, reconciling: frozenset[UUID]) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
     if s.validation_failed and p.prebuild_status is not PrebuildStatus.VALIDATION_FAILED:
@@ -59,6 +74,7 @@ def _status_row(plan: Plan) -> tuple[str, ...]:
         str(s.starting),
         str(s.expired),
         status,
+        BUSY if p.template_id in reconciling else "-",
     )
 
 
@@ -74,7 +90,8 @@ def print_status(outcomes: list[Outcome], out: TextIO) -> None:
     if not plans:
         out.write("no presets with prebuilds configured\n")
         return
-    _table([_STATUS_COLUMNS, *(_status_row(p) for p in plans)], out)
+    reconciling = _reconciling(outcomes)
+    _table([_STATUS_COLUMNS, *(_status_row(p, reconciling) for p in plans)], out)
     refused = [p for p in plans if p.state.creates_refused is not None]
     if refused:
         out.write("\nwhy no prebuilds are created:\n")
@@ -86,16 +103,23 @@ def print_status(outcomes: list[Outcome], out: TextIO) -> None:
             )
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
+    if reconciling:
+        out.write(f"\n{BUSY}: a reconcile holds these templates right now (numbers may move)\n")
+    if any(o.coder_reconciling for o in outcomes):
+        out.write(f"\n{CODER_LOOP_RUNNING}\n")
 
 
 def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
     print_status(outcomes, out)
     verb = "would" if dry_run else "did"
+    reconciling = _reconciling(outcomes)
     for plan in _plans(outcomes):
         if not plan.actions and not plan.errors and not plan.reasons:
             continue
         p = plan.preset
         out.write(f"\n{p.template_name} / {p.template_version_name} / {p.name} ({p.id})\n")
+        if p.template_id in reconciling:
+            out.write(f"  {BUSY}: being reconciled right now; this plan may be overtaken\n")
         for action in plan.actions:
             out.write(f"  {verb}: {_describe(action)}\n")
         for reason in plan.reasons:

@@ -1,9 +1,9 @@
 """Prebuild schedules: 5-field cron expressions read as ranges of whole local hours.
 
 A preset may carry schedules (`template_version_preset_prebuild_schedules`) that override its
-`desired_instances` while they cover *now*, read in the preset's `scheduling_timezone`
-('' means UTC). Pure code: `now` is always a parameter; the only outside data is the IANA
-time-zone database, read once per zone.
+`desired_instances` while they cover *now*, read in the preset's `scheduling_timezone`. Pure
+code: `now` is always a parameter (the reconciler passes the database's clock, never the
+host's); the only outside data is the IANA time-zone database, read once per zone.
 
 Semantics (stricter than cron's "fire at a minute", on purpose):
 
@@ -24,6 +24,11 @@ Semantics (stricter than cron's "fire at a minute", on purpose):
 - Two schedules of one preset must never cover the same hour (Coder's provider rejects that
   too); overlapping or unparsable schedules, or an unknown zone, make the preset fall back to its
   `desired_instances` and are reported as errors.
+- Schedules need a zone. An empty `scheduling_timezone` is *not* UTC: with schedules, Coder
+  (`PresetSnapshot.CalculateDesiredInstances`, every release since v2.25) logs an error and
+  uses `desired_instances`, whatever the schedules say; so do we, and it is reported as an
+  `invalid_timezone` input error (logged, counted, shown by `reconcile --dry-run`). Without
+  schedules the zone is never read and an empty one is fine.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from prebuildd.model import InputError, InputErrorKind, Schedule
 
 __all__ = [
     "HORIZON",
+    "NO_TIMEZONE",
     "DesiredResult",
     "HourRange",
     "ScheduleError",
@@ -122,7 +128,7 @@ def covers(cron: str, local_dt: datetime) -> bool:
 
 
 def resolve_timezone(name: str) -> ZoneInfo:
-    """The zone schedules are read in; '' means UTC. Raise ScheduleError if unknown."""
+    """The zone schedules are read in. Raise ScheduleError if unknown or empty (no zone)."""
     zone = _zone(name)
     if isinstance(zone, str):
         raise ScheduleError(zone)
@@ -195,10 +201,17 @@ def _as_set(values: Sequence[int | str]) -> frozenset[int] | None:
     return frozenset(int(value) for value in values)
 
 
+# Coder's own reason, for an operator who searches both logs for it.
+NO_TIMEZONE = (
+    "timezone is not set in prebuild scheduling configuration: the schedules are ignored "
+    "and desired_instances applies (as in Coder)"
+)
+
+
 @functools.lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo | str:
     if name == "":
-        return ZoneInfo("UTC")
+        return NO_TIMEZONE
     try:
         return ZoneInfo(name)
     except (KeyError, ValueError, OSError):

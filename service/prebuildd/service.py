@@ -52,7 +52,12 @@ class Service:
         queue: WorkQueue[UUID] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`queue` replaces the one built from `settings` (benches instrument their own)."""
+        """`queue` replaces the one built from `settings` (benches instrument their own).
+
+        `clock` is this host's wall clock; plans, writes and timers never read it, they run on
+        the database's clock (prebuildd.clock). It only dates an event's lag until the first
+        reconcile has read the database's clock.
+        """
         self.settings = settings
         self.conninfo = conninfo
         self.metrics = metrics or Metrics()
@@ -67,11 +72,10 @@ class Service:
         self.sweeper.on_sweep.append(lambda swept: self.collector.keep_only(swept.templates))
         self.dispatcher = Dispatcher(
             self.queue,
-            Reconciler(settings.plan, clock=clock),
+            Reconciler(settings.plan, clock=clock, notifications=settings.notifications),
             self.sweeper,
             max_batch=settings.max_batch,
             collector=self.collector,
-            clock=clock,
         )
         self.pool = AsyncConnectionPool(
             conninfo,

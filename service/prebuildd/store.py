@@ -18,12 +18,17 @@ statement and are therefore mutually consistent; presets, schedules and the paus
 microseconds apart in the same pipeline. Deletes and cancels re-check their conditions under
 row locks, so a claim racing them is always safe. (Under REPEATABLE READ the same locks turn a
 lost race into a serialization failure instead of a skip.)
+
+Time: the snapshot's pipeline also reads the database's clock (`Snapshot.now`, `.clock`); the
+planner compares Coder's timestamps with that, and the writes record it. Python's clock is
+never sent to the database (prebuildd.clock says why).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -39,6 +44,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 
+from prebuildd.clock import DatabaseClock
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import (
     Action,
@@ -90,6 +97,16 @@ _OLDEST_FIRST = attrgetter("created_at", "workspace_id")
 
 
 @dataclass(frozen=True, slots=True)
+class LockStatus:
+    """Who is reconciling right now, as pg_locks shows it (read without taking any lock)."""
+
+    # Templates whose per-template advisory lock a reconcile holds (a replica, or a CLI run).
+    reconciling: frozenset[UUID]
+    # Coder's own loop holds its lock 7 exclusively: it is in a cycle.
+    coder_reconciling: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one reconcile reads for its templates."""
 
@@ -97,6 +114,13 @@ class Snapshot:
     presets: tuple[PresetSnapshot, ...]
     # Coder's pause switch (site_configs 'prebuilds_settings').
     paused: bool
+    # The database's now(): the transaction's start, the instant to plan at (never the host's
+    # wall clock: Coder's timestamps come from the database; prebuildd.clock).
+    now: datetime
+    # The server's clock_timestamp() when the reads ran, on this host's monotonic clock.
+    clock: DatabaseClock
+    # Read-only snapshots only (`read_only=True`): who holds which locks; None otherwise.
+    locks: LockStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,19 +205,27 @@ def parse_paused(value: str | None) -> bool:
 
 
 async def read_snapshot(
-    conn: Conn, template_ids: Sequence[UUID], *, now: datetime, config: PlanConfig
+    conn: Conn, template_ids: Sequence[UUID], *, config: PlanConfig, read_only: bool = False
 ) -> Snapshot:
-    """Presets, schedules, prebuild facts and the pause flag of the templates, set-based."""
+    """Presets, schedules, prebuild facts, the pause flag and the database's clock, set-based.
+
+    `read_only` (the CLI's `status` and dry runs): the transaction is switched to READ ONLY
+    first, and the snapshot says who holds which locks (`Snapshot.locks`, from pg_locks): the
+    caller takes none.
+    """
     ids = _unique(template_ids)
     params = {
         "template_ids": ids,
         "hard_limit": max(config.failure_hard_limit, 0),
-        "lookback_since": now - config.backoff_lookback,
+        "backoff_lookback": config.backoff_lookback,
     }
     # The settings are transaction-local, so they need a transaction block: a non-autocommit
     # connection always opens one; an autocommit one has one inside `conn.transaction()`.
     generic = not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE
+    locks = None
     async with conn.pipeline():
+        if read_only:
+            await _start(conn, "read_only_transaction", {})
         if generic:
             await _start(conn, "generic_plans_begin", {})
         presets = await _start(conn, "snapshot_presets", params)
@@ -201,8 +233,13 @@ async def read_snapshot(
         prebuilds = await _start(conn, "snapshot_prebuilds", params)
         inputs = await _start(conn, "snapshot_build_inputs", params)
         settings = await _start(conn, "prebuilds_settings", params)
+        if read_only:
+            locks = await _start(conn, "lock_status", params)
+        # Last, so that its clock_timestamp() is as close as can be to the moment below.
+        clock = await _start(conn, "snapshot_clock", {})
         if generic:
             await _start(conn, "generic_plans_end", {})
+    arrived = time.monotonic()
     # The pipeline has received every result by now: fetching only parses rows (no waiting),
     # and parsing plus assembling is where a batch allocates most.
     with deferred_collection():
@@ -212,9 +249,19 @@ async def read_snapshot(
         input_rows = await inputs.fetchall()
         settings_rows = await settings.fetchall()
         paused = parse_paused(settings_rows[0][0] if settings_rows else None)
+        (now, server_clock), *_ = await clock.fetchall()
         return Snapshot(
-            assemble(preset_rows, schedule_rows, prebuild_rows, input_rows), paused
+            assemble(preset_rows, schedule_rows, prebuild_rows, input_rows),
+            paused,
+            now=now,
+            clock=DatabaseClock(server_clock, arrived),
+            locks=None if locks is None else _lock_status(await locks.fetchall()),
         )
+
+
+def _lock_status(rows: Sequence[Row]) -> LockStatus:
+    (reconciling, coder), *_ = rows
+    return LockStatus(frozenset(reconciling), bool(coder))
 
 
 async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
@@ -405,11 +452,14 @@ async def execute(
     *,
     now: datetime,
     trace_metadata: Mapping[str, str] | None = None,
+    notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
 ) -> ActionResult:
     """Carry out one of `plan`'s actions inside the caller's transaction.
 
-    `trace_metadata` (W3C propagation fields, as Coder stores them) is recorded on the jobs
-    this creates, so provisioners can continue the trace.
+    `now` is the plan's instant (the database's now(), `Snapshot.now`). `trace_metadata`
+    (W3C propagation fields, as Coder stores them) is recorded on the jobs this creates, so
+    provisioners can continue the trace. `notifications`: how Coder delivers the hard-limit
+    notice a SetStatus(hard_limited) queues.
 
     A create the create function refuses as invalid input -- the version has no usable import
     job (missing, failed or canceled) -- raises an error whose SQLSTATE is INVALID_PRESET
@@ -426,7 +476,7 @@ async def execute(
         return await _delete(conn, action, now, traced)
     if isinstance(action, CancelPending):
         return await _cancel_pending(conn, action, now)
-    return await _set_status(conn, action)
+    return await _set_status(conn, action, notifications)
 
 
 def is_invalid_preset(exc: BaseException) -> bool:
@@ -494,26 +544,36 @@ async def _cancel_pending(conn: Conn, action: CancelPending, now: datetime) -> A
     )
 
 
-async def _set_status(conn: Conn, action: SetStatus) -> ActionResult:
+async def _set_status(
+    conn: Conn, action: SetStatus, notifications: NotificationDelivery
+) -> ActionResult:
     params = {"preset_id": action.preset_id, "status": action.status.value}
     rows = await _fetch(conn, "set_preset_status", params)
     stored = PrebuildStatus(rows[0][0]) if rows else None
     if stored is PrebuildStatus.HARD_LIMITED:
-        await _notify_hard_limited(conn, action.preset_id)
+        await _notify_hard_limited(conn, action.preset_id, notifications)
     return ActionResult(ActionKind.SET_STATUS, action.preset_id, status=stored)
 
 
-async def _notify_hard_limited(conn: Conn, preset_id: UUID) -> None:
-    """Queue Coder's "Prebuild Failure Limit Reached" notification for template admins.
+async def _notify_hard_limited(
+    conn: Conn, preset_id: UUID, notifications: NotificationDelivery
+) -> None:
+    """Queue Coder's "Prebuild Failure Limit Reached" notification for the template's admins.
 
     The planner emits SetStatus(hard_limited) only on the transition, so admins hear about it
-    once (Coder's dedupe hash also limits it to one a day; the time is the server's). Best
-    effort, in its own savepoint: Coder's enqueue trigger raises when a user disabled the
-    notification, and a notification must never undo the status change or stop the reconcile.
+    once (Coder's dedupe hash also limits it to one a day; the time is the server's). The
+    function leaves out whoever turned the notification off, as Coder's enqueuer does. Best
+    effort, in its own savepoint: a notification must never undo the status change or stop
+    the reconcile.
     """
+    params = {
+        "preset_id": preset_id,
+        "default_method": notifications.default_method,
+        "inbox": notifications.inbox,
+    }
     try:
         async with conn.transaction():
-            rows = await _fetch(conn, "notify_hard_limited", {"preset_id": preset_id})
+            rows = await _fetch(conn, "notify_hard_limited", params)
     except psycopg.Error as exc:
         log.warning(
             "could not queue the hard-limit notification",
@@ -522,7 +582,11 @@ async def _notify_hard_limited(conn: Conn, preset_id: UUID) -> None:
         return
     log.warning(
         "preset reached the failure hard limit: no more prebuilds are created",
-        extra={"preset_id": str(preset_id), "admins_notified": len(rows)},
+        extra={
+            "preset_id": str(preset_id),
+            "admins_notified": len({row[0] for row in rows}),
+            "messages_queued": len(rows),
+        },
     )
 
 

@@ -5,6 +5,9 @@ One mechanism, whoever asks for it:
 * the service: at startup (the listener's first connection), after every reconnect, every
   `--sweep-interval`, on a global event (the pause switch) and when the queue overflowed;
 * the CLI: `prebuildd reconcile --once [--dry-run]` and `prebuildd status` (`sweep_once`).
+  A dry run (`status` is one) is read-only end to end: READ ONLY connections, and reconciles
+  that take no lock (prebuildd.reconciler), so an operator who looks never makes a replica or
+  Coder's loop wait, and sees every template, those being reconciled elsewhere marked busy.
 
 A sweep is one read (`store.list_prebuild_templates`) and one queue add per template, carrying
 the sweep's trigger. Reconciling them is the dispatcher's ordinary work: its workers take the
@@ -31,7 +34,7 @@ import anyio
 import psycopg
 
 from prebuildd import store
-from prebuildd.config import Settings
+from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery, Settings
 from prebuildd.dispatcher import Dispatcher
 from prebuildd.model import PlanConfig
 from prebuildd.queue import WorkQueue
@@ -83,7 +86,13 @@ class Sweeper:
 
 
 async def sweep_once(
-    url: str, config: PlanConfig, dry_run: bool, *, batch: int = BATCH, lanes: int = LANES
+    url: str,
+    config: PlanConfig,
+    dry_run: bool,
+    *,
+    notifications: NotificationDelivery = CODER_NOTIFICATION_DEFAULTS,
+    batch: int = BATCH,
+    lanes: int = LANES,
 ) -> list[Outcome]:
     """Reconcile (or only plan) every template with prebuild presets, once: the CLI's sweep.
 
@@ -94,27 +103,34 @@ async def sweep_once(
     """
     queue: WorkQueue[UUID] = WorkQueue(settle=0.0)
     sweeper = Sweeper(queue)
-    dispatcher = Dispatcher(queue, Reconciler(config, dry_run=dry_run), sweeper, max_batch=batch)
+    reconciler = Reconciler(config, dry_run=dry_run, notifications=notifications)
+    dispatcher = Dispatcher(queue, reconciler, sweeper, max_batch=batch)
     outcomes: list[Outcome] = []
     dispatcher.on_outcome.append(outcomes.append)
-    async with await _connect(url) as conn:
+    async with await _connect(url, read_only=dry_run) as conn:
         swept = await sweeper.sweep(conn, Trigger.CLI)
         await conn.commit()
         # Everything is queued: the workers hand out every batch, then stop (queue G9).
         queue.shutdown()
         batches = -(-len(swept.templates) // batch)
-        await _in_lanes(url, conn, max(1, min(lanes, batches)), dispatcher.worker)
+        lanes = max(1, min(lanes, batches))
+        await _in_lanes(url, conn, lanes, dispatcher.worker, read_only=dry_run)
     position = {template_id: n for n, template_id in enumerate(swept.templates)}
     return sorted(outcomes, key=lambda o: min(position[t] for t in (*o.locked, *o.busy)))
 
 
 async def _in_lanes(
-    url: str, conn: store.Conn, lanes: int, work: Callable[[store.Connect], Awaitable[None]]
+    url: str,
+    conn: store.Conn,
+    lanes: int,
+    work: Callable[[store.Connect], Awaitable[None]],
+    *,
+    read_only: bool,
 ) -> None:
     """Run `work` on `conn` and on `lanes - 1` more connections of its own, concurrently."""
 
     async def extra_lane() -> None:
-        async with await _connect(url) as lane_conn:
+        async with await _connect(url, read_only=read_only) as lane_conn:
             await work(_lend(lane_conn))
 
     try:
@@ -142,5 +158,9 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_error(error) if isinstance(error, BaseExceptionGroup) else error
 
 
-async def _connect(url: str) -> store.Conn:
-    return await psycopg.AsyncConnection.connect(url, application_name="prebuildd-cli")
+async def _connect(url: str, *, read_only: bool) -> store.Conn:
+    conn = await psycopg.AsyncConnection.connect(url, application_name="prebuildd-cli")
+    if read_only:
+        # Every transaction of this connection starts READ ONLY (BEGIN READ ONLY).
+        await conn.set_read_only(True)
+    return conn

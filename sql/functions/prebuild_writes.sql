@@ -12,8 +12,9 @@
 --     non-deprecated template;
 --   * a preset's status only to a value of prebuild_status, an invalidation only through
 --     last_invalidated_at, the hard-limit notification only for a preset that is hard_limited
---     (recipients and payload chosen here, the time from the server's clock: a caller cannot
---     spam admins, Coder's dedupe hash keeps it to one message per admin, method and day);
+--     (recipients and payload chosen here, methods among Coder's, the time from the server's
+--     clock: a caller cannot spam admins, Coder's dedupe hash keeps it to one message per
+--     admin, method and day);
 --   * provisioner_state is copied from build to build here, never returned.
 -- deploy/sql/prebuildd-role.sql grants EXECUTE on the entry points below to the service role;
 -- every function is revoked from PUBLIC, and the internal helpers are granted to no one.
@@ -634,15 +635,40 @@ BEGIN
 END
 $fn$;
 
--- Tell template admins that a preset stopped getting prebuilds, through Coder's own
--- notification queue (Coder's notifier delivers it: inbox and the deployment's default
--- method). Only for a preset that IS hard_limited right now (the caller stores the status in
--- the same transaction first). One message per admin and method; Coder's dedupe hash, over
--- the payload and the UTC day of created_at, keeps it to one a day -- which is why
--- created_at is the server's clock and not the caller's. Labels and the template id are
--- Coder's "Prebuild Failure Limit Reached" notification. Returns the users notified.
-CREATE OR REPLACE FUNCTION prebuildd.notify_hard_limited(preset_id uuid)
-RETURNS SETOF uuid
+-- Tell the template's admins that a preset stopped getting prebuilds: Coder's "Prebuild Failure
+-- Limit Reached" notification, through Coder's own queue (Coder's notifier delivers it). Only
+-- for a preset that IS hard_limited right now (the caller stores the status in the same
+-- transaction first). Recipients, methods and payload are chosen here, the way Coder's
+-- enqueuer (coderd/notifications) chooses them, as far as the database shows it:
+--   * recipients: site-level owners and template admins (users.rbac_roles), and the
+--     organization admins and organization template admins of the template's organization
+--     (organization_members.roles); never deleted or system users. Like Coder's own template
+--     admin notices (GetUsers), the user's status does not matter: dormant and suspended
+--     admins are notified too.
+--   * methods: the notification template's own method when it names one
+--     (notification_templates.method); else the deployment's default method, which only
+--     Coder's configuration knows: `default_method` is the caller's mirror of it ('smtp' or
+--     'webhook', CODER_NOTIFICATIONS_METHOD; NULL when Coder has neither SMTP nor a webhook
+--     configured, so no default method); plus 'inbox' when Coder Inbox is on (`inbox`,
+--     CODER_NOTIFICATIONS_INBOX_ENABLED) and not chosen already. 'inbox' cannot be the
+--     default method (Coder refuses that configuration too).
+--   * preferences: nothing for a user who disabled this notification, nor, when the template
+--     is disabled by default, for one who did not enable it (Coder's enqueue trigger refuses
+--     those rows; here they are left out, so that one admin's preference cannot fail the whole
+--     statement and silence every other admin).
+--   * dedupe: Coder's dedupe hash (payload, targets and the UTC day of created_at) lets one
+--     message per user, method and day through; the others are skipped as Coder skips them.
+--     created_at is the server's clock, not the caller's, so a caller cannot date messages
+--     into other days.
+--   * payload: Coder's MessagePayload v1.2 (labels org, template, template_version, preset;
+--     targets: template, version, preset, organization). Its `actions` stay empty: Coder
+--     renders them with its access URL, which the database does not hold.
+-- Returns (user, method) of every message queued.
+DROP FUNCTION IF EXISTS prebuildd.notify_hard_limited(uuid);
+CREATE OR REPLACE FUNCTION prebuildd.notify_hard_limited(
+    preset_id uuid, default_method text, inbox boolean
+)
+RETURNS TABLE (user_id uuid, method text)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -650,58 +676,107 @@ SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 BEGIN
+    IF notify_hard_limited.default_method IS NOT NULL
+       AND notify_hard_limited.default_method NOT IN ('smtp', 'webhook') THEN
+        RAISE EXCEPTION 'default notification method % is not smtp or webhook',
+                        notify_hard_limited.default_method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN QUERY
-    WITH queued AS (
+    WITH limited AS (
+        SELECT
+            p.id AS preset_id, p.name AS preset_name, tv.id AS version_id,
+            tv.name AS version_name, t.id AS template_id, t.name AS template_name,
+            o.id AS organization_id, o.name AS organization_name
+        FROM template_version_presets AS p
+        JOIN template_versions AS tv ON tv.id = p.template_version_id
+        JOIN templates AS t ON t.id = tv.template_id
+        JOIN organizations AS o ON o.id = t.organization_id
+        WHERE p.id = notify_hard_limited.preset_id
+          AND p.prebuild_status = 'hard_limited'
+    ),
+    notice AS (
+        SELECT nt.id, nt.name, nt.method::text AS own_method, nt.enabled_by_default
+        FROM notification_templates AS nt
+        WHERE nt.id = '414d9331-c1fc-4761-b40c-d1f4702279eb'::uuid
+    ),
+    methods AS (
+        SELECT DISTINCT m.method
+        FROM notice AS n
+        CROSS JOIN LATERAL (
+            VALUES
+                (COALESCE(n.own_method, notify_hard_limited.default_method)),
+                (CASE WHEN notify_hard_limited.inbox THEN 'inbox' END)
+        ) AS m (method)
+        WHERE m.method IS NOT NULL
+    ),
+    recipients AS (
+        SELECT
+            u.id, u.email, COALESCE(NULLIF(u.name, ''), NULLIF(u.username, '')) AS name,
+            u.username, l.*
+        FROM limited AS l
+        JOIN users AS u ON NOT u.deleted AND NOT u.is_system
+        CROSS JOIN notice AS n
+        LEFT JOIN notification_preferences AS pref
+            ON pref.user_id = u.id AND pref.notification_template_id = n.id
+        WHERE (
+                u.rbac_roles && ARRAY['owner', 'template-admin']::text[]
+                OR EXISTS (
+                    SELECT 1
+                    FROM organization_members AS om
+                    WHERE om.user_id = u.id
+                      AND om.organization_id = l.organization_id
+                      AND om.roles && ARRAY[
+                          'organization-admin', 'organization-template-admin'
+                      ]::text[]
+                )
+            )
+          AND CASE
+                  WHEN pref.user_id IS NULL THEN n.enabled_by_default
+                  ELSE NOT pref.disabled
+              END
+    ),
+    queued AS (
         INSERT INTO notification_messages (
             id, notification_template_id, user_id, method, status, created_by, payload,
             targets, created_at
         )
         SELECT
             gen_random_uuid(),
-            '414d9331-c1fc-4761-b40c-d1f4702279eb'::uuid,
-            u.id,
+            n.id,
+            r.id,
             m.method::notification_method,
             'pending',
             'prebuildd',
             jsonb_build_object(
                 '_version', '1.2',
-                'notification_name', 'Prebuild Failure Limit Reached',
-                'notification_template_id', '414d9331-c1fc-4761-b40c-d1f4702279eb',
-                'user_id', u.id,
-                'user_email', u.email,
-                'user_name', u.name,
-                'user_username', u.username,
+                'notification_name', n.name,
+                'notification_template_id', n.id,
+                'user_id', r.id,
+                'user_email', r.email,
+                'user_name', r.name,
+                'user_username', r.username,
                 'actions', '[]'::jsonb,
                 'labels', jsonb_build_object(
-                    'org', o.name,
-                    'template', t.name,
-                    'template_version', tv.name,
-                    'preset', p.name
+                    'org', r.organization_name,
+                    'template', r.template_name,
+                    'template_version', r.version_name,
+                    'preset', r.preset_name
                 ),
-                'data', '{}'::jsonb
+                'data', NULL,
+                'targets', jsonb_build_array(
+                    r.template_id, r.version_id, r.preset_id, r.organization_id
+                )
             ),
-            ARRAY[t.id, tv.id, p.id, o.id],
+            ARRAY[r.template_id, r.version_id, r.preset_id, r.organization_id],
             now()
-        FROM template_version_presets AS p
-        JOIN template_versions AS tv ON tv.id = p.template_version_id
-        JOIN templates AS t ON t.id = tv.template_id
-        JOIN organizations AS o ON o.id = t.organization_id
-        CROSS JOIN users AS u
-        CROSS JOIN (VALUES ('smtp'), ('inbox')) AS m (method)
-        WHERE p.id = notify_hard_limited.preset_id
-          AND p.prebuild_status = 'hard_limited'
-          AND EXISTS (
-              SELECT 1 FROM notification_templates AS nt
-              WHERE nt.id = '414d9331-c1fc-4761-b40c-d1f4702279eb'::uuid
-          )
-          AND NOT u.deleted
-          AND u.status = 'active'
-          AND NOT u.is_system
-          AND u.rbac_roles && ARRAY['template-admin', 'owner']::text[]
+        FROM recipients AS r
+        CROSS JOIN notice AS n
+        CROSS JOIN methods AS m
         ON CONFLICT (dedupe_hash) DO NOTHING
-        RETURNING user_id
+        RETURNING user_id, method::text
     )
-    SELECT q.user_id FROM queued AS q;
+    SELECT q.user_id, q.method FROM queued AS q;
 END
 $fn$;
 
@@ -772,6 +847,6 @@ REVOKE ALL ON FUNCTION prebuildd.create_prebuilds(
 REVOKE ALL ON FUNCTION prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.cancel_pending_prebuilds(uuid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.set_preset_status(uuid, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prebuildd.notify_hard_limited(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION prebuildd.notify_hard_limited(uuid, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.invalidate_preset(uuid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.set_reconciliation_paused(boolean) FROM PUBLIC;

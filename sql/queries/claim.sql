@@ -12,6 +12,9 @@
 -- a row claimed by a transaction that committed meanwhile fails the owner re-check and the
 -- next candidate is taken. Oldest first, so younger prebuilds (further from expiry) stay.
 --
+-- Its instant is %(now)s when the caller gives one, else the database's now() (the caller's
+-- transaction start), never the host's clock: Coder's own timestamps come from the database.
+--
 -- Always returns exactly one row: flags for the two refusals (unknown user, name taken) and
 -- the claimed ids, NULL when nothing was claimed. A refusal writes nothing and leaves the
 -- caller's transaction usable. The name check reads committed data; a concurrent insert of
@@ -84,14 +87,14 @@ claimed AS (
     UPDATE workspaces w
     SET owner_id = %(user_id)s,
         name = %(name)s,
-        updated_at = %(now)s,
+        updated_at = COALESCE(%(now)s::timestamptz, now()),
         -- A claimed workspace is an ordinary user workspace from now on: the lifecycle
         -- executor manages it with the template's defaults. No autostart was requested.
         autostart_schedule = NULL,
         next_start_at = NULL,
         ttl = NULLIF(c.default_ttl, 0),
         -- Fresh usage, so the stale prebuild age never counts toward dormancy.
-        last_used_at = %(now)s,
+        last_used_at = COALESCE(%(now)s::timestamptz, now()),
         dormant_at = NULL,
         deleting_at = NULL
     FROM candidate c
@@ -133,7 +136,10 @@ new_job AS (
         storage_method, type, input, file_id, tags
     )
     SELECT
-        %(job_id)s, %(now)s, %(now)s, ij.organization_id, %(user_id)s, ij.provisioner,
+        %(job_id)s,
+        COALESCE(%(now)s::timestamptz, now()),
+        COALESCE(%(now)s::timestamptz, now()),
+        ij.organization_id, %(user_id)s, ij.provisioner,
         ij.storage_method, 'workspace_build'::provisioner_job_type,
         jsonb_build_object(
             'workspace_build_id', %(build_id)s::uuid,
@@ -154,7 +160,10 @@ new_build AS (
         template_version_preset_id
     )
     SELECT
-        %(build_id)s, %(now)s, %(now)s, c.workspace_id, c.template_version_id,
+        %(build_id)s,
+        COALESCE(%(now)s::timestamptz, now()),
+        COALESCE(%(now)s::timestamptz, now()),
+        c.workspace_id, c.template_version_id,
         c.build_number + 1, 'start'::workspace_transition, %(user_id)s, c.provisioner_state,
         nj.id, 'initiator'::build_reason,
         %(preset_id)s

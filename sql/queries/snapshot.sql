@@ -40,12 +40,65 @@ FROM unnest(%(template_ids)s::uuid[]) AS t(id)
 WHERE pg_try_advisory_xact_lock_shared(7::bigint)
   AND pg_try_advisory_xact_lock(1346522180, hashtext(t.id::text));
 
+-- name: lock_status
+-- Which of the templates a reconcile holds right now, and whether Coder's own loop is running,
+-- from pg_locks alone: the read-only commands (`status`, `reconcile --dry-run`) must not take
+-- the locks themselves, or replicas and Coder's loop would see those templates busy while an
+-- operator looks. Granted locks of this database only: prebuildd's per-template key
+-- (1346522180 = 0x50424C44, hashtext(id); the two-int form shows as objsubid 2 with the keys
+-- as oids, so a negative hash is compared through the same int4 -> oid wrap-around), and
+-- Coder's lock 7 (the bigint form: classid 0, objid 7, objsubid 1) held *exclusively* -- by
+-- Coder's loop; prebuildd only ever holds it shared. pg_locks and pg_database are readable by
+-- every role. A template whose id hashes like a busy one's is reported busy too.
+WITH held AS MATERIALIZED (
+    SELECT l.classid, l.objid, l.objsubid, l.mode
+    FROM pg_catalog.pg_locks AS l
+    WHERE l.locktype = 'advisory'
+      AND l.granted
+      AND l.database = (
+          SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = current_database()
+      )
+)
+SELECT
+    ARRAY(
+        SELECT t.id
+        FROM unnest(%(template_ids)s::uuid[]) AS t (id)
+        WHERE EXISTS (
+            SELECT 1
+            FROM held AS h
+            WHERE h.classid = 1346522180::oid
+              AND h.objid = hashtext(t.id::text)::oid
+              AND h.objsubid = 2
+        )
+    ) AS reconciling,
+    EXISTS (
+        SELECT 1
+        FROM held AS h
+        WHERE h.classid = 0::oid
+          AND h.objid = 7::oid
+          AND h.objsubid = 1
+          AND h.mode = 'ExclusiveLock'
+    ) AS coder_reconciling;
+
+-- name: read_only_transaction
+-- The read-only commands' transaction: nothing it runs may write (a later statement that
+-- tried would fail). A transaction may always switch to read-only, also after its first query.
+SELECT set_config('transaction_read_only', 'on', true);
+
+-- name: snapshot_clock
+-- The database's clock, read in the snapshot's pipeline (service/prebuildd/clock.py): now(),
+-- the transaction's start, is the instant the plans are made at, the one backoff's lookback
+-- (snapshot_prebuilds) is measured from and the one the writes record; clock_timestamp(), the
+-- instant this statement runs, anchors the reconcile's timers on the host's monotonic clock.
+-- Never the replica's wall clock: Coder's timestamps come from this server.
+SELECT now(), clock_timestamp();
+
 -- name: prebuilds_settings
 -- Coder's pause switch: site_configs 'prebuilds_settings' = {"reconciliation_paused": true}.
 -- Returned as text and parsed by the caller, so a malformed value is reported, not fatal.
--- Read through prebuildd's view of that one row (sql/schema/0002_pause_switch.sql).
-SELECT value
-FROM prebuildd.prebuilds_settings;
+-- Read through prebuildd's security-definer function for that one row
+-- (sql/functions/pause_switch.sql): one row, NULL when the key is absent.
+SELECT prebuildd.prebuilds_settings() AS value;
 
 -- name: generic_plans_begin
 -- Reuse one plan per connection for the snapshot reads. psycopg prepares a statement after a
@@ -220,7 +273,8 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
 --                 build is a `start` on the active version, with its job status; at least
 --                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist.
 --                 (Backoff and the hard limit only apply to active presets, as in Coder.)
---   failures      per preset: how many of those failed since %(lookback_since)s.
+--   failures      per preset: how many of those failed within %(backoff_lookback)s before
+--                 now() (the database's clock, like every instant the planner compares).
 --
 -- A window function bounds `recent` rather than a LATERAL ... LIMIT per preset: a preset's
 -- builds can only be found through its workspaces, so a per-preset LATERAL would rescan
@@ -404,7 +458,7 @@ SELECT
     'failures', ls.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
 FROM latest_starts AS ls
 WHERE ls.job_status = 'failed'
-  AND ls.build_created_at >= %(lookback_since)s::timestamptz
+  AND ls.build_created_at >= now() - %(backoff_lookback)s::interval
 GROUP BY ls.preset_id;
 
 -- name: prebuild_metrics

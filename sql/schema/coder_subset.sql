@@ -141,6 +141,21 @@ CREATE TABLE site_configs (
     CONSTRAINT site_configs_key_key UNIQUE (key)
 );
 
+-- Organization-level roles (organization-admin, organization-template-admin, ...): the
+-- hard-limit notice also reaches the admins of the template's organization.
+CREATE TABLE organization_members (
+    user_id         uuid        NOT NULL,
+    organization_id uuid        NOT NULL,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    roles           text[]      NOT NULL DEFAULT '{}',
+    CONSTRAINT organization_members_pkey PRIMARY KEY (organization_id, user_id),
+    CONSTRAINT organization_members_organization_id_uuid_fkey FOREIGN KEY (organization_id)
+        REFERENCES organizations (id) ON DELETE CASCADE,
+    CONSTRAINT organization_members_user_id_uuid_fkey FOREIGN KEY (user_id)
+        REFERENCES users (id) ON DELETE CASCADE
+);
+
 -- ---------------------------------------------------------------------------------------------
 -- Templates, versions, presets
 -- ---------------------------------------------------------------------------------------------
@@ -631,6 +646,46 @@ $fn$;
 CREATE TRIGGER update_notification_message_dedupe_hash
     BEFORE INSERT OR UPDATE ON notification_messages
     FOR EACH ROW EXECUTE FUNCTION compute_notification_message_dedupe_hash();
+
+-- A user's choice per notification template (no row: the template's enabled_by_default).
+CREATE TABLE notification_preferences (
+    user_id                  uuid        NOT NULL,
+    notification_template_id uuid        NOT NULL,
+    disabled                 boolean     NOT NULL DEFAULT false,
+    created_at               timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at               timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT notification_preferences_pkey PRIMARY KEY (user_id, notification_template_id),
+    CONSTRAINT notification_preferences_notification_template_id_fkey
+        FOREIGN KEY (notification_template_id)
+        REFERENCES notification_templates (id) ON DELETE CASCADE,
+    CONSTRAINT notification_preferences_user_id_fkey FOREIGN KEY (user_id)
+        REFERENCES users (id) ON DELETE CASCADE
+);
+
+-- Coder refuses to queue a message its recipient would not get: one the user turned off, or
+-- of a template that is off by default and that the user did not turn on. Same trigger name
+-- as Coder's, so that a writer meets the same refusal here as on Coder.
+CREATE FUNCTION inhibit_enqueue_if_disabled() RETURNS trigger
+    LANGUAGE plpgsql
+AS $fn$
+BEGIN
+    IF EXISTS (
+        SELECT 1
+        FROM notification_templates AS t
+        LEFT JOIN notification_preferences AS pref
+            ON pref.notification_template_id = t.id AND pref.user_id = NEW.user_id
+        WHERE t.id = NEW.notification_template_id
+          AND (pref.disabled OR (NOT t.enabled_by_default AND pref.user_id IS NULL))
+    ) THEN
+        RAISE EXCEPTION 'cannot enqueue message: notification is not enabled';
+    END IF;
+    RETURN NEW;
+END;
+$fn$;
+
+CREATE TRIGGER inhibit_enqueue_if_disabled
+    BEFORE INSERT ON notification_messages
+    FOR EACH ROW EXECUTE FUNCTION inhibit_enqueue_if_disabled();
 
 -- Coder ships this template row with a migration; the id is Coder's.
 INSERT INTO notification_templates (id, name, title_template, body_template, "group", actions)

@@ -1,4 +1,5 @@
-"""Minimal Coder rows for the trigger and listener tests (not the shared factories).
+"""Minimal Coder rows for the trigger and listener tests (not the shared factories), and the
+set of triggers they exercise.
 
 Each helper inserts one row with only the columns Coder requires and returns its id. Nothing
 commits: the caller decides which transaction a write belongs to, which is the point of
@@ -17,6 +18,27 @@ from psycopg.rows import TupleRow
 from prebuildd.model import PREBUILDS_USER_ID
 
 Conn = psycopg.Connection[TupleRow]
+
+# Every prebuildd trigger: (name, table). The names are those of every release so far, so that
+# an upgrade replaces each one in place (sql/triggers/<table>.sql).
+EXPECTED_TRIGGERS = {
+    ("prebuildd_agent_inserted_ready", "workspace_agents"),
+    ("prebuildd_agent_ready", "workspace_agents"),
+    ("prebuildd_build_inserted", "workspace_builds"),
+    ("prebuildd_claimed", "workspaces"),
+    ("prebuildd_job_status", "provisioner_jobs"),
+    ("prebuildd_preset_added_or_removed", "template_version_presets"),
+    ("prebuildd_preset_changed", "template_version_presets"),
+    ("prebuildd_schedule_added_or_removed", "template_version_preset_prebuild_schedules"),
+    ("prebuildd_schedule_changed", "template_version_preset_prebuild_schedules"),
+    ("prebuildd_settings_deleted", "site_configs"),
+    ("prebuildd_settings_inserted", "site_configs"),
+    ("prebuildd_settings_updated", "site_configs"),
+    ("prebuildd_template_changed", "templates"),
+    ("prebuildd_template_inserted", "templates"),
+    ("prebuildd_template_removed", "templates"),
+    ("prebuildd_version_promoted", "templates"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,8 @@ async def test_admins_hear_once_a_day_however_often_the_limit_is_flipped(db_url:
         conn.commit()
 
     async with await psycopg.AsyncConnection.connect(db_url) as aconn:
-        cursor = await aconn.execute(query("notify_hard_limited"), {"preset_id": preset})
+        params = {"preset_id": preset, "default_method": "smtp", "inbox": True}
+        cursor = await aconn.execute(query("notify_hard_limited"), params)
         assert await cursor.fetchall() == [], "a healthy preset notifies no one"
         await aconn.commit()
         # Each flip with another caller's clock, days apart: the server's day decides.

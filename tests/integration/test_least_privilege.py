@@ -99,6 +99,8 @@ ENTRY_POINTS = {
     "notify_hard_limited",
     "invalidate_preset",
     "set_reconciliation_paused",
+    # The pause switch's read (sql/functions/pause_switch.sql): one row of site_configs.
+    "prebuilds_settings",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -625,7 +627,9 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "trace_metadata": Jsonb({}),
         "workspace_tags": Jsonb({}),
         "now": datetime.now(UTC),
-        "lookback_since": datetime.now(UTC) - timedelta(hours=1),
+        "backoff_lookback": timedelta(hours=1),
+        "default_method": "smtp",
+        "inbox": True,
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")
@@ -909,11 +913,14 @@ def test_status_function_takes_only_prebuild_statuses(seed: Seed) -> None:
 
 
 def test_notify_function_sends_nothing_for_a_healthy_preset(seed: Seed) -> None:
+    delivery = {"default_method": "smtp", "inbox": True}
     with _rolled_back(seed.role_url) as conn:
-        rows = conn.execute(query("notify_hard_limited"), {"preset_id": seed.active}).fetchall()
+        params = {"preset_id": seed.active, **delivery}
+        rows = conn.execute(query("notify_hard_limited"), params).fetchall()
         assert rows == []
         # Positive control on the same connection: the hard-limited preset does notify.
-        rows = conn.execute(query("notify_hard_limited"), {"preset_id": seed.limited}).fetchall()
+        params = {"preset_id": seed.limited, **delivery}
+        rows = conn.execute(query("notify_hard_limited"), params).fetchall()
         assert {r[0] for r in rows} == {seed.admin}
 
 
@@ -934,8 +941,13 @@ def test_functions_pin_their_search_path_with_pg_temp_last(seed: Seed) -> None:
     assert definers >= ENTRY_POINTS
     assert not definers & {"queue_builds", "prebuilds_user_id", "job_tags"}, "internal helpers"
     # Every function that reads tables as its owner: Coder's schema, then pg_temp, LAST.
+    # (pg_catalog is searched first whether it is listed or not; listing it is allowed.)
     for name in definers | {"queue_builds", "job_tags"}:
-        paths = [c for c in config[name] or [] if c.startswith("search_path=")]
+        paths = [
+            c.replace("search_path=pg_catalog, ", "search_path=")
+            for c in config[name] or []
+            if c.startswith("search_path=")
+        ]
         assert paths == ["search_path=public, pg_temp"], name
     # The one exception reads no table (and must stay inlinable: no SET clause).
     assert config["prebuilds_user_id"] is None
@@ -1083,54 +1095,28 @@ async def _metrics_rows(url: str) -> dict[UUID, int]:
     return {row.preset_id: row.created_total for row in rows}
 
 
-# Coder's full schema refuses to queue a notification the user (or the template's default)
-# turned off, with a BEFORE INSERT trigger that reads two tables as the writer. The subset
-# prebuildd installs has neither; these stand-ins have the same shape.
-CODER_ENQUEUE_GUARD: LiteralString = """
-CREATE TABLE notification_preferences (
-    user_id uuid NOT NULL,
-    notification_template_id uuid NOT NULL,
-    disabled boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (user_id, notification_template_id)
-);
-CREATE FUNCTION refuse_disabled_notification() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    IF EXISTS (
-        SELECT 1
-        FROM notification_templates AS t
-        LEFT JOIN notification_preferences AS pref
-            ON pref.notification_template_id = t.id AND pref.user_id = NEW.user_id
-        WHERE t.id = NEW.notification_template_id
-          AND (pref.disabled OR (NOT t.enabled_by_default AND pref.user_id IS NULL))
-    ) THEN
-        RAISE EXCEPTION 'notification turned off';
-    END IF;
-    RETURN NEW;
-END
-$fn$;
-CREATE TRIGGER refuse_disabled_notification BEFORE INSERT ON notification_messages
-    FOR EACH ROW EXECUTE FUNCTION refuse_disabled_notification();
-"""
-
-
 def test_hard_limit_notification_as_the_role_on_coders_schema(
     conn: Conn, db_url: str, role_url: str
 ) -> None:
     """The role queues Coder's notification for template admins, also through Coder's own
-    enqueue trigger, which reads tables the role has no grant on: the function writes as its
-    owner, so the trigger runs with the owner's privileges too."""
+    enqueue trigger (inhibit_enqueue_if_disabled, in the subset as in Coder), which reads
+    tables the role has no grant on: the function reads and writes as its owner, so the
+    trigger runs with the owner's privileges too. The recipients' tables (users, organization
+    members, preferences) stay unreadable to the role."""
     org = make_org(conn)
     admin = make_user(conn)
     conn.execute("UPDATE users SET rbac_roles = '{template-admin}' WHERE id = %s", (admin,))
     tpl = make_template(conn, org)
     preset = make_preset(conn, tpl.version_id, desired=1, status="hard_limited")
-    conn.execute(CODER_ENQUEUE_GUARD)
     conn.commit()
-    apply_role_script(db_url)  # after Coder's upgrade added the table: still no grant on it
-    params = {"preset_id": preset}
+    apply_role_script(db_url)  # applied again (an upgrade): still no grant on those tables
+    params = {"preset_id": preset, "default_method": "smtp", "inbox": True}
 
     with psycopg.connect(role_url) as role:
-        for table in ("notification_preferences", "notification_messages", "users"):
+        tables = (
+            "notification_preferences", "notification_messages", "users", "organization_members"
+        )
+        for table in tables:
             held = role.execute(
                 "SELECT has_table_privilege(current_user, %s, 'SELECT')"
                 " OR has_any_column_privilege(current_user, %s, 'SELECT')",
@@ -1172,6 +1158,31 @@ def test_operator_commands_as_the_role(
     assert main(["reconcile", "--once", "--dry-run", *url]) == 0
     value = _scalar(conn, "SELECT value FROM site_configs WHERE key = 'prebuilds_settings'")
     assert '"reconciliation_paused": false' in value
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_status_as_the_role_reads_who_is_busy_from_pg_locks(
+    conn: Conn, db_url: str, role_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` takes no lock and reads pg_locks instead, which the role may do without any
+    grant: a template a replica holds is shown busy, Coder's running loop is reported."""
+    tpl = make_template(conn, make_org(conn), name="lp-busy")
+    make_preset(conn, tpl.version_id, desired=1)
+    conn.commit()
+    url = ["--database-url", role_url]
+    with psycopg.connect(role_url) as replica:
+        assert replica.execute(query("lock_templates"), {"template_ids": [tpl.id]}).fetchall()
+        capsys.readouterr()
+        assert main(["status", *url]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if "lp-busy" in line)
+        assert row.split()[-1] == "busy"
+        replica.rollback()
+        # Coder's loop, as the owner: lock 7 held exclusively.
+        assert replica.execute("SELECT pg_try_advisory_xact_lock(7::bigint)").fetchone() == (True,)
+        assert main(["status", *url]) == 0
+        out = capsys.readouterr().out
+        assert "lp-busy" in out and "Coder's own reconciliation loop is running" in out
+        replica.rollback()
 
 
 @pytest.mark.anyio

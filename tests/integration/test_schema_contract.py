@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString, cast
 from uuid import UUID, uuid4
 
@@ -323,6 +323,20 @@ EXPECTED_COLUMNS: dict[str, str] = {
         queued_seconds double precision
         dedupe_hash text
     """,
+    "notification_preferences": f"""
+        user_id uuid !
+        notification_template_id uuid !
+        disabled boolean !
+        created_at {TS} !
+        updated_at {TS} !
+    """,
+    "organization_members": f"""
+        user_id uuid !
+        organization_id uuid !
+        created_at {TS} !
+        updated_at {TS} !
+        roles text[] !
+    """,
 }
 
 EXPECTED_VIEWS: dict[str, str] = {
@@ -420,6 +434,10 @@ EXPECTED_FOREIGN_KEYS: dict[tuple[str, str], tuple[str, str]] = {
     ("workspace_agents", "resource_id"): ("workspace_resources", "c"),
     ("notification_messages", "notification_template_id"): ("notification_templates", "c"),
     ("notification_messages", "user_id"): ("users", "c"),
+    ("notification_preferences", "notification_template_id"): ("notification_templates", "c"),
+    ("notification_preferences", "user_id"): ("users", "c"),
+    ("organization_members", "organization_id"): ("organizations", "c"),
+    ("organization_members", "user_id"): ("users", "c"),
 }
 
 # Unique constraints and indexes writers rely on (ON CONFLICT, duplicate detection).
@@ -640,10 +658,13 @@ def _sample(name: str) -> object:
     fixed: dict[str, object] = {
         "count": 1,
         "hard_limit": 3,
+        "backoff_lookback": timedelta(hours=1),
         "paused": True,
         "status": "healthy",
         "trace_metadata": Jsonb({}),
         "workspace_tags": Jsonb({}),
+        "default_method": "smtp",
+        "inbox": True,
     }
     if name in fixed:
         return fixed[name]
@@ -702,9 +723,18 @@ def test_minimal_database_really_is_minimal(required_only_url: str) -> None:
 # Enum types prebuildd never names hold only UNNAMEABLE_LABEL there.
 _ORG: LiteralString = "INSERT INTO organizations (id, name) VALUES (%(id)s, %(name)s)"
 _ADMIN: LiteralString = """
-INSERT INTO users (id, email, username, name, deleted, status, is_system, rbac_roles)
-VALUES (%(id)s, 'admin@example.com', 'admin', 'Admin', false, 'active', false,
-        ARRAY['template-admin'])
+INSERT INTO users (id, email, username, name, deleted, is_system, rbac_roles)
+VALUES (%(id)s, 'admin@example.com', 'admin', 'Admin', false, false, ARRAY['template-admin'])
+"""
+# An organization's template admin: no site-level role, the organization's instead.
+_ORG_ADMIN: LiteralString = """
+WITH u AS (
+    INSERT INTO users (id, email, username, name, deleted, is_system, rbac_roles)
+    VALUES (%(id)s, 'org-admin@example.com', 'org-admin', '', false, false, '{}')
+    RETURNING id
+)
+INSERT INTO organization_members (user_id, organization_id, roles)
+SELECT u.id, %(org)s, ARRAY['organization-template-admin'] FROM u
 """
 _JOB: LiteralString = """
 INSERT INTO provisioner_jobs (
@@ -754,8 +784,10 @@ class _MinimalWorld:
         self.conn = conn
         self.org = uuid4()
         self.admin = uuid4()
+        self.org_admin = uuid4()
         conn.execute(_ORG, {"id": self.org, "name": "minimal-org"})
         conn.execute(_ADMIN, {"id": self.admin})
+        conn.execute(_ORG_ADMIN, {"id": self.org_admin, "org": self.org})
 
     def job(self, *, initiator: UUID, error: str | None = None) -> UUID:
         job = uuid4()
@@ -860,6 +892,7 @@ def test_production_end_to_end_on_required_columns_only(
             assert _one(conn, status_of, c1) == "validation_failed"
             notified = "SELECT count(*) FROM notification_messages WHERE user_id = %s"
             assert _one(conn, notified, world.admin) == 2  # smtp and inbox
+            assert _one(conn, notified, world.org_admin) == 2
 
             # A provisioner finishes the first create, with a ready agent; the second stays
             # queued. Then version 2 is promoted.

@@ -144,34 +144,6 @@ async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
         await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=15)
 
 
-async def test_schedule_boundary_is_acted_on_by_a_timer(db_url: str) -> None:
-    # Shift the service's clock to 1.5 s before the next hour, whose schedule wants 3.
-    real = datetime.now(UTC)
-    boundary = real.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    offset = boundary - timedelta(seconds=1.5) - real
-    with psycopg.connect(db_url) as conn:
-        tpl = make_template(conn, make_org(conn))
-        preset = make_preset(
-            conn,
-            tpl.version_id,
-            desired=1,
-            timezone="UTC",
-            schedules=[(f"* {boundary.hour} * * *", 3)],
-        )
-        conn.commit()
-
-    def clock() -> datetime:
-        return datetime.now(UTC) + offset
-
-    async with running_service(db_url, clock=clock) as service:
-        await _ready(service)
-        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(1), timeout=5)
-        assert clock() < boundary
-        await eventually(lambda: _count(db_url, PENDING_CREATES, preset=preset)(3), timeout=6)
-        assert clock() >= boundary
-        assert service.metrics.reconciles.labels("timer")._value.get() >= 1
-
-
 async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
     exporter = InMemorySpanExporter()
     tracing = setup_tracing(service_version="test", extra_processor=SimpleSpanProcessor(exporter))

@@ -1,9 +1,7 @@
-"""The NOTIFY triggers (sql/triggers/0001_notify.sql) against a real PostgreSQL.
+"""The NOTIFY triggers (sql/triggers/*.sql, sql/functions/notify_event.sql) on a real PostgreSQL.
 
-Each test writes through `conn`, commits, and reads what a LISTENing session received. Silence
-is checked deterministically: `Inbox.drain` sends a sentinel notification after the writes and
-reads up to it; notifications are delivered in commit order, so anything the writes produced
-arrives before the sentinel.
+Each test writes through `conn`, commits, and reads what a LISTENing session received
+(`_inbox.Inbox`, which checks silence deterministically with a sentinel notification).
 """
 
 from __future__ import annotations
@@ -16,61 +14,17 @@ from uuid import UUID
 import _trigger_rows as rows
 import psycopg
 import pytest
+from _inbox import Inbox
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from prebuildd.events import CHANNEL, Event, EventKind, parse_payload
-from prebuildd.migrate import migrate
+from prebuildd.events import CHANNEL, EventKind
+from prebuildd.migrate import migrate, repeatable_files
 from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.queries import read_sql_file
 
 Conn = psycopg.Connection[TupleRow]
-
-EXPECTED_TRIGGERS = {
-    ("prebuildd_agent_inserted_ready", "workspace_agents"),
-    ("prebuildd_agent_ready", "workspace_agents"),
-    ("prebuildd_build_inserted", "workspace_builds"),
-    ("prebuildd_claimed", "workspaces"),
-    ("prebuildd_job_status", "provisioner_jobs"),
-    ("prebuildd_preset_added_or_removed", "template_version_presets"),
-    ("prebuildd_preset_changed", "template_version_presets"),
-    ("prebuildd_schedule_added_or_removed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_schedule_changed", "template_version_preset_prebuild_schedules"),
-    ("prebuildd_settings_deleted", "site_configs"),
-    ("prebuildd_settings_inserted", "site_configs"),
-    ("prebuildd_settings_updated", "site_configs"),
-    ("prebuildd_template_changed", "templates"),
-    ("prebuildd_template_inserted", "templates"),
-    ("prebuildd_template_removed", "templates"),
-    ("prebuildd_version_promoted", "templates"),
-}
-
-
-class Inbox:
-    """A LISTENing session; `drain()` returns the payloads committed since the last drain."""
-
-    def __init__(self, url: str) -> None:
-        self.conn: Conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute("LISTEN prebuildd_events")
-        self._sentinels = 0
-
-    def drain_raw(self) -> list[str]:
-        self._sentinels += 1
-        token = f"sentinel-{self._sentinels}-{uuid.uuid4()}"
-        self.conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, token])
-        received: list[str] = []
-        for notify in self.conn.notifies(timeout=5.0):
-            if notify.payload == token:
-                return received
-            received.append(notify.payload)
-        raise AssertionError(f"sentinel never arrived; got {received}")
-
-    def drain(self) -> list[Event]:
-        return [parse_payload(payload) for payload in self.drain_raw()]
-
-    def kinds(self) -> list[tuple[EventKind, UUID | None]]:
-        return [(event.kind, event.template_id) for event in self.drain()]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +65,7 @@ def inbox(shared_db_url: str) -> Iterator[Inbox]:
     try:
         yield box
     finally:
-        box.conn.close()
+        box.close()
 
 
 @pytest.fixture
@@ -138,14 +92,15 @@ def test_all_triggers_are_installed_once_and_reapplying_is_harmless(
         SELECT tgname, relname FROM pg_trigger JOIN pg_class ON pg_class.oid = tgrelid
         WHERE tgname LIKE 'prebuildd_%' ORDER BY 1
     """
-    assert set(conn.execute(list_triggers).fetchall()) == EXPECTED_TRIGGERS
-    # Executed without parameters: psycopg sends the file verbatim, as migrate does.
-    conn.execute(read_sql_file("triggers", "0001_notify.sql"))
+    assert set(conn.execute(list_triggers).fetchall()) == rows.EXPECTED_TRIGGERS
+    # Executed without parameters: psycopg sends each file verbatim, as migrate does.
+    for file in repeatable_files():
+        conn.execute(file.text)
     conn.commit()
     migrate(shared_db_url)
     found = conn.execute(list_triggers).fetchall()
-    assert len(found) == len(EXPECTED_TRIGGERS)
-    assert set(found) == EXPECTED_TRIGGERS
+    assert len(found) == len(rows.EXPECTED_TRIGGERS)
+    assert set(found) == rows.EXPECTED_TRIGGERS
 
 
 # ---- templates ------------------------------------------------------------------------------
@@ -291,11 +246,12 @@ JOB_UPDATE = "UPDATE provisioner_jobs SET {} WHERE id = %s"
 @pytest.mark.parametrize(
     ("started", "assignment"),
     [
-        (False, "started_at = now(), worker_id = gen_random_uuid()"),  # pending -> running
         (True, "completed_at = now()"),  # running -> succeeded
         (True, "completed_at = now(), error = 'boom'"),  # running -> failed
         (True, "canceled_at = now()"),  # running -> canceling
         (False, "canceled_at = now(), completed_at = now()"),  # pending -> canceled
+        (False, "canceled_at = now()"),  # pending -> canceling
+        (False, "completed_at = now(), error = 'boom'"),  # pending -> failed
     ],
 )
 def test_prebuild_job_status_transitions(
@@ -305,6 +261,19 @@ def test_prebuild_job_status_transitions(
     conn.commit()
     inbox.drain()
     conn.execute(JOB_UPDATE.format(assignment), [job_id])
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+def test_prebuild_job_picked_up_is_silent(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows) -> None:
+    # pending -> running: the planner counts both as in progress, so nothing it decides can
+    # change, and not announcing it halves what a prebuild's build costs Coder in NOTIFYs
+    # (bench/trigger_overhead.py, docs/benchmarks.md). Completion is announced.
+    _, job_id = rows.prebuild(conn, tpl)
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("started_at = now(), worker_id = gen_random_uuid()"), [job_id])
+    assert commit_and_read(conn, inbox) == []
+    conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
     assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
@@ -360,9 +329,9 @@ def test_job_of_a_prebuild_started_by_someone_else_is_left_to_the_sweep(
 def test_bulk_update_of_one_template_sends_one_notification(
     conn: Conn, inbox: Inbox, tpl: rows.TemplateRows
 ) -> None:
-    jobs = [rows.prebuild(conn, tpl)[1] for _ in range(100)]
+    jobs = [rows.prebuild(conn, tpl, started=True)[1] for _ in range(100)]
     assert commit_and_read(conn, inbox) == [(EventKind.BUILD_INSERTED, tpl.template_id)]
-    conn.execute("UPDATE provisioner_jobs SET started_at = now() WHERE id = ANY(%s)", [jobs])
+    conn.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = ANY(%s)", [jobs])
     assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
@@ -539,6 +508,6 @@ def test_writer_needs_no_privilege_on_the_prebuildd_schema(
 
 
 def test_prebuilds_user_is_the_one_the_triggers_know() -> None:
-    text = read_sql_file("triggers", "0001_notify.sql")
+    text = read_sql_file("functions", "notify_event.sql")
     assert str(PREBUILDS_USER_ID) in text
     assert CHANNEL in text

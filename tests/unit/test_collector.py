@@ -55,7 +55,7 @@ def value(c: MetricsCollector, name: str, **labels: str) -> float | None:
 
 def test_a_reconcile_counts_by_trigger_and_input_errors_by_their_typed_kind() -> None:
     c = MetricsCollector(Metrics())
-    bad_cron = plan(preset(1, 1), Schedule(UUID(int=7), "0 9 * * *", 3))
+    bad_cron = plan(preset(1, 1, scheduling_timezone="UTC"), Schedule(UUID(int=7), "0 9 * * *", 3))
     negative = plan(preset(2, 1, desired_instances=-1))
     outcome = Outcome(Cause(Trigger.TIMER), locked=(UUID(int=1),), plans=[bad_cron, negative])
     c.observe(outcome)

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from _queue_support import FakeClock, all_blocked
 
+from prebuildd.clock import DatabaseClock
 from prebuildd.collector import MetricsCollector
 from prebuildd.dispatcher import (
     BUSY_RETRY_SECONDS,
@@ -141,7 +142,7 @@ def make(
         FlakySweep(),
         max_batch=10,
         collector=None if one_pass else collector,
-        clock=lambda: NOW,
+        monotonic=clock,
     )
     return queue, dispatcher, reconciler, collector
 
@@ -159,6 +160,7 @@ async def test_timers_and_busy_retries_come_back_at_their_time(clock: FakeClock)
     queue, dispatcher, _, _ = make(clock)
     outcome = Outcome(Cause(Trigger.EVENT), locked=(A,), busy=(B,))
     outcome.next_attention = {A: NOW + timedelta(seconds=30)}
+    outcome.clock = DatabaseClock(NOW, clock.now)
     dispatcher.follow_up(outcome)
     assert queue.depth() == 2
     await clock.advance(BUSY_RETRY_SECONDS - 0.5)
@@ -167,6 +169,35 @@ async def test_timers_and_busy_retries_come_back_at_their_time(clock: FakeClock)
     assert handed_out(queue) == {B: {Trigger.RETRY}}
     await clock.advance(30 - BUSY_RETRY_SECONDS)
     assert handed_out(queue) == {A: {Trigger.TIMER}}
+
+
+@pytest.mark.anyio
+async def test_timers_run_on_the_database_clock_not_the_hosts(clock: FakeClock) -> None:
+    """A timer is due when the *database's* clock reaches `next_attention`: the delay is
+    measured from the outcome's reading of the server's clock, less the (monotonic) time
+    that passed since it was read; no wall clock enters (issue 10 item 10)."""
+    queue, dispatcher, _, _ = make(clock)
+    # The plans were made 4 s ago (monotonic), when the database's clock read NOW; the host's
+    # wall clock, an hour off, is never consulted.
+    read_at = clock.now
+    await clock.advance(4)
+    outcome = Outcome(Cause(Trigger.EVENT), locked=(A, B))
+    outcome.clock = DatabaseClock(NOW, read_at)
+    outcome.next_attention = {A: NOW + timedelta(seconds=10), B: NOW + timedelta(seconds=3)}
+    dispatcher.follow_up(outcome)
+    assert handed_out(queue) == {B: {Trigger.TIMER}}, "already due on the database's clock"
+    await clock.advance(6 - 0.25)
+    assert handed_out(queue) == {}
+    await clock.advance(0.25)
+    assert handed_out(queue) == {A: {Trigger.TIMER}}
+
+
+def test_an_outcome_with_timers_but_no_database_clock_is_refused(clock: FakeClock) -> None:
+    _, dispatcher, _, _ = make(clock)
+    outcome = Outcome(Cause(Trigger.EVENT), locked=(A,))
+    outcome.next_attention = {A: NOW}
+    with pytest.raises(ValueError, match="database clock"):
+        dispatcher.follow_up(outcome)
 
 
 @pytest.mark.anyio
@@ -199,6 +230,7 @@ async def test_one_pass_puts_nothing_back(clock: FakeClock) -> None:
     queue, dispatcher, _, _ = make(clock, one_pass=True)
     outcome = Outcome(Cause(Trigger.CLI), locked=(A,), busy=(B,), failed=(C,))
     outcome.next_attention = {A: NOW}
+    outcome.clock = DatabaseClock(NOW, clock.now)
     dispatcher.follow_up(outcome)
     dispatcher.follow_up(SweepFailed(Trigger.CLI))
     assert queue.depth() == 0 and not queue.sweep_queued()

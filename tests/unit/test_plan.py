@@ -571,13 +571,15 @@ WEEKDAYS = Schedule(UUID(int=1), "* 9-18 * * 1-5", 4)
 @pytest.mark.parametrize(
     ("schedules", "timezone", "desired", "errors"),
     [
-        pytest.param((WEEKDAYS,), "", 4, 0, id="covering"),
+        pytest.param((WEEKDAYS,), "UTC", 4, 0, id="covering"),
         # 12:00 UTC is 05:00 in Los Angeles.
         pytest.param((WEEKDAYS,), "America/Los_Angeles", 1, 0, id="not-covering-in-zone"),
         pytest.param((WEEKDAYS,), "Nowhere/Land", 1, 1, id="invalid-timezone"),
-        pytest.param((Schedule(UUID(int=2), "0 9 * * *", 4),), "", 1, 1, id="invalid-cron"),
-        pytest.param((WEEKDAYS, Schedule(UUID(int=2), "* 12 * * *", 2)), "", 1, 1, id="overlap"),
-        pytest.param((Schedule(UUID(int=2), "* 9-18 * * 1-5", -2),), "", 0, 1,
+        # No zone: Coder ignores the schedules (it does not read them as UTC).
+        pytest.param((WEEKDAYS,), "", 1, 1, id="no-timezone"),
+        pytest.param((Schedule(UUID(int=2), "0 9 * * *", 4),), "UTC", 1, 1, id="invalid-cron"),
+        pytest.param((WEEKDAYS, Schedule(UUID(int=2), "* 12 * * *", 2)), "UTC", 1, 1, id="overlap"),
+        pytest.param((Schedule(UUID(int=2), "* 9-18 * * 1-5", -2),), "UTC", 0, 1,
                      id="negative-schedule"),
     ],
 )  # fmt: skip
@@ -622,12 +624,12 @@ def test_naive_now_is_rejected() -> None:
             id="first-ttl-expiry",
         ),
         pytest.param(
-            snap(preset(1), schedules=(WEEKDAYS,)), CONFIG, datetime(2025, 6, 2, 19, tzinfo=UTC),
-            id="schedule-boundary",
+            snap(preset(1, scheduling_timezone="UTC"), schedules=(WEEKDAYS,)), CONFIG,
+            datetime(2025, 6, 2, 19, tzinfo=UTC), id="schedule-boundary",
         ),
         pytest.param(
-            snap(preset(1, invalidate_after_secs=TTL), schedules=(WEEKDAYS,),
-                 running=prebuilds(10 * MIN)),
+            snap(preset(1, invalidate_after_secs=TTL, scheduling_timezone="UTC"),
+                 schedules=(WEEKDAYS,), running=prebuilds(10 * MIN)),
             CONFIG, NOW + 50 * MIN, id="earliest-of-ttl-and-schedule",
         ),
         pytest.param(

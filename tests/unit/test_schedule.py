@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from prebuildd.model import InputErrorKind, Schedule
 from prebuildd.schedule import (
     HORIZON,
+    NO_TIMEZONE,
     ScheduleError,
     covers,
     desired_instances,
@@ -137,11 +138,33 @@ def test_covers_invalid_raises() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "key"),
-    [pytest.param("", "UTC", id="empty-is-utc"), pytest.param(LA, LA, id="iana")],
+    ("name", "key"), [pytest.param("UTC", "UTC", id="utc"), pytest.param(LA, LA, id="iana")]
 )
 def test_resolve_timezone(name: str, key: str) -> None:
     assert resolve_timezone(name).key == key
+
+
+def test_an_empty_timezone_is_no_zone_not_utc() -> None:
+    with pytest.raises(ScheduleError, match="timezone is not set"):
+        resolve_timezone("")
+
+
+def test_schedules_without_a_timezone_are_ignored_as_coder_does() -> None:
+    """Coder's CalculateDesiredInstances: schedules with scheduling_timezone '' log an error and
+    desired_instances applies, even at an instant a schedule covers in UTC (issue 10 item 5)."""
+    covering_in_utc = utc(2025, 6, 2, 10)  # a Monday, 10:00 UTC: WEEKDAYS covers it
+    assert desired_instances(1, (sched(WEEKDAYS, 4),), "UTC", covering_in_utc).desired == 4
+    result = desired_instances(1, (sched(WEEKDAYS, 4),), "", covering_in_utc)
+    assert result.desired == 1
+    assert result.schedule_id is None
+    assert result.next_change is None, "no boundary to wake up for: the schedules are unused"
+    assert [e.kind for e in result.errors] == [InputErrorKind.INVALID_TIMEZONE]
+    assert NO_TIMEZONE in result.errors[0].message
+
+
+def test_an_empty_timezone_without_schedules_is_no_error() -> None:
+    result = desired_instances(3, (), "", utc(2025, 6, 2, 10))
+    assert (result.desired, result.errors) == (3, ())
 
 
 @pytest.mark.parametrize(
@@ -174,9 +197,9 @@ WEEK_AND_WEEKEND = (sched(WEEKDAYS, 2, 1), sched("* 9-13 * * 6,0", 3, 2))
         pytest.param(THREE_A_DAY, "UTC", utc(2025, 6, 2, 14), 3, 2, id="second"),
         pytest.param(THREE_A_DAY, "UTC", utc(2025, 6, 2, 20), 4, 3, id="third"),
         pytest.param(THREE_A_DAY, "UTC", utc(2025, 6, 2, 23), 1, None, id="after-last"),
-        pytest.param(WEEK_AND_WEEKEND, "", utc(2025, 6, 2, 14), 2, 1, id="weekday"),
-        pytest.param(WEEK_AND_WEEKEND, "", utc(2025, 6, 7, 10), 3, 2, id="weekend"),
-        pytest.param(WEEK_AND_WEEKEND, "", utc(2025, 6, 7, 14), 1, None, id="weekend-after"),
+        pytest.param(WEEK_AND_WEEKEND, "UTC", utc(2025, 6, 2, 14), 2, 1, id="weekday"),
+        pytest.param(WEEK_AND_WEEKEND, "UTC", utc(2025, 6, 7, 10), 3, 2, id="weekend"),
+        pytest.param(WEEK_AND_WEEKEND, "UTC", utc(2025, 6, 7, 14), 1, None, id="weekend-after"),
         # America/Los_Angeles is UTC-7 in June.
         pytest.param((sched("* 9-13 * * 1-5", 3),), LA, utc(2025, 6, 2, 15), 1, None, id="la-8am"),
         pytest.param((sched("* 9-13 * * 1-5", 3),), LA, utc(2025, 6, 2, 16), 3, 1, id="la-9am"),
@@ -212,21 +235,24 @@ def test_desired_instances(
     ("schedules", "timezone", "message"),
     [
         pytest.param((sched(WEEKDAYS, 3),), "Mars/Olympus", "unknown scheduling", id="bad-zone"),
-        pytest.param((sched("* 9-18 * *", 3),), "", "expected 5 fields", id="bad-cron"),
-        pytest.param((sched("0 9-18 * * *", 3),), "", "minute field", id="minute-field"),
+        pytest.param((sched("* 9-18 * *", 3),), "UTC", "expected 5 fields", id="bad-cron"),
+        pytest.param((sched("0 9-18 * * *", 3),), "UTC", "minute field", id="minute-field"),
         pytest.param(
-            (sched(WEEKDAYS, 3, 1), sched("* 9-12 * * 1-5", 2, 2)), "", "overlap", id="overlap"
+            (sched(WEEKDAYS, 3, 1), sched("* 9-12 * * 1-5", 2, 2)), "UTC", "overlap", id="overlap"
         ),
         pytest.param(
-            (sched(WEEKDAYS, 3, 1), sched("* 18 * * *", 2, 2)), "", "overlap", id="overlap-edge"
+            (sched(WEEKDAYS, 3, 1), sched("* 18 * * *", 2, 2)), "UTC", "overlap", id="overlap-edge"
         ),
         # Some 1st of a month falls on a Monday.
         pytest.param(
-            (sched("* 9 1 * *", 3, 1), sched("* 9 * * 1", 2, 2)), "", "overlap", id="overlap-days"
+            (sched("* 9 1 * *", 3, 1), sched("* 9 * * 1", 2, 2)),
+            "UTC",
+            "overlap",
+            id="overlap-days",
         ),
         # One good schedule does not rescue a bad one: the whole set falls back.
         pytest.param(
-            (sched(WEEKDAYS, 3, 1), sched("* 9 L * *", 2, 2)), "", "unsupported", id="one-bad"
+            (sched(WEEKDAYS, 3, 1), sched("* 9 L * *", 2, 2)), "UTC", "unsupported", id="one-bad"
         ),
     ],
 )
@@ -241,7 +267,7 @@ def test_invalid_input_falls_back_to_default(
 
 
 def test_bad_cron_error_names_the_schedule() -> None:
-    result = desired_instances(1, (sched("0 9 * * *", 3, 7),), "", utc(2025, 6, 2, 10))
+    result = desired_instances(1, (sched("0 9 * * *", 3, 7),), "UTC", utc(2025, 6, 2, 10))
     assert str(UUID(int=7)) in result.errors[0].message
     assert result.errors[0].kind is InputErrorKind.INVALID_CRON
 
@@ -257,7 +283,7 @@ def test_bad_cron_error_names_the_schedule() -> None:
     ],
 )
 def test_disjoint_schedules_are_valid(first: str, second: str) -> None:
-    result = desired_instances(0, (sched(first, 1, 1), sched(second, 2, 2)), "", utc(2025, 6, 2))
+    result = desired_instances(0, (sched(first, 1, 1), sched(second, 2, 2)), "UTC", utc(2025, 6, 2))
     assert result.errors == ()
 
 
@@ -279,7 +305,7 @@ def test_negative_counts_are_zero_and_reported(
     default: int, schedule_desired: int | None, now: datetime, desired: int, errors: int
 ) -> None:
     schedules = () if schedule_desired is None else (sched(WEEKDAYS, schedule_desired),)
-    result = desired_instances(default, schedules, "", now)
+    result = desired_instances(default, schedules, "UTC", now)
     assert result.desired == desired
     assert len(result.errors) == errors
     assert all("negative" in e.message for e in result.errors)
@@ -289,12 +315,12 @@ def test_negative_counts_are_zero_and_reported(
 @pytest.mark.parametrize(
     ("schedules", "timezone", "kind"),
     [
-        pytest.param((sched("0 9 * * *", 3),), "", InputErrorKind.INVALID_CRON, id="cron"),
+        pytest.param((sched("0 9 * * *", 3),), "UTC", InputErrorKind.INVALID_CRON, id="cron"),
         pytest.param((sched(WEEKDAYS, 3),), "Mars/Olympus", InputErrorKind.INVALID_TIMEZONE,
                      id="timezone"),
-        pytest.param((sched(WEEKDAYS, 3, 1), sched("* 9 * * *", 2, 2)), "",
+        pytest.param((sched(WEEKDAYS, 3, 1), sched("* 9 * * *", 2, 2)), "UTC",
                      InputErrorKind.OVERLAPPING_SCHEDULES, id="overlap"),
-        pytest.param((sched(WEEKDAYS, -1),), "", InputErrorKind.NEGATIVE_DESIRED, id="negative"),
+        pytest.param((sched(WEEKDAYS, -1),), "UTC", InputErrorKind.NEGATIVE_DESIRED, id="negative"),
     ],
 )  # fmt: skip
 def test_every_error_carries_its_kind(
@@ -307,7 +333,7 @@ def test_every_error_carries_its_kind(
 
 def test_naive_now_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        desired_instances(1, (sched(WEEKDAYS, 2),), "", datetime(2025, 6, 2, 10))
+        desired_instances(1, (sched(WEEKDAYS, 2),), "UTC", datetime(2025, 6, 2, 10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,18 +344,18 @@ def test_naive_now_is_a_programming_error() -> None:
 @pytest.mark.parametrize(
     ("schedules", "timezone", "now", "expected"),
     [
-        pytest.param((sched(WEEKDAYS, 3),), "", utc(2025, 6, 2, 10, 17, 23), utc(2025, 6, 2, 19),
+        pytest.param((sched(WEEKDAYS, 3),), "UTC", utc(2025, 6, 2, 10, 17, 23), utc(2025, 6, 2, 19),
                      id="end-of-range"),
-        pytest.param((sched(WEEKDAYS, 3),), "", utc(2025, 6, 2, 8, 59, 59), utc(2025, 6, 2, 9),
+        pytest.param((sched(WEEKDAYS, 3),), "UTC", utc(2025, 6, 2, 8, 59, 59), utc(2025, 6, 2, 9),
                      id="start-in-one-second"),
-        pytest.param((sched(WEEKDAYS, 3),), "", utc(2025, 6, 2, 9), utc(2025, 6, 2, 19),
+        pytest.param((sched(WEEKDAYS, 3),), "UTC", utc(2025, 6, 2, 9), utc(2025, 6, 2, 19),
                      id="at-start"),
-        pytest.param((sched(WEEKDAYS, 3),), "", utc(2025, 6, 6, 19), utc(2025, 6, 9, 9),
+        pytest.param((sched(WEEKDAYS, 3),), "UTC", utc(2025, 6, 6, 19), utc(2025, 6, 9, 9),
                      id="over-the-weekend"),
-        pytest.param(THREE_A_DAY, "", utc(2025, 6, 2, 11), utc(2025, 6, 2, 12),
+        pytest.param(THREE_A_DAY, "UTC", utc(2025, 6, 2, 11), utc(2025, 6, 2, 12),
                      id="next-schedule"),
-        pytest.param((sched("* * * * *", 3),), "", utc(2025, 6, 2, 11), None, id="always"),
-        pytest.param((sched("* 9 1 * *", 3),), "", utc(2025, 6, 2, 11), None,
+        pytest.param((sched("* * * * *", 3),), "UTC", utc(2025, 6, 2, 11), None, id="always"),
+        pytest.param((sched("* 9 1 * *", 3),), "UTC", utc(2025, 6, 2, 11), None,
                      id="beyond-horizon"),
         pytest.param((sched("* 9 * * *", 3),), "Asia/Kolkata", utc(2025, 6, 2, 3),
                      utc(2025, 6, 2, 3, 30), id="half-hour-zone"),
@@ -398,7 +424,7 @@ CRONS = st.builds(
     _field(0, 6),
 )
 INSTANTS = st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2026, 12, 31))
-ZONES = st.sampled_from(["", LA, "Asia/Kolkata", "Australia/Lord_Howe", "Europe/London"])
+ZONES = st.sampled_from(["UTC", LA, "Asia/Kolkata", "Australia/Lord_Howe", "Europe/London"])
 
 
 @settings(max_examples=300, deadline=None)
