@@ -1,15 +1,19 @@
-"""Small helpers every bench shares: the machine line, timing statistics, figure tables."""
+"""Small helpers every bench shares: the machine line, timing statistics, figure tables, and
+the rule that an error line from the service under test turns a verdict into MISSED."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import platform
+import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -183,3 +187,106 @@ def _stat_fields(pid: int) -> list[str] | None:
             return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors of the service under test: any one turns a verdict into MISSED
+# ---------------------------------------------------------------------------------------------
+
+# What the service logs when something went wrong that a figure must not hide: a listener
+# callback that raised ("event listener callback on_event failed: ..."), a reconcile that
+# raised ("reconcile crashed"), and any traceback (an exception logged with its stack, or one
+# printed raw to stderr by a crash outside logging).
+_ERROR_MESSAGES = (
+    re.compile(r"\bcallback\b.*\bfailed\b"),
+    re.compile(r"\breconcile crashed\b"),
+    re.compile(r"^Traceback \(most recent call last\)"),
+)
+_ERROR_LEVELS = frozenset({"error", "critical", "fatal"})
+
+
+def error_in_record(fields: Mapping[str, Any]) -> str | None:
+    """Why one JSON log record of the service is an error line, or None when it is not.
+
+    `fields` is a parsed JSON log line (level, msg, exc, ...); a line that was not JSON is
+    passed as {"msg": <the raw line>}.
+    """
+    msg = str(fields.get("msg", ""))
+    level = str(fields.get("level", "")).lower()
+    if level in _ERROR_LEVELS:
+        return f"level={level}: {msg}"
+    if fields.get("exc"):
+        return f"traceback logged with {msg!r}"
+    if any(pattern.search(msg) for pattern in _ERROR_MESSAGES):
+        return msg
+    return None
+
+
+def error_in_log_record(record: logging.LogRecord) -> str | None:
+    """The same judgement for a record logged in this process (a service run in-process)."""
+    fields: dict[str, Any] = {"level": record.levelname, "msg": record.getMessage()}
+    if record.exc_info and record.exc_info[0] is not None:
+        fields["exc"] = True
+    return error_in_record(fields)
+
+
+@dataclass
+class ServiceErrors:
+    """Error lines of the service under test, gathered while it ran.
+
+    A bench's verdict is `errors.verdict(met)`: MET only when the target was met *and* the
+    service logged no error line. A fast reconcile that crashed, a storm whose callbacks
+    failed, a sweep that raised: none of those may print MET.
+    """
+
+    lines: list[str] = field(default_factory=list)
+
+    def scan(self, records: Iterable[Mapping[str, Any]]) -> ServiceErrors:
+        """Add the error lines among a subprocess's parsed log records."""
+        for fields in records:
+            found = error_in_record(fields)
+            if found is not None:
+                self.lines.append(found)
+        return self
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[ServiceErrors]:
+        """Collect error lines logged in this process (the service run in-process) while the
+        block runs: a handler on the root logger, removed afterwards."""
+        handler = _Collect(self)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield self
+        finally:
+            root.removeHandler(handler)
+
+    @property
+    def clean(self) -> bool:
+        return not self.lines
+
+    def verdict(self, met: bool) -> bool:
+        return met and self.clean
+
+    def summary(self, what: str = "the service under test") -> str:
+        """One line for the report, MISSED when there was any error line."""
+        if self.clean:
+            return f"error lines from {what}: none"
+        shown = "; ".join(self.lines[:3])
+        more = f" (+{len(self.lines) - 3} more)" if len(self.lines) > 3 else ""
+        return (
+            f"error lines from {what}: {len(self.lines)}: {shown}{more} -- every verdict of "
+            f"this run is {verdict(False)}"
+        )
+
+
+class _Collect(logging.Handler):
+    def __init__(self, errors: ServiceErrors) -> None:
+        # NOTSET: records with a traceback count at any level; error_in_log_record judges.
+        super().__init__(level=logging.NOTSET)
+        self._errors = errors
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = error_in_log_record(record)
+        if found is not None:
+            self._errors.lines.append(f"{record.name}: {found}")

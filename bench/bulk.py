@@ -7,7 +7,9 @@ side and interleaved, the same 500 creates as one set-based statement
 (`store.execute(Create(count=500))`) and as 500 single-create statements (`count=1` in a
 loop), each in one transaction, to show what the set-based statement buys.
 
-Every round is undone (untimed) before the next, so each starts from the same state.
+Every round is undone (untimed) before the next, so each starts from the same state. An
+error line logged by the code under test (bench/_common.ServiceErrors) makes the verdict
+MISSED, and the bench exits non-zero on MISSED.
 
     PYTHONPATH=service python -m bench.bulk [--quick] [--reuse] [--rounds N]
 """
@@ -23,7 +25,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from bench._common import CpuMeter, Stats, common_args, print_header, verdict
+from bench._common import CpuMeter, ServiceErrors, Stats, common_args, print_header, verdict
 from bench._server import bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, ensure_fleet, steady_template, template_id, version_id
@@ -95,8 +97,10 @@ class BulkProbe:
         return {"preset_id": BULK_PRESET}
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace) -> bool:
+    """True when the target was met and the code under test logged no error line."""
     print_header("bench.bulk")
+    errors = ServiceErrors()
     name = "quick" if args.quick else "reaction"
     rounds = args.rounds or (2 if args.quick else 5)
     spec = SCALES[name]
@@ -109,15 +113,18 @@ async def main_async(args: argparse.Namespace) -> None:
             async with await AsyncConnection.connect(url, autocommit=True) as conn:
                 probe = BulkProbe(conn, steady_template(spec), spec.versions)
                 await probe.setup()
-                summary = await _measure(probe, rounds)
+                with errors.watching():
+                    summary, met = await _measure(probe, rounds)
         finally:
             server.drop(clone)
+    summary.append(errors.summary("the reconciler"))
     print("\n== summary")
     for line in summary:
         print(f"* {line}")
+    return errors.verdict(met)
 
 
-async def _measure(probe: BulkProbe, rounds: int) -> list[str]:
+async def _measure(probe: BulkProbe, rounds: int) -> tuple[list[str], bool]:
     print(f"\n-- desired 0 -> {COUNT} on one preset, one reconcile, {rounds} rounds (+1 warm-up)")
     walls: list[float] = []
     cpus: list[float] = []
@@ -149,20 +156,22 @@ async def _measure(probe: BulkProbe, rounds: int) -> list[str]:
     print(f"set-based, 1 statement:     {s_one.row()}")
     print(f"single-create, {COUNT} statements: {s_many.row()}")
     print(f"ratio (medians): {ratio:.1f}x slower row by row")
+    met = rec.median <= TARGET_MS
     return [
         f"desired 0 -> {COUNT}: one reconcile commits {COUNT} prebuilds in {rec.median:.0f} ms "
         f"(median of {rec.n}), {rows_per_s:,.0f} rows/s; target <= {TARGET_MS:.0f} ms: "
-        f"{verdict(rec.median <= TARGET_MS)}",
+        f"{verdict(met)}",
         f"{COUNT} creates: set-based {s_one.median:.0f} ms vs {COUNT} single statements "
         f"{s_many.median:.0f} ms ({ratio:.1f}x)",
-    ]
+    ], met
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     common_args(parser)
     parser.add_argument("--rounds", type=int, default=0)
-    asyncio.run(main_async(parser.parse_args()))
+    met = asyncio.run(main_async(parser.parse_args()))
+    raise SystemExit(0 if met else 1)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import secrets
 import sys
 import time
@@ -55,7 +54,15 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from bench._common import CpuMeter, ServerCpu, Stats, common_args, print_header, verdict
+from bench._common import (
+    CpuMeter,
+    ServerCpu,
+    ServiceErrors,
+    Stats,
+    common_args,
+    print_header,
+    verdict,
+)
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import (
@@ -210,31 +217,6 @@ class Clone:
 
     def drop(self) -> None:
         self.server.drop(self.name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors from the code under test turn every verdict into MISSED
-# ---------------------------------------------------------------------------------------------
-
-
-class ErrorLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextlib.contextmanager
-def watching_errors() -> Iterator[ErrorLines]:
-    handler = ErrorLines()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +607,8 @@ async def main_async(args: argparse.Namespace) -> int:
     parts = [args.part] if args.part else list(PARTS)
     spec = SCALES[name]
     figures: list[Figure] = []
-    with bench_server() as server, watching_errors() as errors:
+    # Errors from the code under test turn every verdict into MISSED (bench/_common.py).
+    with bench_server() as server, ServiceErrors().watching() as errors:
         print_server(server)
         fleet_db = ensure_fleet(server, name, spec, reuse=args.reuse)
         clone = Clone.of(server, fleet_db, "privw")

@@ -55,7 +55,7 @@ from uuid import UUID
 import anyio
 import psycopg
 
-from bench._common import common_args, load, print_header, table, verdict
+from bench._common import ServiceErrors, common_args, load, print_header, table, verdict
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query
 from bench.fleet import SCALES, FleetSpec, ensure_fleet, template_id
@@ -474,11 +474,15 @@ def run(server: BenchServer, args: argparse.Namespace) -> bool:
             f"{shape.seconds / len(batches) * 1000:.0f} ms; one service per cooldown"
         )
         verdicts: dict[timedelta, bool] = {}
+        # An error line from the service (bench/_common.ServiceErrors) makes the run MISSED.
+        errors = ServiceErrors()
         for cooldown in cooldowns or [base.cooldown]:
             settings = replace(base, cooldown=cooldown)
-            result = anyio.run(run_storm, url, spec, batches, shape.seconds, settings)
+            with errors.watching():
+                result = anyio.run(run_storm, url, spec, batches, shape.seconds, settings)
             verdicts[cooldown] = report(result, templates, shape)
-        met = verdicts.get(base.cooldown, False)
+        print(errors.summary())
+        met = errors.verdict(verdicts.get(base.cooldown, False))
         if base.cooldown in verdicts:
             print(f"verdict (default cooldown): {verdict(met)}")
         else:

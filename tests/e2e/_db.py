@@ -6,6 +6,8 @@ so each answer is a consistent snapshot.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -110,6 +112,14 @@ SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = 'prebuildd-listener'
 """
 
+# Sessions of the service that have written (hold a transaction id) and now wait for a lock
+# held by session %(holder)s: a reconcile stopped in the middle of its writes.
+BLOCKED_WRITERS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'prebuildd'
+  AND backend_xid IS NOT NULL AND %(holder)s = ANY(pg_blocking_pids(pid))
+"""
+
 # Terminates the listener's session and waits (up to 1 s) until it is gone. PostgreSQL checks
 # every 100 ms, so the service may well have reconnected by the time this returns.
 TERMINATE_LISTENERS = """
@@ -177,3 +187,38 @@ def service_backends(url: str) -> list[tuple[int, str, str | None, bool]]:
 def listener_pids(url: str) -> set[int]:
     with psycopg.connect(url, autocommit=True) as conn:
         return {row[0] for row in conn.execute(LISTENER_PIDS).fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """An open transaction holding a row lock; `pid` is its backend."""
+
+    url: str
+    pid: int
+
+    def blocked_writers(self) -> set[int]:
+        """Service sessions that wrote and now wait for this lock."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(BLOCKED_WRITERS, {"holder": self.pid}).fetchall()
+        return {row[0] for row in rows}
+
+
+@contextlib.contextmanager
+def holding_version(url: str, version_id: UUID) -> Iterator[Holder]:
+    """Hold FOR UPDATE on a template version's row until the block ends (then roll back).
+
+    A create inserts the workspace and its job first, then the build, whose foreign key on
+    template_versions takes FOR KEY SHARE on this row: the reconcile stops there, mid-write
+    (it holds a transaction id and its template's advisory lock), until the block ends.
+    Reads never wait for it (plain SELECTs take no row lock), so nothing else is held up.
+    """
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT pg_backend_pid() FROM template_versions WHERE id = %s FOR UPDATE",
+            (version_id,),
+        ).fetchone()
+        assert row is not None, f"no template version {version_id}"
+        try:
+            yield Holder(url, int(row[0]))
+        finally:
+            conn.rollback()

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,21 +41,23 @@ Record = dict[str, Any]
 T = TypeVar("T")
 
 
-def child_env() -> dict[str, str]:
-    """The test's environment, minus settings that would change what the child does."""
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment, minus settings that would change what the child does, plus
+    `extra` (what a test sets on purpose, e.g. OTEL_* for the trace export)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PREBUILDD_", "OTEL_"))
     }
     inherited = os.environ.get("PYTHONPATH")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SERVICE_DIR), inherited) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
 class Proc:
     """One child process and everything it has printed so far."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = [sys.executable, "-m", "prebuildd.cli", *args]
         self.started_at = time.monotonic()
@@ -68,7 +70,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            env=child_env(),
+            env=child_env(env),
             cwd=REPO,
             text=True,
             bufsize=1,
@@ -134,7 +136,7 @@ class Proc:
         state = "timed out" if self.popen.poll() is None else f"exited {self.popen.returncode}"
         raise AssertionError(f"{self.name}: no log line {what} ({state})\n{self.tail()}")
 
-    def wait_for_msg(self, msg: str, *, timeout: float = 20.0) -> Record:
+    def wait_for_msg(self, msg: str, *, timeout: float = 60.0) -> Record:
         return self.wait_for(lambda r: r.get("msg") == msg, timeout=timeout, what=repr(msg))
 
     def _readers_alive(self) -> bool:
@@ -142,14 +144,14 @@ class Proc:
 
     # ---- endpoints ---------------------------------------------------------------------
 
-    def metrics_port(self, timeout: float = 30.0) -> int:
+    def metrics_port(self, timeout: float = 60.0) -> int:
         """The port of /metrics, /healthz and /readyz, from the process's own log line."""
         if self._port is None:
             record = self.wait_for_msg(SERVING_MSG, timeout=timeout)
             self._port = int(str(record["addr"]).rpartition(":")[2])
         return self._port
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
+    def wait_listening(self, timeout: float = 60.0) -> None:
         """Until the listener's first LISTEN (the startup sweep is requested right after)."""
         self.wait_for_msg(LISTENING_MSG, timeout=timeout)
 
@@ -213,17 +215,27 @@ class Processes:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 proc.kill()
 
-    def spawn(self, name: str, args: Iterable[str]) -> Proc:
-        proc = Proc(name, list(args))
+    def spawn(
+        self, name: str, args: Iterable[str], env: Mapping[str, str] | None = None
+    ) -> Proc:
+        proc = Proc(name, list(args), env)
         self.started.append(proc)
         return proc
 
-    def service(self, *extra: str, name: str = "service", sweep: str = "1h") -> Proc:
-        """`prebuildd run` with JSON logs, a free metrics port and the given sweep interval."""
+    def service(
+        self,
+        *extra: str,
+        name: str = "service",
+        sweep: str = "1h",
+        url: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Proc:
+        """`prebuildd run` with JSON logs, a free metrics port and the given sweep interval
+        (on `url` when given: another role's URL of the same database)."""
         args = [
             "run",
             "--database-url",
-            self.database_url,
+            url or self.database_url,
             "--log-format",
             "json",
             "--metrics-addr",
@@ -232,7 +244,7 @@ class Processes:
             sweep,
             *extra,
         ]
-        return self.spawn(name, args)
+        return self.spawn(name, args, env)
 
     def provisioner(
         self,
@@ -258,6 +270,39 @@ class Processes:
     def dump(self) -> str:
         """The tails of every process's log, for failure messages."""
         return "\n".join(proc.tail() for proc in self.started)
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """One `prebuildd` command to its end, as an operator runs it (JSON logs on stderr)."""
+    argv = [sys.executable, "-m", "prebuildd.cli", *args]
+    return subprocess.run(
+        argv, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+# ---- what a process logged ------------------------------------------------------------------
+
+# An error line of the service: what no healthy run may print.
+ERROR_LEVELS = ("error", "critical")
+
+
+def error_records(proc: Proc) -> list[Record]:
+    """Every record logged at error level or with a traceback, and raw tracebacks."""
+    return [
+        r
+        for r in proc.records()
+        if r.get("level") in ERROR_LEVELS
+        or r.get("exc")
+        or str(r.get("raw", "")).startswith("Traceback")
+    ]
+
+
+def reconciled(proc: Proc, **fields: Any) -> list[Record]:
+    """The `reconciled` records of `proc` whose fields equal `fields`."""
+    return [
+        r for r in proc.records("reconciled") if all(r.get(k) == v for k, v in fields.items())
+    ]
 
 
 # ---- HTTP and metrics ---------------------------------------------------------------------
@@ -338,7 +383,7 @@ def eventually(
         time.sleep(interval)
 
 
-def wait_ready(port: int, *, timeout: float = 20.0) -> dict[str, Any]:
+def wait_ready(port: int, *, timeout: float = 60.0) -> dict[str, Any]:
     """Until /readyz answers 200; returns its JSON body."""
 
     def ready() -> dict[str, Any] | None:

@@ -231,7 +231,7 @@ class EventInbox:
         token = f"sentinel-{self._sentinels}"
         self.conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, token))
         received: list[dict[str, Any]] = []
-        for notify in self.conn.notifies(timeout=10.0):
+        for notify in self.conn.notifies(timeout=60.0):  # returns at the sentinel
             if notify.payload == token:
                 return received
             received.append(json.loads(notify.payload))

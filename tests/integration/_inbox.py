@@ -31,7 +31,7 @@ class Inbox:
         token = f"sentinel-{self._sentinels}-{uuid.uuid4()}"
         self.conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, token])
         received: list[str] = []
-        for notify in self.conn.notifies(timeout=5.0):
+        for notify in self.conn.notifies(timeout=60.0):  # returns at the sentinel
             if notify.payload == token:
                 return received
             received.append(notify.payload)

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from prebuildd.config import Settings
 from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
@@ -58,6 +59,23 @@ async def running_provisioner(url: str, **config: Any) -> AsyncIterator[Simulate
             yield provisioner
         finally:
             tg.cancel_scope.cancel()
+
+
+def metric(service: Service, name: str, **labels: str) -> float:
+    """A sample of the service's /metrics, read from its rendered exposition (the text a
+    scrape gets), summed over the samples that match `labels`."""
+    text = service.metrics.render().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def reconciles(service: Service, trigger: str) -> float:
+    """prebuildd_reconciles_total{trigger=...}."""
+    return metric(service, "prebuildd_reconciles_total", trigger=trigger)
 
 
 async def fetch_value(url: str, statement: str, params: dict[str, Any] | None = None) -> Any:

@@ -266,15 +266,13 @@ async def test_job_tags_as_coder_mutates_them(
 async def test_create_five_hundred(aconn: AConn, conn: Conn) -> None:
     pool = Pool(conn)
     conn.commit()
-    started = time.perf_counter()
     (result,) = await run(aconn, pool.create(500))
-    elapsed = time.perf_counter() - started
     assert len(set(result.created)) == 500
     assert scalar(conn, "SELECT count(DISTINCT lower(name)) FROM workspaces") == 500
     assert scalar(conn, "SELECT count(*) FROM workspace_builds") == 500
     assert scalar(conn, "SELECT count(*) FROM workspace_build_parameters") == 1000
-    # The target is well under a second; the bound here only catches a pathological plan.
-    assert elapsed < 3.0, f"500 creates took {elapsed:.3f}s"
+    # How long it takes is bench/bulk.py's to measure (side by side, on a quiet machine):
+    # a timed assertion here would only flake on a loaded one.
 
 
 async def test_create_only_on_the_active_version_of_a_live_template(
@@ -387,7 +385,8 @@ async def test_nothing_left_to_delete_posts_nothing(
 
 
 async def _wait_until_blocked(observer: AConn, pid: int) -> None:
-    for _ in range(200):
+    deadline = time.monotonic() + 60.0  # generous: only reached when something is wrong
+    while time.monotonic() < deadline:
         cur = await observer.execute(
             "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
         )

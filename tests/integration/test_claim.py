@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
@@ -14,6 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import factories as f
+from _notify import Listening
 from prebuildd.claim import (
     Claimed,
     InvalidClaim,
@@ -38,15 +40,18 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def listener(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+def listener(db_url: str) -> Iterator[Listening]:
     """An autocommit connection listening where Coder's provisioners listen."""
-    with psycopg.connect(db_url, autocommit=True) as lconn:
-        lconn.execute("LISTEN provisioner_job_posted")
-        yield lconn
+    listening = Listening.open(db_url, "provisioner_job_posted")
+    try:
+        yield listening
+    finally:
+        listening.close()
 
 
-def received(lconn: psycopg.Connection[Any], timeout: float = 0.5) -> list[dict[str, Any]]:
-    return [json.loads(n.payload) for n in lconn.notifies(timeout=timeout, stop_after=10)]
+def received(listener: Listening) -> list[dict[str, Any]]:
+    """Every wake-up posted (committed) so far; [] means none was (tests/_notify.py)."""
+    return [json.loads(payload) for payload in listener.received()]
 
 
 def one(conn: Conn, sql: LiteralString, *args: object) -> dict[str, Any]:
@@ -80,7 +85,7 @@ def owner_of(conn: Conn, workspace_id: UUID) -> UUID:
 
 
 def test_claim_hands_over_the_workspace_and_queues_the_users_start_build(
-    conn: Conn, listener: psycopg.Connection[Any]
+    conn: Conn, listener: Listening
 ) -> None:
     tpl, preset_id = setup_preset(conn)
     prebuild = f.make_prebuild(conn, preset_id)
@@ -102,7 +107,7 @@ def test_claim_hands_over_the_workspace_and_queues_the_users_start_build(
     assert isinstance(result, Claimed)
     assert result.workspace_id == prebuild.workspace_id
     assert result.name == "my-ws"
-    assert received(listener, timeout=0.3) == [], "the notification must wait for the commit"
+    assert received(listener) == [], "the notification must wait for the commit"
     conn.commit()
 
     ws = one(conn, "SELECT * FROM workspaces WHERE id = %s", prebuild.workspace_id)
@@ -219,7 +224,7 @@ async def test_async_twin_claims_the_same_way(db_url: str) -> None:
 
 
 def test_no_prebuild_returns_none_and_writes_nothing(
-    conn: Conn, listener: psycopg.Connection[Any]
+    conn: Conn, listener: Listening
 ) -> None:
     _, preset_id = setup_preset(conn)
     user_id = f.make_user(conn)
@@ -230,7 +235,7 @@ def test_no_prebuild_returns_none_and_writes_nothing(
 
     assert scalar(conn, "SELECT count(*) FROM workspace_builds") == 0
     assert scalar(conn, "SELECT count(*) FROM workspaces WHERE owner_id = %s", user_id) == 0
-    assert received(listener, timeout=0.3) == []
+    assert received(listener) == []
 
 
 def test_unknown_preset_returns_none(conn: Conn) -> None:
@@ -386,12 +391,27 @@ def test_name_taken_by_a_concurrent_insert_raises_name_taken(db_url: str) -> Non
 
         worker = threading.Thread(target=run)
         worker.start()
-        worker.join(timeout=0.5)  # blocked on the racer's index entry
+        # The race for certain: the claim waits on the racer's uncommitted index entry.
+        _wait_until_blocked(db_url, claimer.info.backend_pid, by=racer.info.backend_pid)
         racer.commit()
-        worker.join(timeout=10)
+        worker.join(timeout=60)
         claimer.rollback()
 
     assert len(outcome) == 1 and isinstance(outcome[0], WorkspaceNameTaken)
+
+
+def _wait_until_blocked(url: str, pid: int, *, by: int, timeout: float = 60.0) -> None:
+    """Until session `pid` waits for a lock that session `by` holds."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            row = watcher.execute(
+                "SELECT %s = ANY(pg_blocking_pids(%s))", (by, pid)
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"session {pid} never waited for session {by}")
 
 
 @pytest.mark.parametrize("name", ["", "-ws", "ws-", "a--b", "has space", "x" * 33, "new", "é"])
@@ -424,7 +444,7 @@ def test_unknown_or_deleted_users_are_refused(conn: Conn) -> None:
 
 
 def test_a_rolled_back_claim_leaves_the_prebuild_unclaimed(
-    conn: Conn, listener: psycopg.Connection[Any]
+    conn: Conn, listener: Listening
 ) -> None:
     _, preset_id = setup_preset(conn)
     prebuild = f.make_prebuild(conn, preset_id)
@@ -436,7 +456,7 @@ def test_a_rolled_back_claim_leaves_the_prebuild_unclaimed(
 
     assert owner_of(conn, prebuild.workspace_id) == PREBUILDS_USER_ID
     assert scalar(conn, "SELECT count(*) FROM workspace_builds") == 1
-    assert received(listener, timeout=0.3) == []
+    assert received(listener) == []
     # Still claimable afterwards.
     again = claim(conn, preset_id=preset_id, user_id=user_id, name="ws")
     assert again is not None and again.workspace_id == prebuild.workspace_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -38,6 +39,15 @@ def expected_status(started: bool, completed: bool, canceled: bool, error: str |
 
 
 CASES = list(itertools.product((False, True), (False, True), (False, True), ERRORS))
+
+
+@pytest.fixture
+def conn(module_db_url: str) -> Iterator[Conn]:
+    """One database for the module (overrides the harness's `conn`): nothing here commits,
+    so every test's rows vanish with its transaction."""
+    with psycopg.connect(module_db_url) as connection:
+        yield connection
+        connection.rollback()
 
 
 @pytest.fixture

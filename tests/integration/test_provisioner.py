@@ -13,7 +13,9 @@ import pytest
 from psycopg.rows import dict_row
 
 import factories as f
+from _notify import Listening
 from prebuildd.claim import claim
+from prebuildd.events import CHANNEL
 from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.provisioner import (
     FAILURE_ERROR,
@@ -107,7 +109,7 @@ async def ajob(aconn: AConn, job_id: UUID) -> dict[str, Any]:
 
 
 async def wait_for_status(aconn: AConn, job_id: UUID, *statuses: str) -> dict[str, Any]:
-    with anyio.fail_after(10):
+    with anyio.fail_after(60):  # generous: only reached when something is wrong
         while (row := await ajob(aconn, job_id))["job_status"] not in statuses:
             await anyio.sleep(0.05)
     return row
@@ -157,26 +159,26 @@ async def test_a_start_build_gets_a_resource_and_a_ready_top_level_agent(
 async def test_the_agent_reports_starting_before_ready(
     db_url: str, conn: Conn, preset: UUID
 ) -> None:
+    # A readiness delay no test run reaches: the agent is seen `starting` for certain; then
+    # the provisioner stops, and the agent turns ready anyway (a real agent outlives its
+    # provisioner).
     build = queue_build(conn, preset)
     prov = SimulatedProvisioner(
-        db_url, ProvisionerConfig(build_time=0, agent_ready_delay=1.0, poll_interval=0.2)
+        db_url, ProvisionerConfig(build_time=0, agent_ready_delay=3600, poll_interval=0.2)
+    )
+    lifecycle = (
+        "SELECT a.lifecycle_state::text FROM workspace_agents a"
+        " JOIN workspace_resources r ON r.id = a.resource_id WHERE r.job_id = %s"
     )
 
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
         async with anyio.create_task_group() as tg:
             tg.start_soon(prov.run_once)
             await wait_for_status(aconn, build.job_id, "succeeded")
-            cur = await aconn.execute(
-                "SELECT a.lifecycle_state::text FROM workspace_agents a"
-                " JOIN workspace_resources r ON r.id = a.resource_id WHERE r.job_id = %s",
-                (build.job_id,),
-            )
+            cur = await aconn.execute(lifecycle, (build.job_id,))
             assert await cur.fetchall() == [("starting",)]
-        cur = await aconn.execute(
-            "SELECT a.lifecycle_state::text FROM workspace_agents a"
-            " JOIN workspace_resources r ON r.id = a.resource_id WHERE r.job_id = %s",
-            (build.job_id,),
-        )
+            tg.cancel_scope.cancel()
+        cur = await aconn.execute(lifecycle, (build.job_id,))
         assert await cur.fetchall() == [("ready",)]
 
 
@@ -310,9 +312,27 @@ async def test_two_provisioners_never_acquire_the_same_job(
     async def run(prov: SimulatedProvisioner) -> None:
         counts[prov.worker_id] = await prov.run_once()
 
-    async with anyio.create_task_group() as tg:
+    # Both must win jobs, whichever starts first on a loaded machine: a lock on the builds'
+    # rows stops every completion (it writes the build's state), so each worker of each
+    # provisioner holds one acquired job until both have acquired theirs.
+    async with (
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as watcher,
+        await psycopg.AsyncConnection.connect(db_url) as gate,
+        anyio.create_task_group() as tg,
+    ):
+        await gate.execute(
+            "SELECT 1 FROM workspace_builds WHERE job_id = ANY(%s) FOR UPDATE",
+            ([b.job_id for b in builds],),
+        )
         tg.start_soon(run, first)
         tg.start_soon(run, second)
+        with anyio.fail_after(60):
+            while await _running_by_worker(watcher) != {
+                first.worker_id: config.concurrency,
+                second.worker_id: config.concurrency,
+            }:
+                await anyio.sleep(0.02)
+        await gate.rollback()
 
     assert sum(counts.values()) == len(builds)
     assert all(n > 0 for n in counts.values()), counts
@@ -324,15 +344,28 @@ async def test_two_provisioners_never_acquire_the_same_job(
     assert {r["n"] for r in resources} == {1} and len(resources) == len(builds)
 
 
+async def _running_by_worker(aconn: AConn) -> dict[UUID, int]:
+    cur = await aconn.execute(
+        "SELECT worker_id, count(*) FROM provisioner_jobs"
+        " WHERE type = 'workspace_build' AND started_at IS NOT NULL AND completed_at IS NULL"
+        " GROUP BY worker_id"
+    )
+    return {row[0]: int(row[1]) for row in await cur.fetchall()}
+
+
 # ---------------------------------------------------------------------------------------------
 # While a job runs: heartbeat, cancel, shutdown
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_heartbeat_bumps_only_updated_at(db_url: str, conn: Conn, preset: UUID) -> None:
+async def test_heartbeat_bumps_only_updated_at(
+    db_url: str, conn: Conn, preset: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A beat every 0.2 s over a 3 s build: about 14 chances to see two, on a loaded machine.
+    monkeypatch.setattr("prebuildd.provisioner.HEARTBEAT_INTERVAL", 0.2)
     build = queue_build(conn, preset)
-    prov = SimulatedProvisioner(db_url, ProvisionerConfig(build_time=2.6, agent_ready_delay=0))
+    prov = SimulatedProvisioner(db_url, ProvisionerConfig(build_time=3.0, agent_ready_delay=0))
     seen: list[dict[str, Any]] = []
 
     aconnect = psycopg.AsyncConnection.connect(db_url, autocommit=True)
@@ -341,14 +374,14 @@ async def test_heartbeat_bumps_only_updated_at(db_url: str, conn: Conn, preset: 
         first = await wait_for_status(aconn, build.job_id, "running")
         while (row := await ajob(aconn, build.job_id))["job_status"] == "running":
             seen.append(row)
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.05)
 
     def without_updated_at(row: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in row.items() if k != "updated_at"}
 
     assert all(without_updated_at(r) == without_updated_at(first) for r in seen)
     beats = sorted({r["updated_at"] for r in seen} - {first["updated_at"]})
-    assert len(beats) >= 2, "expected a heartbeat about every second"
+    assert len(beats) >= 2, "expected a heartbeat every HEARTBEAT_INTERVAL"
     assert job_row(conn, build.job_id)["job_status"] == "succeeded"
 
 
@@ -358,18 +391,19 @@ def test_a_heartbeat_wakes_no_trigger_but_the_completion_does(
     worker_id = uuid.uuid4()
     build = queue_build(conn, preset, job_status="running", worker_id=worker_id)
     params = {"now": datetime.now(UTC), "job_id": build.job_id, "worker_id": worker_id}
-    with psycopg.connect(db_url, autocommit=True) as lconn:
-        lconn.execute("LISTEN prebuildd_events")
-
+    listener = Listening.open(db_url, CHANNEL)
+    try:
         beat = conn.execute(query("provisioner_heartbeat"), params).fetchone()
         conn.commit()
         assert beat == (False,)
-        assert list(lconn.notifies(timeout=0.5, stop_after=1)) == []
+        assert listener.received() == []  # the sentinel came first: nothing was sent
 
         done = conn.execute(query("provisioner_complete_job"), {**params, "error": None})
         assert done.fetchone() == ("succeeded",)
         conn.commit()
-        assert len(list(lconn.notifies(timeout=5, stop_after=1))) == 1
+        assert len(listener.received()) == 1
+    finally:
+        listener.close()
 
 
 @pytest.mark.anyio

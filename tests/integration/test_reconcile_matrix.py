@@ -1,6 +1,12 @@
 """Full reconciles on real rows: every latest-build state of a prebuild, on an active or an
 inactive version, of a live or deleted template, reconciled twice (the second sweep must find
-nothing left to do)."""
+nothing left to do).
+
+The matrix shares one database (`module_db_url`): each case seeds a template of its own and
+judges only what the sweeps did to that template's presets (a sweep reconciles every
+template, so the earlier cases' templates are swept again, as in a real fleet). The pause
+test is global and keeps a database of its own.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import pytest
 from factories import make_org, make_prebuild, make_preset, make_template, make_version, set_paused
 from prebuildd.model import PlanConfig
 from prebuildd.reconciler import Outcome
+from prebuildd.store import ActionResult
 from prebuildd.sweep import sweep_once
 
 pytestmark = pytest.mark.anyio
@@ -45,9 +52,10 @@ def expected(transition: str, status: str, place: str) -> dict[str, int]:
     return {"create": 1}  # not running and not starting: replace it, keep the evidence
 
 
-def _done(outcomes: list[Outcome]) -> dict[str, int]:
+def _done(outcomes: list[Outcome], template: UUID | None = None) -> dict[str, int]:
+    """Actions done, by kind; only on `template`'s presets when given."""
     done: dict[str, int] = {}
-    for result in (r for o in outcomes for r in o.results):
+    for result in _results(outcomes, template):
         for key, n in (
             ("create", len(result.created)),
             ("delete", len(result.deleted) if str(result.kind) == "delete" else 0),
@@ -58,7 +66,17 @@ def _done(outcomes: list[Outcome]) -> dict[str, int]:
     return done
 
 
-def _seed(conn: psycopg.Connection[Any], transition: str, status: str, place: str) -> UUID:
+def _results(outcomes: list[Outcome], template: UUID | None) -> list[ActionResult]:
+    results = [r for o in outcomes for r in o.results]
+    if template is None:
+        return results
+    ours = {p.preset.id for o in outcomes for p in o.plans if p.preset.template_id == template}
+    return [r for r in results if r.preset_id in ours]
+
+
+def _seed(
+    conn: psycopg.Connection[Any], transition: str, status: str, place: str
+) -> tuple[UUID, UUID]:
     tpl = make_template(conn, make_org(conn))
     preset = make_preset(conn, tpl.version_id, desired=1)
     build = make_prebuild(conn, preset, transition=transition, job_status=status)
@@ -69,22 +87,23 @@ def _seed(conn: psycopg.Connection[Any], transition: str, status: str, place: st
         conn.execute("UPDATE templates SET deleted = true WHERE id = %s", (tpl.id,))
     elif place == "template_deprecated":
         conn.execute("UPDATE templates SET deprecated = 'use v2' WHERE id = %s", (tpl.id,))
-    return build.workspace_id
+    return tpl.id, build.workspace_id
 
 
 @pytest.mark.parametrize(
     ("transition", "status", "place"), list(itertools.product(TRANSITIONS, STATUSES, PLACES))
 )
 async def test_one_prebuild_in_every_state(
-    db_url: str, transition: str, status: str, place: str
+    module_db_url: str, transition: str, status: str, place: str
 ) -> None:
+    db_url = module_db_url
     with psycopg.connect(db_url) as conn:
-        workspace = _seed(conn, transition, status, place)
+        template, workspace = _seed(conn, transition, status, place)
         conn.commit()
     first = await sweep_once(db_url, PlanConfig(), dry_run=False)
-    assert _done(first) == expected(transition, status, place)
+    assert _done(first, template) == expected(transition, status, place)
     second = await sweep_once(db_url, PlanConfig(), dry_run=False)
-    assert _done(second) == {}, "a second sweep must find nothing left to do"
+    assert _done(second, template) == {}, "a second sweep must find nothing left to do"
 
     with psycopg.connect(db_url) as conn:
         builds = conn.execute(
@@ -94,15 +113,15 @@ async def test_one_prebuild_in_every_state(
     assert builds == ((2,) if touched else (1,)), "only deletes and cancels add a build"
 
 
-async def test_two_presets_of_one_version_are_independent(db_url: str) -> None:
-    with psycopg.connect(db_url) as conn:
+async def test_two_presets_of_one_version_are_independent(module_db_url: str) -> None:
+    with psycopg.connect(module_db_url) as conn:
         tpl = make_template(conn, make_org(conn))
         full = make_preset(conn, tpl.version_id, desired=1)
         make_prebuild(conn, full)
         empty = make_preset(conn, tpl.version_id, desired=2)
         conn.commit()
-    outcomes = await sweep_once(db_url, PlanConfig(), dry_run=False)
-    created = {r.preset_id: len(r.created) for o in outcomes for r in o.results}
+    outcomes = await sweep_once(module_db_url, PlanConfig(), dry_run=False)
+    created = {r.preset_id: len(r.created) for r in _results(outcomes, tpl.id)}
     assert created == {empty: 2}
 
 

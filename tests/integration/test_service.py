@@ -19,6 +19,7 @@ from _live import (
     eventually,
     fast_settings,
     fetch_value,
+    reconciles,
     running_provisioner,
     running_service,
 )
@@ -34,6 +35,8 @@ from prebuildd.telemetry import setup_tracing
 from prebuildd.trigger import Trigger
 
 pytestmark = pytest.mark.anyio
+
+WAIT = 60.0  # seconds; generous on a loaded machine, only reached when something is wrong
 
 
 @pytest.fixture
@@ -71,16 +74,17 @@ async def test_promotion_cancels_stale_jobs_and_queues_new_version_without_a_swe
         with psycopg.connect(db_url) as conn:
             promote(conn, tpl.id, v2)
             conn.commit()
-        took = await eventually(
+        await eventually(
             lambda: _both(
                 _count(db_url, CANCELED_CREATES, preset=old)(2),
                 _count(db_url, PENDING_CREATES, preset=new)(2),
             ),
-            timeout=5,
+            timeout=WAIT,
         )
-        assert took < 5
-        sweeps = service.metrics.reconciles.labels("sweep")._value.get()
-        assert sweeps == 0, "the promotion must be acted on by its event, not by a sweep"
+        # The outcome, not the time: no sweep ran (the periodic one is an hour away), so
+        # the promotion was acted on by its event.
+        assert reconciles(service, "sweep") == 0
+        assert reconciles(service, "event") >= 1
 
 
 async def _both(*checks: Any) -> bool:
@@ -95,14 +99,14 @@ async def test_claim_is_replaced_and_lowered_desired_deletes_surplus(db_url: str
         conn.commit()
     async with running_service(db_url) as service, running_provisioner(db_url):
         await _ready(service)
-        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=15)
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=WAIT)
 
         from prebuildd.claim import claim
 
         with psycopg.connect(db_url) as conn, conn.transaction():
             assert claim(conn, preset_id=preset, user_id=user, name="mine") is not None
         # The claim's notification wakes the template: a replacement brings it back to 3.
-        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=15)
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(3), timeout=WAIT)
 
         with psycopg.connect(db_url) as conn:
             conn.execute(
@@ -110,8 +114,8 @@ async def test_claim_is_replaced_and_lowered_desired_deletes_surplus(db_url: str
                 (preset,),
             )
             conn.commit()
-        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(2), timeout=10)
-        await eventually(lambda: _count(db_url, LIVE_PREBUILDS, preset=preset)(1), timeout=15)
+        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(2), timeout=WAIT)
+        await eventually(lambda: _count(db_url, LIVE_PREBUILDS, preset=preset)(1), timeout=WAIT)
 
 
 async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
@@ -122,10 +126,10 @@ async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
         conn.commit()
     async with running_service(db_url) as service, running_provisioner(db_url):
         await _ready(service)
-        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=15)
-        timers_before = service.metrics.reconciles.labels("timer")._value.get()
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=WAIT)
+        timers_before = reconciles(service, "timer")
         # Nothing else happens now; only the plan's reported expiry can wake the template.
-        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(1), timeout=ttl + 5)
+        await eventually(lambda: _count(db_url, DELETE_BUILDS, preset=preset)(1), timeout=WAIT)
         first = await fetch_value(
             db_url,
             "SELECT min(w.created_at) FROM workspaces w JOIN workspace_builds b "
@@ -139,9 +143,9 @@ async def test_ttl_expiry_is_acted_on_by_a_timer(db_url: str) -> None:
             {"p": preset},
         )
         assert deleted_at >= first + timedelta(seconds=ttl), "deleted before it expired"
-        assert service.metrics.reconciles.labels("timer")._value.get() > timers_before
+        assert reconciles(service, "timer") > timers_before
         # And a replacement is created for the expired one.
-        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=15)
+        await eventually(lambda: _count(db_url, ELIGIBLE, preset=preset)(1), timeout=WAIT)
 
 
 async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
@@ -171,7 +175,7 @@ async def test_every_reconcile_is_a_span_tree(db_url: str) -> None:
                 }
                 return {"startup", "event", "sweep"} <= triggers
 
-            await eventually(seen_all_triggers, timeout=10)
+            await eventually(seen_all_triggers, timeout=WAIT)
     finally:
         tracing.shutdown()
     spans = exporter.get_finished_spans()

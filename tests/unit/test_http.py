@@ -89,10 +89,20 @@ def test_unknown_path_is_404(server: HttpServerHandle) -> None:
 def test_close_releases_the_port(flags: Flags) -> None:
     handle = start_http_server("127.0.0.1:0", Metrics(), flags)
     port = handle.port
+    assert get(handle, "/healthz")[0] == 200
     handle.close()
     handle.close()  # idempotent
+    # Nobody answers on the port any more...
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert isinstance(refused.value.reason, ConnectionRefusedError)
+    # ...and it can be bound again at once, by a server that answers.
     again = start_http_server(f"127.0.0.1:{port}", Metrics(), flags)
-    again.close()
+    try:
+        assert again.port == port
+        assert get(again, "/healthz")[0] == 200
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize(

@@ -440,12 +440,14 @@ async def test_stale_heap_entries_are_compacted(clock: FakeClock) -> None:
     assert take(q).meta["a"].events == 10_000
 
 
+# How fast is bench/storm.py's and the queue's own business; here only a hang (a quadratic
+# blow-up) would fail, through the per-test timeout, never a slow machine.
+@pytest.mark.timeout(120)
 @pytest.mark.anyio
-async def test_scale_many_keys_leave_in_order_quickly(clock: FakeClock) -> None:
-    # 20k keys keep the suite fast; adds are O(log n), so 100k costs about 5x (~1 s here).
+async def test_scale_many_keys_leave_in_order(clock: FakeClock) -> None:
+    # 20k keys keep the suite fast; adds are O(log n), so 100k costs about 5x.
     n = 20_000
     q: WorkQueue[int] = WorkQueue(settle=0, max_keys=n, clock=clock, sleep=clock.sleep)
-    started = time.perf_counter()
     for key in range(n):
         q.add(key)
     assert q.depth() == n and not q.sweep_queued()  # exactly max_keys fit
@@ -454,7 +456,6 @@ async def test_scale_many_keys_leave_in_order_quickly(clock: FakeClock) -> None:
         seen.extend(work.keys)
         q.done(work)
     assert seen == list(range(n))
-    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.anyio
@@ -462,11 +463,11 @@ async def test_defaults_work_with_the_real_clock() -> None:
     q: WorkQueue[str] = WorkQueue(settle=0.005)
     started = time.monotonic()
     q.add("a")
-    with anyio.fail_after(1):
+    with anyio.fail_after(60):  # generous: only reached when something is wrong
         work = await q.get()
     assert work.keys == ("a",)
     assert time.monotonic() - started >= 0.005
     q.done(work)
     q.add("b", delay=0.01)
-    with anyio.fail_after(1):
+    with anyio.fail_after(60):
         assert (await q.get()).keys == ("b",)
