@@ -332,6 +332,20 @@ def lifecycle() -> list[cog.Builder[model.Panel]]:
             "Prebuilds handed over to users (each claim is replaced at once).",
             [per_minute("claimed_total")],
         ),
+        graph(
+            "Creates held by the pending-job cap",
+            "Creates a preset wants but waits for: its organization's provisioner tag set "
+            "already has --max-pending-prebuild-jobs prebuild create jobs that no provisioner "
+            "picked up. Presets take turns as jobs are picked up. Always 0 without the cap. "
+            "Held for long: see the PrebuilddCreatesHeld runbook.",
+            [
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_creates_held{{{PRESET}}})",
+                    PRESET_LEGEND,
+                )
+            ],
+            width=24,
+        ),
     ]
 
 

@@ -96,7 +96,8 @@ BEGIN
     END IF;
     IF to_regprocedure(
            'prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb)'
-       ) IS NULL THEN
+       ) IS NULL
+       OR to_regprocedure('prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean)') IS NULL THEN
         RAISE EXCEPTION 'prebuildd''s write functions are not installed in database %',
                         current_database()
             USING HINT = 'Run `prebuildd migrate` of this prebuildd version first.';
@@ -334,6 +335,19 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean)
+TO prebuildd;
+
+-- The cap on pending prebuild create jobs, --max-pending-prebuild-jobs (throttle.sql of
+-- sql/queries and sql/functions): read the tag sets' pending jobs and lines under their
+-- locks, create under the cap, keep the line of held creates (prebuildd.throttle_waits,
+-- which the role cannot write directly). The role could put fake entries in a line and
+-- delay other presets' throttled creates: no more than it can already do to the pools.
+GRANT EXECUTE ON FUNCTION
+    prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean),
+    prebuildd.create_prebuilds_capped(uuid, uuid, integer, timestamptz, jsonb, jsonb, integer),
+    prebuildd.record_throttle_waits(
+        uuid[], uuid[], uuid[], uuid[], jsonb[], integer[], timestamptz[]
+    )
 TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------

@@ -142,6 +142,15 @@ def _reconcile_knobs(parser: argparse.ArgumentParser) -> None:
         "bound on creates for one preset in one reconcile",
         type=int,
     )
+    _option(
+        parser,
+        "--max-pending-prebuild-jobs",
+        "MAX_PENDING_PREBUILD_JOBS",
+        str(PlanConfig().max_pending_prebuild_jobs),
+        "at most this many prebuild create jobs waiting for a provisioner per organization and "
+        "provisioner tag set; further creates wait their turn; 0 = no cap",
+        type=int,
+    )
 
 
 def _notification_knobs(parser: argparse.ArgumentParser) -> None:

@@ -171,6 +171,7 @@ class MetricsCollector:
                     # Stored, or found by this plan (stored by the same reconcile).
                     validation_failed=state.validation_failed
                     or plan.preset.prebuild_status is PrebuildStatus.VALIDATION_FAILED,
+                    creates_held=state.held,
                 )
             )
         return rows
@@ -202,6 +203,8 @@ def _log_outcome(outcome: Outcome) -> None:
             "duration_ms": round(outcome.duration * 1000, 2),
             "lag_ms": None if outcome.lag is None else round(outcome.lag * 1000, 2),
             "paused": outcome.paused,
+            # Creates waiting under --max-pending-prebuild-jobs (0 without the cap).
+            "creates_held": sum(p.state.held for p in outcome.plans),
         },
     )
     for plan in acted:

@@ -178,11 +178,14 @@ def plan_config(args: argparse.Namespace) -> PlanConfig:
         raise ConfigError("--failure-hard-limit must be >= 0")
     if args.max_creates_per_cycle < 1:
         raise ConfigError("--max-creates-per-cycle must be >= 1")
+    if args.max_pending_prebuild_jobs < 0:
+        raise ConfigError("--max-pending-prebuild-jobs must be >= 0 (0 turns the cap off)")
     return PlanConfig(
         backoff_interval=args.backoff_interval,
         backoff_lookback=args.backoff_lookback,
         failure_hard_limit=args.failure_hard_limit,
         max_creates_per_cycle=args.max_creates_per_cycle,
+        max_pending_prebuild_jobs=args.max_pending_prebuild_jobs,
     )
 
 

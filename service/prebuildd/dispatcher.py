@@ -15,10 +15,12 @@ What it owns:
 * `follow_up(outcome)`: after every piece of work, what must happen next goes back into the
   queue from here and nowhere else: the timers a plan asked for (schedule boundary, TTL,
   backoff end, capped creates), the busy retry of templates another replica held, the
-  error retry of a batch that failed (its delay doubling per template), and the retry of a
-  sweep whose listing failed. A timer's instant is the database's time (the plans were made
-  at the database's now); its delay is measured on the outcome's reading of the database's
-  clock plus this host's monotonic time since (prebuildd.clock), never the wall clock;
+  error retry of a batch that failed (its delay doubling per template), the retry of a
+  sweep whose listing failed, and the templates whose turn under the cap on pending prebuild
+  jobs came in another template's reconcile (`Outcome.wake`). A timer's instant is the
+  database's time (the plans were made at the database's now); its delay is measured on the
+  outcome's reading of the database's clock plus this host's monotonic time since
+  (prebuildd.clock), never the wall clock;
 * the periodic sweep, so that every piece of work the service does on the pool runs here.
 
 Without a collector the dispatcher makes one pass (the CLI's sweep, prebuildd.sweep): nothing
@@ -56,6 +58,7 @@ PRECEDENCE = (
     Trigger.STARTUP,
     Trigger.OVERFLOW,
     Trigger.TIMER,
+    Trigger.THROTTLE,
     Trigger.SWEEP,
     Trigger.CLI,
     Trigger.RETRY,
@@ -196,6 +199,8 @@ class Dispatcher:
             queue.add(template_id, trigger=Trigger.RETRY, delay=delay)
         for template_id in outcome.busy:
             queue.add(template_id, trigger=Trigger.RETRY, delay=BUSY_RETRY_SECONDS)
+        for template_id in outcome.wake:
+            queue.add(template_id, trigger=Trigger.THROTTLE)
         if outcome.next_attention:
             db_clock = outcome.clock
             if db_clock is None:

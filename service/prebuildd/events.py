@@ -41,6 +41,9 @@ class EventKind(enum.StrEnum):
     CLAIMED = "claimed"  # a prebuild was handed to a user
     AGENT_READY = "agent_ready"  # an agent of a prebuild became, or stopped being, ready
     SETTINGS_CHANGED = "settings_changed"  # site_configs 'prebuilds_settings' (pause/resume)
+    # A prebuild job of a tag set left the queue while creates wait for it under the cap on
+    # pending prebuild jobs: names the template first in that tag set's line.
+    THROTTLE_TURN = "throttle_turn"
 
     @property
     def is_global(self) -> bool:

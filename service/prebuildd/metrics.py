@@ -66,6 +66,8 @@ class PresetMetricsRow:
     claimed_total: int
     hard_limited: bool
     validation_failed: bool
+    # Creates held back by the cap on pending prebuild jobs at the preset's latest reconcile.
+    creates_held: int = 0
 
     @property
     def labels(self) -> list[str]:
@@ -119,6 +121,12 @@ _PRESET_GAUGES: tuple[_PresetSeries, ...] = (
         "prebuilt_workspaces_preset_validation_failed",
         "1 when creating prebuilds for the preset was rejected as invalid input.",
         lambda r: int(r.validation_failed),
+    ),
+    (
+        "prebuilt_workspaces_creates_held",
+        "Creates the preset wants but holds back because its organization's provisioner tag "
+        "set has --max-pending-prebuild-jobs create jobs waiting for a provisioner.",
+        lambda r: r.creates_held,
     ),
 )
 

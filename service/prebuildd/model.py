@@ -187,6 +187,9 @@ class PlanConfig:
     failure_hard_limit: int = 3
     # Bound on creates for one preset in one cycle; the remainder follows immediately after.
     max_creates_per_cycle: int = 500
+    # At most this many prebuild create jobs waiting for a provisioner per organization and
+    # provisioner tag set (prebuildd.throttle); 0: no cap.
+    max_pending_prebuild_jobs: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +218,10 @@ class Create:
     # The version's workspace tags evaluated for this preset (key -> value, sorted by key);
     # the create function checks them and merges them into the jobs' tags.
     workspace_tags: tuple[tuple[str, str], ...] = ()
+    # > 0: create no more than leaves this many prebuild create jobs pending for the
+    # organization and tag set of these jobs, counted by the database under the tag set's
+    # lock (set by prebuildd.throttle when `max_pending_prebuild_jobs` is on).
+    max_pending: int = 0
     kind: ActionKind = field(default=ActionKind.CREATE, init=False)
 
 
@@ -292,6 +299,8 @@ class PresetState:
     # Why creates of this preset are refused (invalid parameters) or held (a workspace tag
     # prebuildd cannot evaluate), for people: `status`, `reconcile --dry-run`, logs.
     creates_refused: str | None = None
+    # Creates wanted now but held back by the cap on pending prebuild jobs (prebuildd.throttle).
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)

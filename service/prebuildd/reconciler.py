@@ -8,6 +8,10 @@ byte it reads or writes goes through `store`. What it owns is the transaction sh
   Templates held by another replica are skipped; the holder receives the same notifications
   and runs its own follow-up, and we retry shortly as a safety net. Every read that decides a
   create runs *after* the lock is held, so two replicas can never both fill one deficit;
+* with `--max-pending-prebuild-jobs`, the advisory locks of the organizations' provisioner
+  tag sets the plans create for are taken next, all at once and in ascending order, before
+  any preset's actions (prebuildd.throttle; sql/functions/throttle.sql): the pending jobs
+  counted under them stay true until the commit;
 * each action runs in a savepoint of its own: a failing action is rolled back, logged and
   counted, and stops neither the preset's other actions nor other presets. Only one failure
   condemns a preset (stores `validation_failed`): a create the create function refuses as
@@ -42,11 +46,11 @@ import psycopg
 from opentelemetry import trace
 from psycopg import AsyncConnection
 
-from prebuildd import store
+from prebuildd import store, throttle
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.gc_pause import deferred_collection
-from prebuildd.model import Action, ActionKind, Plan, PlanConfig
+from prebuildd.model import Action, ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
 from prebuildd.trigger import Trigger
 
@@ -98,6 +102,9 @@ class Outcome:
     # `next_attention` (database time) into queue delays. None when nothing was read.
     now: datetime | None = None
     clock: DatabaseClock | None = None
+    # Templates of other presets that the cap on pending prebuild jobs dealt creates to
+    # (prebuildd.throttle): their turn came, wake them.
+    wake: tuple[UUID, ...] = ()
     duration: float = 0.0
     lag: float | None = None
 
@@ -172,6 +179,8 @@ class Reconciler:
             outcome.reconciling = tuple(t for t in wanted if t in busy)
             outcome.coder_reconciling = snapshot.locks.coder_reconciling
         self._plan(snapshot, outcome, every_preset=True)
+        if self._config.max_pending_prebuild_jobs > 0:
+            await self._share_room(conn, wanted, outcome, snapshot.now, lock=False)
 
     async def _locked_cycle(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
@@ -191,9 +200,17 @@ class Reconciler:
         self._plan(snapshot, outcome, every_preset=False)
         if snapshot.paused:
             return
+        verdict = None
+        if self._config.max_pending_prebuild_jobs > 0:
+            verdict = await self._share_room(conn, locked, outcome, snapshot.now, lock=True)
         for plan in outcome.plans:
             if plan.actions:
                 await self._execute_plan(conn, plan, snapshot.now, outcome)
+        if verdict is not None:
+            if verdict.changed:
+                with _tracer.start_as_current_span("prebuildd.throttle_record"):
+                    await store.record_throttle_waits(conn, locked, verdict.waits)
+            outcome.wake = verdict.wake
 
     def _plan(self, snapshot: store.Snapshot, outcome: Outcome, *, every_preset: bool) -> None:
         """Plan the snapshot's presets at the database's now (pure: plan.plan_preset)."""
@@ -208,6 +225,39 @@ class Reconciler:
                 if every_preset or not can_skip(ps)
             ]
         _collect_next_attention(outcome)
+
+    async def _share_room(
+        self,
+        conn: AsyncConnection[object],
+        templates: Sequence[UUID],
+        outcome: Outcome,
+        now: datetime,
+        *,
+        lock: bool,
+    ) -> throttle.Verdict:
+        """Cut the plans' creates to the room under the cap on pending prebuild jobs.
+
+        With `lock`, the tag sets' advisory locks are taken here, before any preset's actions,
+        in one ascending order (sql/functions/throttle.sql), and held to the commit; a dry run
+        reads the same lines without them.
+        """
+        creates = [
+            throttle.create_key(a)
+            for plan in outcome.plans
+            for a in plan.actions
+            if isinstance(a, Create)
+        ]
+        with _tracer.start_as_current_span("prebuildd.throttle") as span:
+            lines = await store.read_throttle_lines(conn, creates, templates, take_locks=lock)
+            cap = self._config.max_pending_prebuild_jobs
+            verdict = throttle.share(outcome.plans, lines, templates, cap, now)
+            span.set_attribute("prebuildd.tag_sets", len(lines.pending))
+            span.set_attribute("prebuildd.creates_held", sum(w.held for w in verdict.waits))
+        outcome.plans = list(verdict.plans)
+        # The cut plans' wake-ups replace the planner's (a held create's per-cycle "now").
+        outcome.next_attention.clear()
+        _collect_next_attention(outcome)
+        return verdict
 
     async def _execute_plan(
         self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome

@@ -43,6 +43,7 @@ _STATUS_COLUMNS = (
     "RUNNING",
     "ELIGIBLE",
     "STARTING",
+    "HELD",
     "EXPIRED",
     "STATUS",
     "BUSY",
@@ -72,6 +73,7 @@ def _status_row(plan: Plan, reconciling: frozenset[UUID]) -> tuple[str, ...]:
         str(s.running),
         str(s.eligible),
         str(s.starting),
+        str(s.held),
         str(s.expired),
         status,
         BUSY if p.template_id in reconciling else "-",
@@ -101,6 +103,13 @@ def print_status(outcomes: list[Outcome], out: TextIO) -> None:
                 f"  {p.template_name} / {p.template_version_name} / {p.name}: "
                 f"{plan.state.creates_refused}\n"
             )
+    held = sum(p.state.held for p in plans)
+    if held:
+        waiting = sum(1 for p in plans if p.state.held)
+        out.write(
+            f"\n{held} create(s) of {waiting} preset(s) HELD: their provisioner tag sets have "
+            "--max-pending-prebuild-jobs create jobs waiting for a provisioner\n"
+        )
     if any(o.paused for o in outcomes):
         out.write("\nreconciliation is PAUSED (prebuildd resume)\n")
     if reconciling:
@@ -135,9 +144,13 @@ def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
 
 def _describe(action: object) -> str:
     match action:
-        case Create(count=count, workspace_tags=tags) if tags:
-            routed = ", ".join(f"{key}={value}" for key, value in tags)
-            return f"create {count} prebuild(s) (workspace tags {routed})"
+        case Create(count=count, workspace_tags=tags, max_pending=cap) if tags or cap > 0:
+            notes = []
+            if tags:
+                notes.append("workspace tags " + ", ".join(f"{k}={v}" for k, v in tags))
+            if cap > 0:
+                notes.append(f"at most {cap} pending per tag set")
+            return f"create {count} prebuild(s) ({'; '.join(notes)})"
         case Create(count=count):
             return f"create {count} prebuild(s)"
         case Delete(workspace_ids=ids, reason=reason):

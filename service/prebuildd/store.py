@@ -70,6 +70,7 @@ from prebuildd.model import (
 )
 from prebuildd.queries import operation, query
 from prebuildd.telemetry import db_span
+from prebuildd.throttle import CreateKey, Lines, TagSet, Wait
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,72 @@ async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
         )
         for r in rows
     ]
+
+
+async def read_throttle_lines(
+    conn: Conn,
+    creates: Iterable[CreateKey],
+    template_ids: Sequence[UUID],
+    *,
+    take_locks: bool,
+) -> Lines:
+    """The cap's inputs for one reconcile (sql/queries/throttle.sql), one round trip.
+
+    The tag sets of the planned `creates` (`throttle.create_key`: a version and the workspace
+    tags evaluated for the preset) and those `template_ids`' presets wait on: their pending
+    prebuild create jobs and their lines. With `take_locks`, their advisory locks are taken
+    first and held until the caller's transaction ends: nobody else creates for those tag
+    sets, or changes their lines, until then.
+    """
+    keys = list(dict.fromkeys(creates))
+    params = {
+        "version_ids": [version for version, _ in keys],
+        "create_tags": Jsonb([dict(tags) for _, tags in keys]),
+        "template_ids": _unique(template_ids),
+        "take_locks": take_locks,
+    }
+    rows = await _fetch(conn, "throttle_lines", params)
+    return lines_from_rows(rows)
+
+
+def lines_from_rows(rows: Iterable[Row]) -> Lines:
+    of_create: dict[CreateKey, TagSet] = {}
+    pending: dict[TagSet, int] = {}
+    waiting: list[Wait] = []
+    for row in rows:
+        kind, version_id, workspace_tags, org_id, tags, count, preset_id, template_id = row[:8]
+        held, since = row[8:]
+        tag_set = TagSet(org_id, tags)
+        if kind == "version":
+            of_create[(version_id, tuple(sorted(workspace_tags.items())))] = tag_set
+        elif kind == "key":
+            pending[tag_set] = count
+        elif kind == "waiter":
+            waiting.append(Wait(preset_id, template_id, tag_set, held, since))
+        else:
+            raise ValueError(f"throttle_lines returned an unknown kind {kind!r}")
+    return Lines(of_create, pending, tuple(waiting))
+
+
+async def record_throttle_waits(
+    conn: Conn, template_ids: Sequence[UUID], waits: Sequence[Wait]
+) -> int:
+    """Replace the line entries of `template_ids` by `waits`; returns how many they have now.
+
+    Call it in the transaction whose `read_throttle_lines(take_locks=True)` locked their tag
+    sets: the lines are only ever written under those locks.
+    """
+    params = {
+        "template_ids": _unique(template_ids),
+        "preset_ids": [w.preset_id for w in waits],
+        "preset_templates": [w.template_id for w in waits],
+        "organization_ids": [w.tag_set.organization_id for w in waits],
+        "tag_sets": [w.tag_set.tags for w in waits],
+        "held": [w.held for w in waits],
+        "waiting_since": [w.since for w in waits],
+    }
+    rows = await _fetch(conn, "record_throttle_waits", params)
+    return int(rows[0][0]) if rows else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +563,7 @@ async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
 async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> ActionResult:
     if action.count <= 0:
         return ActionResult(ActionKind.CREATE, action.preset_id)
-    params = {
+    params: dict[str, object] = {
         "preset_id": action.preset_id,
         "template_version_id": action.template_version_id,
         "count": action.count,
@@ -504,15 +571,32 @@ async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> A
         "trace_metadata": traced,
         "workspace_tags": Jsonb(dict(action.workspace_tags)),
     }
+    name = "create_prebuilds"
+    if action.max_pending > 0:
+        name = "create_prebuilds_capped"
+        params["max_pending"] = action.max_pending
     try:
-        rows = await _fetch(conn, "create_prebuilds", params)
+        rows = await _fetch(conn, name, params)
     except Exception as exc:
         exc.add_note(
             f"creating {action.count} prebuild(s) of preset {action.preset_id} "
             f"(version {action.template_version_id}) was rejected by the database"
         )
         raise
-    if not rows:
+    if len(rows) < action.count and action.max_pending > 0:
+        # The reconciler dealt this create under the same lock, so the database's own count
+        # cutting it means something else creates prebuilds for that tag set (Coder's loop,
+        # a replica with another cap) or the version was retired meanwhile.
+        log.warning(
+            "create cut short by the database",
+            extra={
+                "preset_id": str(action.preset_id),
+                "asked": action.count,
+                "created": len(rows),
+                "max_pending": action.max_pending,
+            },
+        )
+    elif not rows:
         log.warning(
             "create skipped: the version is no longer the active one of a live template",
             extra={"preset_id": str(action.preset_id)},

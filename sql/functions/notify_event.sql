@@ -64,23 +64,53 @@
 -- leave at the first test. Only jobs the prebuilds user initiated (prebuildd's creates and
 -- deletes) count. A build someone else starts on an unclaimed prebuild (an admin, rare) is
 -- left to the sweep. No test of the job type: the lookup finds only builds' jobs.
--- pending -> running is not announced: the planner counts both as in progress, so that step
--- changes no decision (a job that started is merely no longer cancelable, which a cancel
--- re-checks under its lock anyway). Every other transition is: canceling leaves "in
--- progress", the terminal ones settle counts, failures and backoff. It halves the
--- notifications of a build, and NOTIFY is most of what a prebuild's job update costs.
+-- pending -> running is not announced as job_status: the planner counts both as in progress,
+-- so that step changes no decision for the job's own template (a job that started is merely
+-- no longer cancelable, which a cancel re-checks under its lock anyway). Every other
+-- transition is: canceling leaves "in progress", the terminal ones settle counts, failures
+-- and backoff. It halves the notifications of a build, and NOTIFY is most of what a
+-- prebuild's job update costs.
+-- A job leaving the queue (pending -> anything) does make room under the cap on pending
+-- prebuild jobs (--max-pending-prebuild-jobs, sql/functions/throttle.sql): when creates wait
+-- in its organization and tag set's line (prebuildd.throttle_waits), the first template in
+-- line is sent `throttle_turn`. Without the cap the line is empty and that costs one probe of
+-- an empty index, only on a prebuild job's first status change (bench/trigger_overhead.py).
 CREATE OR REPLACE FUNCTION prebuildd.notify_job_status() RETURNS trigger
     LANGUAGE plpgsql
 AS $fn$
 DECLARE
-    tpl     uuid;
-    failure text;
+    tpl          uuid;
+    next_in_line uuid;
+    failure      text;
 BEGIN
     BEGIN
         IF NEW.initiator_id IS DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-           OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status
-           OR (OLD.job_status = 'pending' AND NEW.job_status = 'running') THEN
+           OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status THEN
             RETURN NULL;
+        END IF;
+        IF OLD.job_status = 'pending' THEN
+            SELECT tw.template_id INTO next_in_line
+            FROM prebuildd.throttle_waits tw
+            WHERE tw.organization_id = NEW.organization_id
+              AND tw.tags = NEW.tags
+            ORDER BY tw.waiting_since, tw.preset_id
+            LIMIT 1;
+            IF next_in_line IS NOT NULL THEN
+                IF pg_catalog.pg_notification_queue_usage() >= COALESCE(
+                       NULLIF(pg_catalog.current_setting('prebuildd.max_notify_queue_usage',
+                                                         true), '')::float8,
+                       0.5) THEN
+                    RAISE WARNING
+                        'prebuildd: throttle_turn event not sent: notification queue too full';
+                    RETURN NULL;
+                END IF;
+                PERFORM pg_catalog.pg_notify('prebuildd_events', pg_catalog.format(
+                    '{"v":1,"k":"throttle_turn","t":"%s","at":%s}', next_in_line,
+                    extract(epoch FROM pg_catalog.now())));
+            END IF;
+            IF NEW.job_status = 'running' THEN
+                RETURN NULL;
+            END IF;
         END IF;
         SELECT w.template_id INTO tpl
         FROM workspace_builds b

@@ -82,6 +82,7 @@ ROLE_FILES = {
     "health.sql",
     "listener.sql",
     "notifications.sql",
+    "throttle.sql",
 }
 # Files whose queries run as the owner, and why.
 OWNER_FILES = {
@@ -101,6 +102,10 @@ ENTRY_POINTS = {
     "set_reconciliation_paused",
     # The pause switch's read (sql/functions/pause_switch.sql): one row of site_configs.
     "prebuilds_settings",
+    # sql/functions/throttle.sql
+    "throttle_lines",
+    "create_prebuilds_capped",
+    "record_throttle_waits",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -608,6 +613,8 @@ WRITES_DONE: Mapping[str, int] = {
     "notify_hard_limited": 2,  # the admin, by e-mail and in the inbox
     "invalidate_preset": 1,
     "set_reconciliation_paused": 1,
+    "create_prebuilds_capped": 1,  # one prebuild, well under the cap
+    "record_throttle_waits": 1,  # the count of the template's entries: the one recorded
 }
 # Which preset a query acts on, when not the active one.
 PRESET_OF: Mapping[str, str] = {"cancel_pending_prebuilds": "old", "notify_hard_limited": "limited"}
@@ -630,6 +637,17 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "backoff_lookback": timedelta(hours=1),
         "default_method": "smtp",
         "inbox": True,
+        # The cap on pending prebuild jobs (throttle.sql): one entry in the template's line.
+        "max_pending": 5,
+        "version_ids": [seed.version],
+        "create_tags": Jsonb([{}]),
+        "take_locks": True,
+        "preset_ids": [seed.active],
+        "preset_templates": [seed.template],
+        "organization_ids": [seed.org],
+        "tag_sets": ['{"owner": "", "scope": "organization"}'],
+        "held": [2],
+        "waiting_since": [datetime.now(UTC)],
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")

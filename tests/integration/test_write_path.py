@@ -482,3 +482,58 @@ async def test_claim_tags_agree_with_create_tags(
     assert {k: v for k, v in create_tags.items() if k != "owner"} == {
         k: v for k, v in claim_tags.items() if k != "owner"
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Items 3 x the cap on pending prebuild jobs: a create is counted by the tags its jobs get
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_cap_counts_each_preset_by_the_tag_set_its_jobs_get(
+    aconn: AConn, conn: Conn
+) -> None:
+    """Two presets of one version routed to two regions are two tag sets: each gets its own
+    room under the cap, and the jobs already queued for a region count against it alone."""
+    tpl = make_template(conn, make_org(conn))
+    add_parameter(conn, tpl.version_id, "region", options=["eu", "us"], default_value="us")
+    add_workspace_tags(conn, tpl.version_id, {"region": "data.coder_parameter.region.value"})
+    eu = make_preset(conn, tpl.version_id, desired=3, parameters={"region": "eu"})
+    us = make_preset(conn, tpl.version_id, desired=3, parameters={"region": "us"})
+    conn.commit()
+    capped = Reconciler(PlanConfig(max_pending_prebuild_jobs=2))
+    for _ in range(3):
+        await capped.reconcile(aconn, [tpl.id], Cause(Trigger.EVENT))
+    assert (one(conn, CREATED, eu), one(conn, CREATED, us)) == (2, 2)
+    region_of_jobs = {
+        preset: {row[0]["region"] for row in conn.execute(JOB_TAGS, (preset, "start"))}
+        for preset in (eu, us)
+    }
+    assert region_of_jobs == {eu: {"eu"}, us: {"us"}}
+
+
+def test_the_tag_set_counted_is_the_one_the_routed_jobs_get(conn: Conn) -> None:
+    tpl, preset = _routed_template(conn, {"scope": "organization", "os": "linux"})
+    tags = {"region": "eu", "pool": "gpu-a"}
+    (workspace,) = [
+        r[0]
+        for r in conn.execute(
+            query("create_prebuilds_capped"),
+            {"preset_id": preset, "template_version_id": tpl.version_id, "count": 1,
+             "now": datetime.now(UTC), "trace_metadata": Jsonb({}),
+             "workspace_tags": Jsonb(tags), "max_pending": 5},
+        ).fetchall()
+    ]
+    written = one(
+        conn,
+        "SELECT j.tags FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id"
+        " WHERE b.workspace_id = %s",
+        workspace,
+    )
+    counted = conn.execute(
+        "SELECT organization_id, tags FROM prebuildd.throttle_keys(ARRAY[%s]::uuid[], %s)",
+        (tpl.version_id, Jsonb([tags])),
+    ).fetchone()
+    assert counted == (tpl.organization_id, written)
+    assert written["region"] == "eu" and written["os"] == "linux"
+    assert one(conn, "SELECT prebuildd.pending_prebuild_creates(%s, %s)",
+               tpl.organization_id, Jsonb(written)) == 1

@@ -172,6 +172,14 @@ async def test_timers_and_busy_retries_come_back_at_their_time(clock: FakeClock)
 
 
 @pytest.mark.anyio
+async def test_templates_dealt_room_under_the_pending_job_cap_are_woken(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock)
+    dispatcher.follow_up(Outcome(Cause(Trigger.EVENT), locked=(A,), wake=(B, C)))
+    await clock.advance(0.1)  # the settle window
+    assert handed_out(queue) == {B: {Trigger.THROTTLE}, C: {Trigger.THROTTLE}}
+
+
+@pytest.mark.anyio
 async def test_timers_run_on_the_database_clock_not_the_hosts(clock: FakeClock) -> None:
     """A timer is due when the *database's* clock reaches `next_attention`: the delay is
     measured from the outcome's reading of the server's clock, less the (monotonic) time
