@@ -255,6 +255,14 @@ def overview() -> list[cog.Builder[model.Panel]]:
             steps=((None, "green"), (1, "red")),
         ),
         single_stat(
+            "Event triggers",
+            "Whether every prebuildd trigger on Coder's tables exists and is enabled, as the "
+            "replicas found at their last sweep. MISSING: changes to those tables wait for the "
+            "periodic sweep; run `prebuildd migrate` (PrebuilddEventTriggersMissing runbook).",
+            f"min(prebuildd_event_triggers_ok{{{SERVICE}}})",
+            mappings=flag_mapping(("MISSING", "red"), ("ok", "green")),
+        ),
+        single_stat(
             "Per-preset series age",
             "Time since the oldest replica refreshed its per-preset series (every 15 s, or "
             "every sweep if shorter). Growing: the refresh reads are failing.",
@@ -375,10 +383,19 @@ def reconciler() -> list[cog.Builder[model.Panel]]:
             unit="ops",
         ),
         graph(
-            "Reconcile duration",
-            "Wall time of one reconcile, lock to last action (all triggers together: the "
-            "histogram has no trigger label).",
-            quantiles("prebuildd_prebuilds_reconciliation_duration_seconds"),
+            "Reconcile duration by trigger",
+            "Wall time of one reconcile, lock to last action, p50 and p99 per trigger: event "
+            "(a person's change or a build's progress), timer, sweep, startup, retry. Sweep and "
+            "startup batches hold many templates and take longer.",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (le, trigger) (rate("
+                    f"prebuildd_prebuilds_reconciliation_duration_seconds_bucket{{{SERVICE}}}"
+                    "[$__rate_interval])))",
+                    f"{{{{trigger}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
             unit="s",
         ),
         graph(
@@ -444,9 +461,42 @@ def health() -> list[cog.Builder[model.Panel]]:
             ],
         ),
         graph(
+            "Since the last successful reconcile",
+            "Per replica, seconds since a reconcile last succeeded (or since the start). A "
+            "healthy replica reconciles every template at least every sweep interval; the "
+            "PrebuilddNoReconcile alert fires past 3 minutes when there is work.",
+            [
+                (
+                    f"time() - max by (instance) (prebuildd_last_successful_reconcile_timestamp"
+                    f"_seconds{{{SERVICE}}})",
+                    "{{instance}}",
+                )
+            ],
+            unit="s",
+        ),
+        graph(
+            "Event source",
+            "Triggers of prebuildd on Coder's tables that do not fire (missing, disabled), and "
+            "templates on which the periodic sweep found work that no event announced: both "
+            "stay at 0 on a healthy deployment (PrebuilddEventTriggersMissing, "
+            "PrebuilddSweepFoundUnannouncedWork).",
+            [
+                (
+                    f"max by (state) (prebuildd_event_triggers_missing{{{SERVICE}}})",
+                    "triggers {{state}}",
+                ),
+                (
+                    f"sum(increase(prebuildd_sweep_found_work_total{{{SERVICE}}}"
+                    "[$__rate_interval]))",
+                    "sweep found unannounced work",
+                ),
+            ],
+        ),
+        graph(
             "Errors / s by kind",
             "Reconcile errors by where they happened (preset: one preset's savepoint rolled "
-            "back; template: a reconcile crashed; database: the database failed), and invalid "
+            "back; template: a reconcile crashed; database: the database failed; sweep: a "
+            "sweep's listing failed, retried after 1, 2, 4... s up to 30 s), and invalid "
             "preset or schedule settings met while planning (counted, then a safe fallback).",
             [
                 (

@@ -290,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.add_argument("--duration", type=_duration, default=None, help="stop after this long")
     demo.add_argument("--no-live", action="store_true", help="plain log output and a summary")
+    _option(
+        demo,
+        "--metrics-addr",
+        "METRICS_ADDR",
+        "127.0.0.1:0",
+        "host:port of the demo's /metrics, /healthz and /readyz (port 0: a free one, printed "
+        "at start), e.g. 0.0.0.0:2118 for Prometheus to scrape; empty disables",
+    )
     return parser
 
 
@@ -451,9 +459,17 @@ def cmd_provisioner(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from prebuildd.demo import run_demo
+    from prebuildd.http import parse_addr
 
+    if args.metrics_addr:
+        try:
+            parse_addr(args.metrics_addr)  # before the demo recreates its database
+        except ValueError as exc:
+            raise ConfigError(f"--metrics-addr: {exc}") from None
     with database(args, start_embedded=True) as url:
-        ok = run_demo(url, duration=args.duration, live=not args.no_live)
+        ok = run_demo(
+            url, duration=args.duration, live=not args.no_live, metrics_addr=args.metrics_addr or ""
+        )
     return EXIT_OK if ok else EXIT_ERROR
 
 

@@ -23,6 +23,7 @@ first scrape.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ TRIGGERS = tuple(Trigger)
 RECONCILE_ERROR_KINDS = ("preset", "template", "database", "sweep")
 # Invalid input found while planning (counted, then the planner falls back to a safe value).
 INPUT_ERROR_KINDS = tuple(InputErrorKind)
+# Why an expected event trigger does not fire (prebuildd.event_source).
+TRIGGER_STATES = ("missing", "disabled")
 
 # A reconcile touches one template (or a small batch): milliseconds usually, seconds when the
 # database is slow; the tail buckets catch a stuck cycle.
@@ -181,12 +184,17 @@ class Metrics:
             "Unix time (seconds) of the snapshot behind the per-preset series.",
             registry=self.registry,
         )
+        # Coder's histogram has no label; ours has the trigger, so latency shows by cause.
         self.reconciliation_duration = Histogram(
             PREFIX + "prebuilds_reconciliation_duration_seconds",
-            "Wall time of one reconcile, from taking the lock to the last action.",
+            "Wall time of one reconcile, from taking the lock to the last action, by what "
+            "triggered it.",
+            ["trigger"],
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        for trigger in TRIGGERS:
+            self.reconciliation_duration.labels(trigger)
 
     def _event_metrics(self) -> None:
         self.events_received = Counter(
@@ -247,10 +255,43 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.last_successful_reconcile = Gauge(
+            PREFIX + "last_successful_reconcile_timestamp_seconds",
+            "Unix time (seconds) the last reconcile that did not fail ended (templates held "
+            "by another replica included); the process's start until the first one.",
+            registry=self.registry,
+        )
+        self.last_successful_reconcile.set(time.time())
         _touch(self.reconciles, TRIGGERS)
         _touch(self.reconcile_errors, RECONCILE_ERROR_KINDS)
         _touch(self.actions, tuple(ActionKind))
         _touch(self.input_errors, INPUT_ERROR_KINDS)
+        self._event_source_metrics()
+
+    def _event_source_metrics(self) -> None:
+        self.event_triggers_ok = Gauge(
+            PREFIX + "event_triggers_ok",
+            "1 when the last check found every trigger of sql/triggers/ present and enabled "
+            "on Coder's tables; 0 otherwise, and before the first check.",
+            registry=self.registry,
+        )
+        self.event_triggers_missing = Gauge(
+            PREFIX + "event_triggers_missing",
+            "Expected event triggers that do not fire for Coder's writes, at the last check: "
+            "missing, or disabled. Changes to their tables wait for the periodic sweep; "
+            "`prebuildd migrate` restores them.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in TRIGGER_STATES:
+            self.event_triggers_missing.labels(state)
+        self.sweep_found_work = Counter(
+            PREFIX + "sweep_found_work_total",
+            "Templates on which a periodic sweep performed actions that no event, timer or "
+            "retry had queued since their previous reconcile, while the event source was "
+            "trusted (listener connected): work the event source did not announce.",
+            registry=self.registry,
+        )
 
     def set_preset_rows(self, rows: Iterable[PresetMetricsRow], at: float) -> None:
         """Replace the per-preset snapshot; `at` is its unix time in seconds."""

@@ -1221,6 +1221,9 @@ async def test_event_driven_service_as_the_role(
         await eventually(lambda: _count(db_url, PENDING_CREATES, old, 2))
         assert await anyio.to_thread.run_sync(_http_status, service.http_port, "/readyz") == 200
         assert await anyio.to_thread.run_sync(_http_status, service.http_port, "/healthz") == 200
+        # The role reads the catalog's triggers on Coder's tables (not on its own schema,
+        # which its search_path names first) and finds every one of sql/triggers/.
+        await eventually(lambda: _above(_sample_total(service, "prebuildd_event_triggers_ok"), 0))
 
         # A promotion: Coder's write, announced by the triggers.
         with psycopg.connect(db_url) as owner:
