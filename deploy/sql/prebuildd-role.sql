@@ -13,7 +13,8 @@
 --
 -- What the role CAN do -- all a leaked password gives away:
 --   * read, column by column, what the reconciler reads (below): organizations', templates',
---     versions' and presets' names and settings, and of EVERY workspace (users' included) its
+--     versions' and presets' names and settings, presets' parameter values, versions'
+--     parameter definitions and workspace tag expressions, and of EVERY workspace (users' included) its
 --     id, name, owner id, template, creation time and deleted flag, its builds' numbers,
 --     transitions, versions, presets and initiators, their jobs' status, their agents'
 --     lifecycle states. Column grants cannot filter rows: this metadata of users' workspaces is
@@ -95,9 +96,10 @@ BEGIN
             USING HINT = 'Run `prebuildd migrate` as the owner of Coder''s tables first, '
                          'with the search_path that finds them.';
     END IF;
-    IF to_regprocedure('prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)')
-       IS NULL
-       OR to_regprocedure('prebuildd.throttle_lines(uuid[], uuid[], boolean)') IS NULL THEN
+    IF to_regprocedure(
+           'prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb)'
+       ) IS NULL
+       OR to_regprocedure('prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean)') IS NULL THEN
         RAISE EXCEPTION 'prebuildd''s write functions are not installed in database %',
                         current_database()
             USING HINT = 'Run `prebuildd migrate` of this prebuildd version first.';
@@ -270,6 +272,18 @@ BEGIN
 END
 $invalidated$;
 
+-- snapshot_build_inputs: what a create is checked against (the preset's values, the
+-- version's parameters and their rules) and routed by (the workspace tags' expressions).
+-- Nothing else of the parameters (description, icon) nor of the version.
+GRANT SELECT (template_version_preset_id, name, value)
+    ON template_version_preset_parameters TO prebuildd;
+GRANT SELECT (
+    template_version_id, name, display_name, type, form_type, required, default_value,
+    options, validation_regex, validation_min, validation_max, validation_error,
+    validation_monotonic, display_order
+) ON template_version_parameters TO prebuildd;
+GRANT SELECT (template_version_id, key, value) ON template_version_workspace_tags TO prebuildd;
+
 -- snapshot_schedules; snapshot_prebuilds (largest scheduled desired count).
 GRANT SELECT (id, preset_id, cron_expression, desired_instances)
     ON template_version_preset_prebuild_schedules TO prebuildd;
@@ -323,7 +337,7 @@ GRANT SELECT (resource_id, lifecycle_state, parent_id, deleted) ON workspace_age
 -- sql/functions/autoscale.sql checks the bounds, the mode and the preset, and writes only
 -- prebuildd's own table).
 GRANT EXECUTE ON FUNCTION
-    prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb),
+    prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb),
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
     prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
     prebuildd.set_preset_status(uuid, text),
@@ -339,8 +353,8 @@ TO prebuildd;
 -- which the role cannot write directly). The role could put fake entries in a line and
 -- delay other presets' throttled creates: no more than it can already do to the pools.
 GRANT EXECUTE ON FUNCTION
-    prebuildd.throttle_lines(uuid[], uuid[], boolean),
-    prebuildd.create_prebuilds_capped(uuid, uuid, integer, timestamptz, jsonb, integer),
+    prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean),
+    prebuildd.create_prebuilds_capped(uuid, uuid, integer, timestamptz, jsonb, jsonb, integer),
     prebuildd.record_throttle_waits(
         uuid[], uuid[], uuid[], uuid[], jsonb[], integer[], timestamptz[]
     )

@@ -349,8 +349,9 @@ class MetricsCollector:
                     failed_total=total.failed_total if total else 0,
                     claimed_total=total.claimed_total if total else 0,
                     hard_limited=state.hard_limited,
-                    validation_failed=plan.preset.prebuild_status
-                    is PrebuildStatus.VALIDATION_FAILED,
+                    # Stored, or found by this plan (stored by the same reconcile).
+                    validation_failed=state.validation_failed
+                    or plan.preset.prebuild_status is PrebuildStatus.VALIDATION_FAILED,
                     creates_held=state.held,
                     misses_total=missed.misses_total if missed else 0,
                     claims_measured=missed.claims_measured if missed else 0,

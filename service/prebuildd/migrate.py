@@ -115,6 +115,13 @@ REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "scheduling_timezone prebuild_status"
     ),
     "template_version_preset_parameters": _names("template_version_preset_id name value"),
+    # What a create is checked against (the parameters' rules) and routed by (workspace tags).
+    "template_version_parameters": _names(
+        "template_version_id name display_name type form_type required default_value options "
+        "validation_regex validation_min validation_max validation_error validation_monotonic "
+        "display_order"
+    ),
+    "template_version_workspace_tags": _names("template_version_id key value"),
     "template_version_preset_prebuild_schedules": _names(
         "id preset_id cron_expression desired_instances"
     ),

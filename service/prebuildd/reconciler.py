@@ -12,8 +12,13 @@ byte it reads or writes goes through `store`. What it owns is the transaction sh
   tag sets the plans create for are taken next, all at once and in ascending order, before
   any preset's actions (prebuildd.throttle; sql/functions/throttle.sql): the pending jobs
   counted under them stay true until the commit;
-* each preset's actions run in a savepoint: a failing preset is rolled back, logged and
-  counted, and never stops the others;
+* each action runs in a savepoint of its own: a failing action is rolled back, logged and
+  counted, and stops neither the preset's other actions nor other presets. Only one failure
+  condemns a preset (stores `validation_failed`): a create the create function refuses as
+  invalid input, with its dedicated SQLSTATE (`store.is_invalid_preset`). Everything else --
+  a unique violation because someone queued a build on the same prebuild meanwhile, a lock
+  or statement timeout, a deadlock -- says nothing about the preset's input: it is retried by
+  the next reconcile of the template (its next event, timer or the periodic sweep);
 * provisioner wake-ups are `pg_notify` calls inside that transaction, delivered at commit, so
   a crash mid-cycle leaves neither half-written prebuilds nor phantom postings;
 * time is the database's: the snapshot's pipeline reads `now()`, the plans are made at it and
@@ -46,7 +51,7 @@ from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
 from prebuildd.demand import HistoryCache
 from prebuildd.gc_pause import deferred_collection
-from prebuildd.model import ActionKind, Create, Plan, PlanConfig
+from prebuildd.model import Action, ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
 from prebuildd.trigger import Trigger
 
@@ -243,14 +248,14 @@ class Reconciler:
         in one ascending order (sql/functions/throttle.sql), and held to the commit; a dry run
         reads the same lines without them.
         """
-        versions = [
-            a.template_version_id
+        creates = [
+            throttle.create_key(a)
             for plan in outcome.plans
             for a in plan.actions
             if isinstance(a, Create)
         ]
         with _tracer.start_as_current_span("prebuildd.throttle") as span:
-            lines = await store.read_throttle_lines(conn, versions, templates, take_locks=lock)
+            lines = await store.read_throttle_lines(conn, creates, templates, take_locks=lock)
             cap = self._config.max_pending_prebuild_jobs
             verdict = throttle.share(outcome.plans, lines, templates, cap, now)
             span.set_attribute("prebuildd.tag_sets", len(lines.pending))
@@ -264,34 +269,42 @@ class Reconciler:
     async def _execute_plan(
         self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome
     ) -> None:
+        for action in plan.actions:
+            await self._execute_action(conn, plan, action, now, outcome)
+
+    async def _execute_action(
+        self,
+        conn: AsyncConnection[object],
+        plan: Plan,
+        action: Action,
+        now: datetime,
+        outcome: Outcome,
+    ) -> None:
+        preset_id = str(plan.preset.id)
         try:
-            async with conn.transaction():  # a savepoint: this preset only
-                for action in plan.actions:
-                    with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
-                        span.set_attribute("prebuildd.preset_id", str(plan.preset.id))
-                        result = await store.execute(
-                            conn, plan, action, now=now, notifications=self._notifications
-                        )
-                        _annotate_result(span, result)
-                    outcome.results.append(result)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            # The database rejected what we asked it to write for this preset: invalid input
-            # (Coder's `validation_failed`). Record it so we stop retrying a doomed create.
-            outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            if any(a.kind is ActionKind.CREATE for a in plan.actions):
-                await _mark_validation_failed(conn, plan)
-            log.error(
-                "preset rejected as invalid input",
-                extra={"preset_id": str(plan.preset.id), "error": _one_line(exc)},
-            )
-        except psycopg.errors.QueryCanceled as exc:
-            outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            log.error("preset actions timed out", extra={"preset_id": str(plan.preset.id)})
-        except psycopg.OperationalError:
-            raise  # the connection is gone: nothing else in this cycle can succeed
+            async with conn.transaction():  # a savepoint: this action only
+                with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
+                    span.set_attribute("prebuildd.preset_id", preset_id)
+                    result = await store.execute(
+                        conn, plan, action, now=now, notifications=self._notifications
+                    )
+                    _annotate_result(span, result)
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the connection is gone: nothing else in this cycle can succeed
             outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            log.exception("preset actions failed", extra={"preset_id": str(plan.preset.id)})
+            extra = {"preset_id": preset_id, "action": str(action.kind), "error": _one_line(exc)}
+            if action.kind is ActionKind.CREATE and store.is_invalid_preset(exc):
+                # Refused before anything was written, for a reason only a new template
+                # version cures (Coder's `validation_failed`): stop retrying it.
+                log.error("preset rejected as invalid input", extra=extra)
+                await _mark_validation_failed(conn, plan)
+            elif isinstance(exc, psycopg.errors.QueryCanceled):
+                log.error("preset action timed out; retried next reconcile", extra=extra)
+            else:
+                log.error("preset action failed; retried next reconcile", extra=extra)
+            return
+        outcome.results.append(result)
 
 
 async def _mark_validation_failed(conn: AsyncConnection[object], plan: Plan) -> None:

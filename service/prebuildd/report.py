@@ -13,7 +13,7 @@ from typing import TextIO
 from uuid import UUID
 
 from prebuildd.demand import PresetDemand
-from prebuildd.model import CancelPending, Create, Delete, Plan, SetStatus
+from prebuildd.model import CancelPending, Create, Delete, Plan, PrebuildStatus, SetStatus
 from prebuildd.reconciler import Outcome
 
 BUSY = "busy"
@@ -64,6 +64,11 @@ def _status_row(
 ) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
+    if s.validation_failed and p.prebuild_status is not PrebuildStatus.VALIDATION_FAILED:
+        # Found invalid by this plan; the reconcile that acts on it stores it.
+        status = f"{status} -> {PrebuildStatus.VALIDATION_FAILED}"
+    elif s.creates_refused is not None and not s.validation_failed:
+        status += " (creates held)"
     if s.backoff_until is not None:
         status += f" (backoff until {s.backoff_until:%H:%M:%S})"
     cells = [
@@ -110,6 +115,15 @@ def print_status(
     reconciling = _reconciling(outcomes)
     header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), *_LAST_COLUMNS)
     _table([header, *(_status_row(p, reconciling, demand) for p in plans)], out)
+    refused = [p for p in plans if p.state.creates_refused is not None]
+    if refused:
+        out.write("\nwhy no prebuilds are created:\n")
+        for plan in refused:
+            p = plan.preset
+            out.write(
+                f"  {p.template_name} / {p.template_version_name} / {p.name}: "
+                f"{plan.state.creates_refused}\n"
+            )
     held = sum(p.state.held for p in plans)
     if held:
         waiting = sum(1 for p in plans if p.state.held)
@@ -151,8 +165,13 @@ def print_plans(outcomes: list[Outcome], out: TextIO, *, dry_run: bool) -> None:
 
 def _describe(action: object) -> str:
     match action:
-        case Create(count=count, max_pending=cap) if cap > 0:
-            return f"create {count} prebuild(s) (at most {cap} pending per tag set)"
+        case Create(count=count, workspace_tags=tags, max_pending=cap) if tags or cap > 0:
+            notes = []
+            if tags:
+                notes.append("workspace tags " + ", ".join(f"{k}={v}" for k, v in tags))
+            if cap > 0:
+                notes.append(f"at most {cap} pending per tag set")
+            return f"create {count} prebuild(s) ({'; '.join(notes)})"
         case Create(count=count):
             return f"create {count} prebuild(s)"
         case Delete(workspace_ids=ids, reason=reason):

@@ -36,7 +36,17 @@ from uuid import UUID
 
 from prebuildd.model import Create, Plan
 
-__all__ = ["HEAD_RECHECK", "Lines", "TagSet", "Verdict", "Wait", "deal", "share"]
+__all__ = [
+    "HEAD_RECHECK",
+    "CreateKey",
+    "Lines",
+    "TagSet",
+    "Verdict",
+    "Wait",
+    "create_key",
+    "deal",
+    "share",
+]
 
 # A preset that waits in a line nobody else is in also asks to be looked at again after this
 # long. The trigger's wake-up can miss it in exactly that case: a job leaves the queue while
@@ -66,12 +76,22 @@ class Wait:
     since: datetime
 
 
+# What a create's jobs are tagged by: its version (the import job's tags) and the workspace
+# tags evaluated for its preset (Create.workspace_tags); presets of one version may differ.
+CreateKey = tuple[UUID, tuple[tuple[str, str], ...]]
+
+
+def create_key(create: Create) -> CreateKey:
+    return (create.template_version_id, create.workspace_tags)
+
+
 @dataclass(frozen=True, slots=True)
 class Lines:
     """What the store reads, under the tag sets' locks, for one reconcile."""
 
-    # The tag set of each version whose presets would create (none: no import job).
-    tag_set_of_version: Mapping[UUID, TagSet]
+    # The tag set of each planned create, by `create_key` (none: the version has no import
+    # job).
+    tag_set_of_create: Mapping[CreateKey, TagSet]
     # Pending prebuild create jobs of every tag set involved.
     pending: Mapping[TagSet, int]
     # Every preset waiting for those tag sets (any template), in any order.
@@ -185,7 +205,7 @@ def _entries(
         create = next((a for a in plan.actions if isinstance(a, Create)), None)
         if create is None or plan.preset.template_id not in reconciled:
             continue
-        tag_set = lines.tag_set_of_version.get(create.template_version_id)
+        tag_set = lines.tag_set_of_create.get(create_key(create))
         if tag_set is None:
             continue  # no import job: the create fails as invalid input, uncapped
         earlier = before.get(plan.preset.id)

@@ -38,36 +38,12 @@ $pin$;
 -- Internal helpers (no grant to anyone but the owner)
 -- ---------------------------------------------------------------------------------------------
 
--- The tag set of a prebuild's job, from its version's import job tags: what
--- prebuildd.queue_builds writes into provisioner_jobs.tags (empty values dropped, `scope`
--- defaulted to "organization", `owner` = the prebuilds user for user scope, "" otherwise).
--- tests/integration/test_throttle.py checks that the two agree on every shape of tags.
--- PL/pgSQL, like the helpers below: it keeps its statements' plans for the session, where a
--- SQL function that cannot be inlined is planned again at every call.
-CREATE OR REPLACE FUNCTION prebuildd.prebuild_job_tags(import_tags jsonb)
-RETURNS jsonb
-LANGUAGE plpgsql
-IMMUTABLE
-PARALLEL SAFE
-AS $fn$
-DECLARE
-    kept jsonb;
-    scope text;
-BEGIN
-    SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{}'::jsonb)
-    INTO kept
-    FROM pg_catalog.jsonb_each_text(COALESCE(import_tags, '{}'::jsonb)) AS e
-    WHERE e.value <> '';
-    scope := CASE
-                 WHEN kept ->> 'scope' IN ('user', 'organization') THEN kept ->> 'scope'
-                 ELSE 'organization'
-             END;
-    RETURN kept || pg_catalog.jsonb_build_object(
-        'scope', scope,
-        'owner', CASE scope WHEN 'user' THEN 'c42fdf75-3097-471c-8c33-fb52454d81c0' ELSE '' END
-    );
-END
-$fn$;
+-- The tag set of a prebuild create's jobs is what prebuildd.queue_builds writes into
+-- provisioner_jobs.tags: prebuildd.job_tags (sql/functions/prebuild_writes.sql) of the
+-- version's import job tags and the workspace tags evaluated for the preset, for the
+-- prebuilds user. tests/integration/test_throttle.py checks that the two agree on every
+-- shape of tags. (An earlier prebuild_job_tags(import_tags) knew no workspace tags.)
+DROP FUNCTION IF EXISTS prebuildd.prebuild_job_tags(jsonb);
 
 -- key2 of a tag set's advisory lock. jsonb's text form is canonical (keys sorted), so equal
 -- tag sets give equal keys; two tag sets that hash alike merely share a lock. Inlined.
@@ -80,10 +56,21 @@ AS $fn$
     SELECT pg_catalog.hashtext(organization_id::text || ' ' || tags::text)
 $fn$;
 
--- The (organization, tag set) of each given version's prebuild jobs. A version without an
--- import job has none (its creates fail as invalid input anyway).
-CREATE OR REPLACE FUNCTION prebuildd.throttle_keys(version_ids uuid[])
-RETURNS TABLE (template_version_id uuid, organization_id uuid, tags jsonb)
+-- The (organization, tag set) of the prebuild create jobs of each given (version, evaluated
+-- workspace tags): `workspace_tags` is a JSON array parallel to `version_ids` (an object
+-- per version; NULL, or an array too short: no workspace tags). A version without an import
+-- job has none (its creates fail as invalid input anyway).
+DROP FUNCTION IF EXISTS prebuildd.throttle_keys(uuid[]);
+CREATE OR REPLACE FUNCTION prebuildd.throttle_keys(
+    version_ids uuid[],
+    workspace_tags jsonb DEFAULT NULL
+)
+RETURNS TABLE (
+    template_version_id uuid,
+    version_workspace_tags jsonb,
+    organization_id uuid,
+    tags jsonb
+)
 LANGUAGE plpgsql
 STABLE
 SET search_path FROM CURRENT
@@ -96,8 +83,15 @@ BEGIN
     END IF;
     -- Primary-key probes per version (OFFSET 0 keeps the lookup a lookup).
     RETURN QUERY
-    SELECT want.id, src.organization_id, prebuildd.prebuild_job_tags(src.tags)
-    FROM (SELECT DISTINCT u.id FROM unnest(throttle_keys.version_ids) AS u (id)) AS want
+    SELECT
+        want.id, want.tags, src.organization_id,
+        prebuildd.job_tags(src.tags, want.tags, prebuildd.prebuilds_user_id())
+    FROM (
+        SELECT DISTINCT
+            u.id,
+            COALESCE(throttle_keys.workspace_tags -> (u.n - 1)::int, '{}'::jsonb) AS tags
+        FROM unnest(throttle_keys.version_ids) WITH ORDINALITY AS u (id, n)
+    ) AS want
     CROSS JOIN LATERAL (
         SELECT t.organization_id, ij.tags
         FROM template_versions AS v
@@ -150,21 +144,26 @@ $fn$;
 -- ---------------------------------------------------------------------------------------------
 
 -- What a reconcile needs to share out room under the cap, read under the tag sets' locks.
--- The tag sets: those of the given versions' creates, and those the given templates' presets
--- wait on (a reconcile may take a preset out of its line). With `take_locks`, their advisory
--- locks are taken first, in ascending key order, and held until the caller's transaction
--- ends; without (`reconcile --dry-run`, `status`), nothing is locked. Rows, by `kind`:
---   version  the tag set of each given version's creates;
+-- The tag sets: those of the given creates (each a version and its evaluated workspace tags,
+-- `workspace_tags` a JSON array parallel to `version_ids`, see throttle_keys), and those the
+-- given templates' presets wait on (a reconcile may take a preset out of its line). With
+-- `take_locks`, their advisory locks are taken first, in ascending key order, and held until
+-- the caller's transaction ends; without (`reconcile --dry-run`, `status`), nothing is
+-- locked. Rows, by `kind`:
+--   version  the tag set of each given (version, workspace tags) (both returned);
 --   key      each tag set's pending prebuild create jobs;
 --   waiter   every preset waiting in those tag sets' lines (any template's).
+DROP FUNCTION IF EXISTS prebuildd.throttle_lines(uuid[], uuid[], boolean);
 CREATE OR REPLACE FUNCTION prebuildd.throttle_lines(
     version_ids uuid[],
+    workspace_tags jsonb,
     template_ids uuid[],
     take_locks boolean
 )
 RETURNS TABLE (
     kind text,
     template_version_id uuid,
+    version_workspace_tags jsonb,
     organization_id uuid,
     tags jsonb,
     pending bigint,
@@ -181,6 +180,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     versions uuid[];
+    version_workspace_tags jsonb[];
     version_orgs uuid[];
     version_tags jsonb[];
     key_orgs uuid[];
@@ -190,10 +190,12 @@ BEGIN
     -- The tag sets, known before any lock: a version's never changes (its import job is
     -- immutable), and only reconciles of these templates, which hold their locks, change
     -- their entries in the lines.
-    SELECT array_agg(tk.template_version_id), array_agg(tk.organization_id),
-           array_agg(tk.tags)
-    INTO versions, version_orgs, version_tags
-    FROM prebuildd.throttle_keys(throttle_lines.version_ids) AS tk;
+    SELECT array_agg(tk.template_version_id), array_agg(tk.version_workspace_tags),
+           array_agg(tk.organization_id), array_agg(tk.tags)
+    INTO versions, version_workspace_tags, version_orgs, version_tags
+    FROM prebuildd.throttle_keys(
+        throttle_lines.version_ids, throttle_lines.workspace_tags
+    ) AS tk;
     SELECT array_agg(k.organization_id), array_agg(k.tags)
     INTO key_orgs, key_tags
     FROM (
@@ -221,19 +223,20 @@ BEGIN
     -- A new statement, so a new snapshot: everything committed before the locks were ours.
     RETURN QUERY
     SELECT
-        'version'::text, v.id, v.organization_id, v.tags, NULL::bigint, NULL::uuid,
-        NULL::uuid, NULL::integer, NULL::timestamptz
-    FROM unnest(versions, version_orgs, version_tags) AS v (id, organization_id, tags)
+        'version'::text, v.id, v.workspace_tags, v.organization_id, v.tags, NULL::bigint,
+        NULL::uuid, NULL::uuid, NULL::integer, NULL::timestamptz
+    FROM unnest(versions, version_workspace_tags, version_orgs, version_tags)
+        AS v (id, workspace_tags, organization_id, tags)
     UNION ALL
     SELECT
-        'key', NULL, k.organization_id, k.tags,
+        'key', NULL, NULL, k.organization_id, k.tags,
         prebuildd.pending_prebuild_creates(k.organization_id, k.tags),
         NULL, NULL, NULL, NULL
     FROM unnest(key_orgs, key_tags) AS k (organization_id, tags)
     UNION ALL
     SELECT
-        'waiter', NULL, tw.organization_id, tw.tags, NULL, tw.preset_id, tw.template_id,
-        tw.held, tw.waiting_since
+        'waiter', NULL, NULL, tw.organization_id, tw.tags, NULL, tw.preset_id,
+        tw.template_id, tw.held, tw.waiting_since
     FROM unnest(key_orgs, key_tags) AS k (organization_id, tags)
     JOIN prebuildd.throttle_waits AS tw
         ON tw.organization_id = k.organization_id AND tw.tags = k.tags;
@@ -243,13 +246,18 @@ $fn$;
 -- `count` new prebuilds of one preset, but never so many that its tag set would have more
 -- than `max_pending` pending prebuild create jobs: the cap, enforced where the rows are
 -- written, under the tag set's lock. Fewer rows than asked (or none) mean the room ran out.
--- `max_pending` <= 0 is no cap. Otherwise exactly prebuildd.create_prebuilds.
+-- `max_pending` <= 0 is no cap. Otherwise exactly prebuildd.create_prebuilds (whose checks
+-- of `workspace_tags` apply; they also decide the tag set counted).
+DROP FUNCTION IF EXISTS prebuildd.create_prebuilds_capped(
+    uuid, uuid, integer, timestamptz, jsonb, integer
+);
 CREATE OR REPLACE FUNCTION prebuildd.create_prebuilds_capped(
     preset_id uuid,
     template_version_id uuid,
     count integer,
     now_at timestamptz,
     trace_metadata jsonb,
+    workspace_tags jsonb,
     max_pending integer
 )
 RETURNS TABLE (workspace_id uuid, postings bigint)
@@ -270,7 +278,10 @@ BEGIN
     IF COALESCE(create_prebuilds_capped.max_pending, 0) > 0 THEN
         SELECT tk.organization_id, tk.tags
         INTO key
-        FROM prebuildd.throttle_keys(ARRAY[create_prebuilds_capped.template_version_id]) AS tk;
+        FROM prebuildd.throttle_keys(
+            ARRAY[create_prebuilds_capped.template_version_id],
+            pg_catalog.jsonb_build_array(create_prebuilds_capped.workspace_tags)
+        ) AS tk;
         -- No key: the version has no import job, and create_prebuilds fails as invalid input.
         IF FOUND THEN
             PERFORM pg_catalog.pg_advisory_xact_lock(
@@ -287,7 +298,8 @@ BEGIN
     SELECT c.workspace_id, c.postings
     FROM prebuildd.create_prebuilds(
         create_prebuilds_capped.preset_id, create_prebuilds_capped.template_version_id,
-        wanted, create_prebuilds_capped.now_at, create_prebuilds_capped.trace_metadata
+        wanted, create_prebuilds_capped.now_at, create_prebuilds_capped.trace_metadata,
+        create_prebuilds_capped.workspace_tags
     ) AS c;
 END
 $fn$;
@@ -342,13 +354,12 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION prebuildd.prebuild_job_tags(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.throttle_lock_key(uuid, jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prebuildd.throttle_keys(uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION prebuildd.throttle_keys(uuid[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.pending_prebuild_creates(uuid, jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prebuildd.throttle_lines(uuid[], uuid[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.create_prebuilds_capped(
-    uuid, uuid, integer, timestamptz, jsonb, integer
+    uuid, uuid, integer, timestamptz, jsonb, jsonb, integer
 ) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.record_throttle_waits(
     uuid[], uuid[], uuid[], uuid[], jsonb[], integer[], timestamptz[]

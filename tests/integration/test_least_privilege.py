@@ -379,7 +379,7 @@ def test_script_is_idempotent_and_converges(db_url: str) -> None:
         conn.execute("GRANT SELECT ON prebuildd.schema_migrations TO prebuildd")
         conn.execute(
             "GRANT EXECUTE ON FUNCTION prebuildd.queue_builds("
-            "text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[])"
+            "text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[], jsonb)"
             " TO prebuildd"
         )
         conn.execute(
@@ -434,7 +434,8 @@ def test_script_refuses_before_migrate(empty_db_url: str) -> None:
 def test_script_refuses_without_the_write_functions(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "DROP FUNCTION prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)"
+            "DROP FUNCTION prebuildd.create_prebuilds("
+            "uuid, uuid, integer, timestamptz, jsonb, jsonb)"
         )
     with pytest.raises(psycopg.errors.RaiseException, match="write functions are not installed"):
         apply_role_script(db_url)
@@ -470,7 +471,7 @@ def test_script_refuses_an_elevated_role(
         ("GRANT SELECT (provisioner_state) ON workspace_builds TO PUBLIC", "can still read"),
         (
             "GRANT EXECUTE ON FUNCTION prebuildd.queue_builds(text, boolean, timestamptz, jsonb,"
-            " uuid[], uuid[], uuid[], integer[], uuid[]) TO PUBLIC",
+            " uuid[], uuid[], uuid[], integer[], uuid[], jsonb) TO PUBLIC",
             "executable by PUBLIC",
         ),
     ],
@@ -635,6 +636,7 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "paused": True,
         "status": "healthy",
         "trace_metadata": Jsonb({}),
+        "workspace_tags": Jsonb({}),
         "now": datetime.now(UTC),
         "backoff_lookback": timedelta(hours=1),
         "default_method": "smtp",
@@ -642,6 +644,7 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         # The cap on pending prebuild jobs (throttle.sql): one entry in the template's line.
         "max_pending": 5,
         "version_ids": [seed.version],
+        "create_tags": Jsonb([{}]),
         "take_locks": True,
         "preset_ids": [seed.active],
         "preset_templates": [seed.template],
@@ -794,9 +797,10 @@ FORBIDDEN: list[Forbidden] = [
         "queue builds on any workspace",
         "SELECT prebuildd.queue_builds('delete', false, now(), NULL,"
         " ARRAY[%(users_running)s]::uuid[], ARRAY[%(version)s]::uuid[], ARRAY[NULL]::uuid[],"
-        " ARRAY[9], ARRAY[NULL]::uuid[])",
+        " ARRAY[9], ARRAY[NULL]::uuid[], '{}'::jsonb)",
     ),
     Forbidden("call prebuilds_user_id", "SELECT prebuildd.prebuilds_user_id()"),
+    Forbidden("compute job tags", "SELECT prebuildd.job_tags('{}', '{}', gen_random_uuid())"),
 ]
 
 
@@ -856,6 +860,7 @@ def test_delete_function_skips_users_workspaces(seed: Seed) -> None:
                 "workspace_ids": [seed.users_running, seed.users_claimed, seed.users_pending],
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         assert rows == []
@@ -891,6 +896,7 @@ def test_create_function_refuses_what_the_planner_would_never_create(
                 "count": 5,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
     assert rows == []
@@ -906,6 +912,7 @@ def test_created_prebuilds_always_belong_to_the_prebuilds_user(seed: Seed) -> No
                 "count": 3,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         ids = [r[0] for r in rows]
@@ -962,10 +969,10 @@ def test_functions_pin_their_search_path_with_pg_temp_last(seed: Seed) -> None:
     config = {name: cfg for name, _, cfg in rows}
     definers = {name for name, definer, _ in rows if definer}
     assert definers >= ENTRY_POINTS
-    assert not definers & {"queue_builds", "prebuilds_user_id"}, "internal helpers"
+    assert not definers & {"queue_builds", "prebuilds_user_id", "job_tags"}, "internal helpers"
     # Every function that reads tables as its owner: Coder's schema, then pg_temp, LAST.
     # (pg_catalog is searched first whether it is listed or not; listing it is allowed.)
-    for name in definers | {"queue_builds"}:
+    for name in definers | {"queue_builds", "job_tags"}:
         paths = [
             c.replace("search_path=pg_catalog, ", "search_path=")
             for c in config[name] or []
@@ -1004,6 +1011,7 @@ def test_temporary_tables_cannot_shadow_coders_tables(seed: Seed) -> None:
                 "count": 2,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         assert len(rows) == 2

@@ -109,6 +109,7 @@ def _capped(conn: Conn, preset: UUID, version: UUID, count: int, cap: int) -> li
             "count": count,
             "now": NOW,
             "trace_metadata": Jsonb({}),
+            "workspace_tags": Jsonb({}),
             "max_pending": cap,
         },
     ).fetchall()
@@ -197,7 +198,8 @@ def test_a_second_transaction_waits_for_the_first_and_counts_its_creates(db_url:
     try:
         lines = first.execute(
             query("throttle_lines"),
-            {"version_ids": [tpl.version_id], "template_ids": [tpl.id], "take_locks": True},
+            {"version_ids": [tpl.version_id], "create_tags": Jsonb([{}]),
+             "template_ids": [tpl.id], "take_locks": True},
         ).fetchall()
         assert [r[0] for r in lines].count("key") == 1
         assert len(_capped(first, preset, tpl.version_id, 2, CAP)) == 2
@@ -451,7 +453,8 @@ def test_people_jobs_never_wait_on_the_throttle_and_go_first(db_url: str) -> Non
     try:
         holder.execute(
             query("throttle_lines"),
-            {"version_ids": [tpl.version_id], "template_ids": [tpl.id], "take_locks": True},
+            {"version_ids": [tpl.version_id], "create_tags": Jsonb([{}]),
+             "template_ids": [tpl.id], "take_locks": True},
         )
         _capped(holder, preset, tpl.version_id, 1, CAP + 1)
         with psycopg.connect(db_url) as conn:

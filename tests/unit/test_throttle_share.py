@@ -54,7 +54,7 @@ def lines(
 ) -> Lines:
     tag_sets = {tag_set, *(w.tag_set for w in waiting)}
     return Lines(
-        {p.template_version_id: tag_set for p in versions},
+        {(p.template_version_id, ()): tag_set for p in versions},
         {t: (pending if t == tag_set else 0) for t in tag_sets},
         tuple(waiting),
     )
@@ -230,7 +230,7 @@ def test_each_tag_set_has_its_own_room() -> None:
     verdict = share(
         (wanting(gpu, 3), wanting(cpu, 3)),
         Lines(
-            {gpu.template_version_id: OTHER_TAGS, cpu.template_version_id: TAGS},
+            {(gpu.template_version_id, ()): OTHER_TAGS, (cpu.template_version_id, ()): TAGS},
             {OTHER_TAGS: 2, TAGS: 0},
             (),
         ),
