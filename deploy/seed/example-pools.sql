@@ -5,8 +5,9 @@
 -- come from Coder (template admins publishing versions with presets).
 --
 -- Two templates in organisation `example`: `python` (presets `small` x3 and `large` x1) and
--- `go` (preset `default` x2, each prebuild replaced after 10 minutes). The simulated
--- provisioner of the compose stack builds the prebuilds (and fails a few, on purpose).
+-- `go` (preset `default` x2, each prebuild replaced after 10 minutes); `small` has an
+-- autoscale policy in `forecast` mode. The simulated provisioner of the compose stack builds
+-- the prebuilds (and fails a few, on purpose).
 --
 -- Idempotent: fixed ids, and every insert skips rows that already exist, so a second
 -- `docker compose up` changes nothing. Tested against a migrated database by
@@ -89,5 +90,14 @@ WHERE p.id IN ('6d1f3a52-8c4e-4d8a-9a51-3e0b7c2f0121', '6d1f3a52-8c4e-4d8a-9a51-
       SELECT 1 FROM template_version_preset_parameters pp
       WHERE pp.template_version_preset_id = p.id AND pp.name = 'size'
   );
+
+-- python/small is sized from demand in `forecast` mode: prebuildd reports the pool size its
+-- demand suggests (metric prebuildd_prebuilt_workspaces_suggested, `prebuildd status`) and
+-- acts on nothing. What `prebuildd autoscale set --preset <small> --mode forecast --max 6`
+-- stores; `--mode auto` would let it act.
+INSERT INTO prebuildd.autoscale_policies (template_id, preset_name, mode, min_instances,
+                                          max_instances)
+VALUES ('6d1f3a52-8c4e-4d8a-9a51-3e0b7c2f0101', 'small', 'forecast', 0, 6)
+ON CONFLICT DO NOTHING;
 
 COMMIT;

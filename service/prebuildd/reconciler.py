@@ -49,6 +49,7 @@ from psycopg import AsyncConnection
 from prebuildd import store, throttle
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
+from prebuildd.demand import HistoryCache
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import Action, ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
@@ -137,6 +138,8 @@ class Reconciler:
         self._dry_run = dry_run
         # The latest reading of the database's clock (the lag of reconciles that read none).
         self._db_clock: DatabaseClock | None = None
+        # Demand histories of templates with autoscale policies, read once per hour.
+        self._histories = HistoryCache()
 
     async def reconcile(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
@@ -171,7 +174,9 @@ class Reconciler:
         """A dry run: every template read and planned, no lock taken, nothing written."""
         wanted = tuple(dict.fromkeys(template_ids))
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, wanted, config=self._config, read_only=True)
+            snapshot = await store.read_snapshot(
+                conn, wanted, config=self._config, read_only=True, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.locked = wanted
         if snapshot.locks is not None:
@@ -193,7 +198,9 @@ class Reconciler:
         if not locked:
             return
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, locked, config=self._config)
+            snapshot = await store.read_snapshot(
+                conn, locked, config=self._config, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         # Presets of retired versions with nothing left to clean up are most of a big fleet
         # and can produce no action: skip them (dry runs, whose plans are the product, don't).

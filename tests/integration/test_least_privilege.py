@@ -77,6 +77,7 @@ SKIP_VARIABLE = "PREBUILDD_TEST_SKIP_ROLE_TESTS"
 # `pause`, `resume`, `invalidate`).
 ROLE_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
@@ -106,6 +107,8 @@ ENTRY_POINTS = {
     "throttle_lines",
     "create_prebuilds_capped",
     "record_throttle_waits",
+    # sql/functions/autoscale.sql
+    "set_autoscale_policy",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -615,6 +618,7 @@ WRITES_DONE: Mapping[str, int] = {
     "set_reconciliation_paused": 1,
     "create_prebuilds_capped": 1,  # one prebuild, well under the cap
     "record_throttle_waits": 1,  # the count of the template's entries: the one recorded
+    "autoscale_set": 1,  # the active preset's (template, name)
 }
 # Which preset a query acts on, when not the active one.
 PRESET_OF: Mapping[str, str] = {"cancel_pending_prebuilds": "old", "notify_hard_limited": "limited"}
@@ -648,6 +652,14 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "tag_sets": ['{"owner": "", "scope": "organization"}'],
         "held": [2],
         "waiting_since": [datetime.now(UTC)],
+        # Demand: every preset of the template (the seed's user workspace is a miss), over a
+        # window around now.
+        "policies_only": False,
+        "window_since": datetime.now(UTC) - timedelta(days=1),
+        "window_end_at": datetime.now(UTC) + timedelta(hours=1),
+        "mode": "auto",
+        "min_instances": 1,
+        "max_instances": 3,
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")
