@@ -104,6 +104,7 @@ STATE_QUERIES = (
     "snapshot_presets",
     "snapshot_schedules",
     "snapshot_prebuilds",
+    "snapshot_build_inputs",
     "prebuilds_settings",
 )
 
@@ -673,6 +674,7 @@ def _action_params(outcome: Outcome, now: datetime) -> list[tuple[str, dict[str,
                     "count": action.count,
                     "now": now,
                     "trace_metadata": Jsonb({}),
+                    "workspace_tags": Jsonb(dict(action.workspace_tags)),
                 }
                 found.append(("create_prebuilds", params))
             elif isinstance(action, Delete):

@@ -196,6 +196,44 @@ def make_preset(
     )
 
 
+def add_parameter(
+    conn: Conn,
+    version: UUID,
+    name: str,
+    *,
+    type: str = "string",
+    default_value: str = "",
+    required: bool = False,
+    options: Sequence[str] = (),
+    validation_regex: str = "",
+    validation_min: int | None = None,
+    validation_max: int | None = None,
+    validation_error: str = "",
+    display_order: int = 0,
+) -> None:
+    """A parameter of `version` (template_version_parameters), as Coder's import stores it."""
+    conn.execute(
+        "INSERT INTO template_version_parameters (template_version_id, name, description,"
+        " type, mutable, default_value, icon, options, validation_regex, validation_min,"
+        " validation_max, validation_error, required, display_order)"
+        " VALUES (%s, %s, '', %s, false, %s, '', %s, %s, %s, %s, %s, %s, %s)",
+        (version, name, type, default_value,
+         Jsonb([{"name": v, "description": "", "value": v, "icon": ""} for v in options]),
+         validation_regex, validation_min, validation_max, validation_error, required,
+         display_order),
+    )
+
+
+def add_workspace_tags(conn: Conn, version: UUID, tags: Mapping[str, str]) -> None:
+    """`version`'s coder_workspace_tags: key -> the value's HCL source text."""
+    for key, expression in tags.items():
+        conn.execute(
+            "INSERT INTO template_version_workspace_tags (template_version_id, key, value)"
+            " VALUES (%s, %s, %s)",
+            (version, key, expression),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Workspaces, builds, agents
 # ---------------------------------------------------------------------------------------------

@@ -255,6 +255,14 @@ def overview() -> list[cog.Builder[model.Panel]]:
             steps=((None, "green"), (1, "red")),
         ),
         single_stat(
+            "Event triggers",
+            "Whether every prebuildd trigger on Coder's tables exists and is enabled, as the "
+            "replicas found at their last sweep. MISSING: changes to those tables wait for the "
+            "periodic sweep; run `prebuildd migrate` (PrebuilddEventTriggersMissing runbook).",
+            f"min(prebuildd_event_triggers_ok{{{SERVICE}}})",
+            mappings=flag_mapping(("MISSING", "red"), ("ok", "green")),
+        ),
+        single_stat(
             "Per-preset series age",
             "Time since the oldest replica refreshed its per-preset series (every 15 s, or "
             "every sweep if shorter). Growing: the refresh reads are failing.",
@@ -332,6 +340,89 @@ def lifecycle() -> list[cog.Builder[model.Panel]]:
             "Prebuilds handed over to users (each claim is replaced at once).",
             [per_minute("claimed_total")],
         ),
+        graph(
+            "Creates held by the pending-job cap",
+            "Creates a preset wants but waits for: its organization's provisioner tag set "
+            "already has --max-pending-prebuild-jobs prebuild create jobs that no provisioner "
+            "picked up. Presets take turns as jobs are picked up. Always 0 without the cap. "
+            "Held for long: see the PrebuilddCreatesHeld runbook.",
+            [
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_creates_held{{{PRESET}}})",
+                    PRESET_LEGEND,
+                )
+            ],
+            width=24,
+        ),
+    ]
+
+
+def demand() -> list[cog.Builder[model.Panel]]:
+    """Hits (claims) and misses, and the forecast's suggestion (docs/operations.md)."""
+
+    def per_hour(metric: str, what: str) -> tuple[str, str]:
+        return (
+            f"{BY_PRESET} (rate(prebuildd_prebuilt_workspaces_{metric}{{{PRESET}}}"
+            "[$__rate_interval])) * 3600",
+            f"{PRESET_LEGEND} {what}",
+        )
+
+    def last_hour(metric: str) -> str:
+        return f"{BY_PRESET} (increase(prebuildd_prebuilt_workspaces_{metric}{{{PRESET}}}[1h]))"
+
+    saved = "prebuildd_prebuilt_workspaces_claim_time_saved_seconds"
+    return [
+        graph(
+            "Claims vs misses / h",
+            "Claims: people who got a prebuild at once. Misses: people who created a "
+            "workspace from a preset with a pool and waited for a fresh build, because no "
+            "prebuild was ready. Misses that keep coming: the pool is too small for the "
+            "demand (prebuildd autoscale).",
+            [per_hour("claimed_total", "claims"), per_hour("claim_misses_total", "misses")],
+        ),
+        graph(
+            "Hit rate (last hour)",
+            "Share of the demand a prebuild served: claims / (claims + misses) over the last "
+            "hour. Empty while nobody asked.",
+            [
+                (
+                    f"{last_hour('claimed_total')} / ({last_hour('claimed_total')} + "
+                    f"{last_hour('claim_misses_total')})",
+                    PRESET_LEGEND,
+                )
+            ],
+            unit="percentunit",
+        ),
+        graph(
+            "Suggested vs desired",
+            "Suggested: the pool size the demand forecast asks for (presets with an autoscale "
+            "policy). Desired: what the pool aims for -- the template's count, or the "
+            "suggestion in auto mode.",
+            [
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_suggested{{{PRESET}}})",
+                    f"{PRESET_LEGEND} suggested",
+                ),
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_desired{{{PRESET}}})",
+                    f"{PRESET_LEGEND} desired",
+                ),
+            ],
+        ),
+        graph(
+            "Time saved per claim",
+            "What a claim spared a person on average: the prebuild's own build (queued to "
+            "done) minus the claim build, over claims where both succeeded.",
+            [
+                (
+                    f"{BY_PRESET} (rate({saved}_sum{{{PRESET}}}[$__rate_interval])) / "
+                    f"{BY_PRESET} (rate({saved}_count{{{PRESET}}}[$__rate_interval]))",
+                    PRESET_LEGEND,
+                )
+            ],
+            unit="s",
+            width=24,
+        ),
     ]
 
 
@@ -361,10 +452,19 @@ def reconciler() -> list[cog.Builder[model.Panel]]:
             unit="ops",
         ),
         graph(
-            "Reconcile duration",
-            "Wall time of one reconcile, lock to last action (all triggers together: the "
-            "histogram has no trigger label).",
-            quantiles("prebuildd_prebuilds_reconciliation_duration_seconds"),
+            "Reconcile duration by trigger",
+            "Wall time of one reconcile, lock to last action, p50 and p99 per trigger: event "
+            "(a person's change or a build's progress), timer, sweep, startup, retry. Sweep and "
+            "startup batches hold many templates and take longer.",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (le, trigger) (rate("
+                    f"prebuildd_prebuilds_reconciliation_duration_seconds_bucket{{{SERVICE}}}"
+                    "[$__rate_interval])))",
+                    f"{{{{trigger}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
             unit="s",
         ),
         graph(
@@ -430,9 +530,42 @@ def health() -> list[cog.Builder[model.Panel]]:
             ],
         ),
         graph(
+            "Since the last successful reconcile",
+            "Per replica, seconds since a reconcile last succeeded (or since the start). A "
+            "healthy replica reconciles every template at least every sweep interval; the "
+            "PrebuilddNoReconcile alert fires past 3 minutes when there is work.",
+            [
+                (
+                    f"time() - max by (instance) (prebuildd_last_successful_reconcile_timestamp"
+                    f"_seconds{{{SERVICE}}})",
+                    "{{instance}}",
+                )
+            ],
+            unit="s",
+        ),
+        graph(
+            "Event source",
+            "Triggers of prebuildd on Coder's tables that do not fire (missing, disabled), and "
+            "templates on which the periodic sweep found work that no event announced: both "
+            "stay at 0 on a healthy deployment (PrebuilddEventTriggersMissing, "
+            "PrebuilddSweepFoundUnannouncedWork).",
+            [
+                (
+                    f"max by (state) (prebuildd_event_triggers_missing{{{SERVICE}}})",
+                    "triggers {{state}}",
+                ),
+                (
+                    f"sum(increase(prebuildd_sweep_found_work_total{{{SERVICE}}}"
+                    "[$__rate_interval]))",
+                    "sweep found unannounced work",
+                ),
+            ],
+        ),
+        graph(
             "Errors / s by kind",
             "Reconcile errors by where they happened (preset: one preset's savepoint rolled "
-            "back; template: a reconcile crashed; database: the database failed), and invalid "
+            "back; template: a reconcile crashed; database: the database failed; sweep: a "
+            "sweep's listing failed, retried after 1, 2, 4... s up to 30 s), and invalid "
             "preset or schedule settings met while planning (counted, then a safe fallback).",
             [
                 (
@@ -457,8 +590,8 @@ def build() -> model.Dashboard:
         .uid(UID)
         .description(
             "Prebuilt Coder workspace pools kept warm by prebuildd: pools per preset, "
-            "reconciles, event lag, listener and errors. Alerts and runbooks: "
-            "deploy/prometheus/prebuildd-rules.yaml, docs/operations.md."
+            "demand (claims, misses, forecast), reconciles, event lag, listener and errors. "
+            "Alerts and runbooks: deploy/prometheus/prebuildd-rules.yaml, docs/operations.md."
         )
         .tags(["prebuildd", "coder", "prebuilds"])
         .time("now-1h", "now")
@@ -471,6 +604,7 @@ def build() -> model.Dashboard:
         ("Overview", overview()),
         ("Pools", pools()),
         ("Creates, failures, claims", lifecycle()),
+        ("Demand", demand()),
         ("Reconciler", reconciler()),
         ("Listener and errors", health()),
     ]

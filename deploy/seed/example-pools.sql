@@ -5,8 +5,9 @@
 -- come from Coder (template admins publishing versions with presets).
 --
 -- Two templates in organisation `example`: `python` (presets `small` x3 and `large` x1) and
--- `go` (preset `default` x2, each prebuild replaced after 10 minutes). The simulated
--- provisioner of the compose stack builds the prebuilds (and fails a few, on purpose).
+-- `go` (preset `default` x2, each prebuild replaced after 10 minutes); `small` has an
+-- autoscale policy in `forecast` mode. The simulated provisioner of the compose stack builds
+-- the prebuilds (and fails a few, on purpose).
 --
 -- The rows are written by the builder of Coder rows that the tests, the benchmarks and the demo
 -- use (sql/seed/coder_rows.sql, included below: its functions live in pg_temp, for this psql
@@ -97,5 +98,14 @@ WHERE NOT EXISTS (
     SELECT FROM template_version_preset_parameters AS pp
     WHERE pp.template_version_preset_id = e.id AND pp.name = 'size'
 );
+
+-- python/small is sized from demand in `forecast` mode: prebuildd reports the pool size its
+-- demand suggests (metric prebuildd_prebuilt_workspaces_suggested, `prebuildd status`) and
+-- acts on nothing. What `prebuildd autoscale set --preset <small> --mode forecast --max 6`
+-- stores; `--mode auto` would let it act.
+INSERT INTO prebuildd.autoscale_policies (template_id, preset_name, mode, min_instances,
+                                          max_instances)
+VALUES ('6d1f3a52-8c4e-4d8a-9a51-3e0b7c2f0101', 'small', 'forecast', 0, 6)
+ON CONFLICT DO NOTHING;
 
 COMMIT;

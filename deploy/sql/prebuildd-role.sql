@@ -2,7 +2,7 @@
 --
 -- What it covers: `prebuildd run --no-migrate` (listener, reconcilers, sweeps, metrics, probes,
 -- hard-limit notifications) and the operator commands `reconcile`, `status`, `pause`,
--- `resume`, `invalidate`.
+-- `resume`, `invalidate`, `autoscale set|list`.
 -- What it does not cover, on purpose:
 --   * `prebuildd migrate [--uninstall]` creates and drops triggers, functions and indexes on
 --     Coder's tables: run it as the owner of those tables (Coder's database user).
@@ -13,7 +13,8 @@
 --
 -- What the role CAN do -- all a leaked password gives away:
 --   * read, column by column, what the reconciler reads (below): organizations', templates',
---     versions' and presets' names and settings, and of EVERY workspace (users' included) its
+--     versions' and presets' names and settings, presets' parameter values, versions'
+--     parameter definitions and workspace tag expressions, and of EVERY workspace (users' included) its
 --     id, name, owner id, template, creation time and deleted flag, its builds' numbers,
 --     transitions, versions, presets and initiators, their jobs' status, their agents'
 --     lifecycle states. Column grants cannot filter rows: this metadata of users' workspaces is
@@ -23,10 +24,12 @@
 --   * call the SECURITY DEFINER functions of schema `prebuildd` (sql/functions/): create,
 --     delete and retire prebuilds, store a preset's prebuild status, invalidate a preset,
 --     notify template admins that a hard-limited preset is hard-limited, pause and resume
---     reconciliation. Those act only on workspaces owned by the prebuilds user and jobs it
---     initiated. So the worst a leaked credential does is to the prebuild pools: delete
---     unclaimed prebuilds, queue new ones (each costs what the template provisions; nothing
---     bounds how many), mark presets hard_limited or validation_failed, pause reconciliation;
+--     reconciliation, store a preset's autoscale policy (prebuildd's own table). Those act
+--     only on workspaces owned by the prebuilds user and jobs it initiated. So the worst a
+--     leaked credential does is to the prebuild pools: delete unclaimed prebuilds, queue new
+--     ones (each costs what the template provisions; nothing bounds how many), mark presets
+--     hard_limited or validation_failed, pause reconciliation, set autoscale policies (which
+--     grow pools up to the max they name);
 --   * take advisory locks, LISTEN and NOTIFY (not access-controlled in PostgreSQL), run
 --     functions PUBLIC may run.
 -- What the role CANNOT do: insert, update or delete any row of Coder's tables directly; touch
@@ -93,8 +96,10 @@ BEGIN
             USING HINT = 'Run `prebuildd migrate` as the owner of Coder''s tables first, '
                          'with the search_path that finds them.';
     END IF;
-    IF to_regprocedure('prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)')
-       IS NULL THEN
+    IF to_regprocedure(
+           'prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb)'
+       ) IS NULL
+       OR to_regprocedure('prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean)') IS NULL THEN
         RAISE EXCEPTION 'prebuildd''s write functions are not installed in database %',
                         current_database()
             USING HINT = 'Run `prebuildd migrate` of this prebuildd version first.';
@@ -267,6 +272,18 @@ BEGIN
 END
 $invalidated$;
 
+-- snapshot_build_inputs: what a create is checked against (the preset's values, the
+-- version's parameters and their rules) and routed by (the workspace tags' expressions).
+-- Nothing else of the parameters (description, icon) nor of the version.
+GRANT SELECT (template_version_preset_id, name, value)
+    ON template_version_preset_parameters TO prebuildd;
+GRANT SELECT (
+    template_version_id, name, display_name, type, form_type, required, default_value,
+    options, validation_regex, validation_min, validation_max, validation_error,
+    validation_monotonic, display_order
+) ON template_version_parameters TO prebuildd;
+GRANT SELECT (template_version_id, key, value) ON template_version_workspace_tags TO prebuildd;
+
 -- snapshot_schedules; snapshot_prebuilds (largest scheduled desired count).
 GRANT SELECT (id, preset_id, cron_expression, desired_instances)
     ON template_version_preset_prebuild_schedules TO prebuildd;
@@ -276,6 +293,11 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
 -- function that returns that one row's value (sql/functions/pause_switch.sql).
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
 GRANT EXECUTE ON FUNCTION prebuildd.prebuilds_settings() TO prebuildd;
+
+-- snapshot_policies (every reconcile), demand_events and demand_refill (the forecast's
+-- inputs), autoscale_list: the autoscale policies, prebuildd's own table
+-- (sql/schema/0007_autoscale_policies.sql). Written only through set_autoscale_policy below.
+GRANT SELECT ON prebuildd.autoscale_policies TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------
 -- Reads of prebuilds' state: workspaces, builds, jobs, agents
@@ -311,15 +333,31 @@ GRANT SELECT (resource_id, lifecycle_state, parent_id, deleted) ON workspace_age
 
 -- create_prebuilds, delete_prebuilds, cancel_pending_prebuilds, set_preset_status
 -- (actions.sql); notify_hard_limited (notifications.sql); invalidate_preset,
--- set_reconciliation_paused (admin.sql).
+-- set_reconciliation_paused (admin.sql); set_autoscale_policy (demand.sql, autoscale_set:
+-- sql/functions/autoscale.sql checks the bounds, the mode and the preset, and writes only
+-- prebuildd's own table).
 GRANT EXECUTE ON FUNCTION
-    prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb),
+    prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb),
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
     prebuildd.cancel_pending_prebuilds(uuid, timestamptz),
     prebuildd.set_preset_status(uuid, text),
     prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
-    prebuildd.set_reconciliation_paused(boolean)
+    prebuildd.set_reconciliation_paused(boolean),
+    prebuildd.set_autoscale_policy(uuid, text, integer, integer)
+TO prebuildd;
+
+-- The cap on pending prebuild create jobs, --max-pending-prebuild-jobs (throttle.sql of
+-- sql/queries and sql/functions): read the tag sets' pending jobs and lines under their
+-- locks, create under the cap, keep the line of held creates (prebuildd.throttle_waits,
+-- which the role cannot write directly). The role could put fake entries in a line and
+-- delay other presets' throttled creates: no more than it can already do to the pools.
+GRANT EXECUTE ON FUNCTION
+    prebuildd.throttle_lines(uuid[], jsonb, uuid[], boolean),
+    prebuildd.create_prebuilds_capped(uuid, uuid, integer, timestamptz, jsonb, jsonb, integer),
+    prebuildd.record_throttle_waits(
+        uuid[], uuid[], uuid[], uuid[], jsonb[], integer[], timestamptz[]
+    )
 TO prebuildd;
 
 -- ---------------------------------------------------------------------------------------------

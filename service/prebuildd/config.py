@@ -138,8 +138,12 @@ class Settings:
     # How often the per-preset series (desired, running, created_total...) are refreshed;
     # None: every 15 s, or every sweep interval when that is shorter.
     metrics_refresh: timedelta | None = None
-    liveness_interval: timedelta = timedelta(seconds=5)
-    liveness_timeout: timedelta = timedelta(seconds=2)
+    # The LISTEN connection's liveness (prebuildd.listener): after this long without a
+    # notification, a `SELECT 1` on it must answer within the timeout, so a frozen connection
+    # is noticed within 2 s and a promotion sent into it is reconciled within 3 s (by the
+    # sweep after the reconnect). Nothing is sent while notifications flow.
+    liveness_interval: timedelta = timedelta(seconds=1)
+    liveness_timeout: timedelta = timedelta(seconds=1)
     # A lost LISTEN connection loses notifications until it is back (then a sweep runs), so
     # retry often: one connection attempt a second per replica costs the server nothing.
     reconnect_max_backoff: timedelta = timedelta(seconds=1)
@@ -178,11 +182,14 @@ def plan_config(args: argparse.Namespace) -> PlanConfig:
         raise ConfigError("--failure-hard-limit must be >= 0")
     if args.max_creates_per_cycle < 1:
         raise ConfigError("--max-creates-per-cycle must be >= 1")
+    if args.max_pending_prebuild_jobs < 0:
+        raise ConfigError("--max-pending-prebuild-jobs must be >= 0 (0 turns the cap off)")
     return PlanConfig(
         backoff_interval=args.backoff_interval,
         backoff_lookback=args.backoff_lookback,
         failure_hard_limit=args.failure_hard_limit,
         max_creates_per_cycle=args.max_creates_per_cycle,
+        max_pending_prebuild_jobs=args.max_pending_prebuild_jobs,
     )
 
 

@@ -28,6 +28,7 @@ from rich.table import Table
 from prebuildd import seed
 from prebuildd.claim import claim
 from prebuildd.config import Settings, redact_dsn
+from prebuildd.http import parse_addr
 from prebuildd.migrate import migrate
 from prebuildd.model import Plan
 from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
@@ -156,8 +157,19 @@ def _preset(
 # ---- the story -----------------------------------------------------------------------------
 
 
+# Where the demo serves /metrics, /healthz, /readyz unless `--metrics-addr` says otherwise: a
+# free loopback port, so a demo never collides with a service on 2118.
+DEFAULT_METRICS_ADDR = "127.0.0.1:0"
+
+
 class Demo:
-    def __init__(self, url: str, duration: timedelta | None, live: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        duration: timedelta | None,
+        live: bool,
+        metrics_addr: str = DEFAULT_METRICS_ADDR,
+    ) -> None:
         self.url = url
         self.duration = duration
         self.live = live
@@ -166,7 +178,7 @@ class Demo:
         self.log_lines: deque[str] = deque(maxlen=14)
         settings = Settings(
             sweep_interval=timedelta(hours=1),  # the story must be carried by events alone
-            metrics_addr="127.0.0.1:0",
+            metrics_addr=metrics_addr,
         )
         self.service = Service(settings, url)
         self.service.dispatcher.on_outcome.append(self._on_outcome)
@@ -216,6 +228,8 @@ class Demo:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope)
             await tg.start(partial(self.service.run, handle_signals=False))
+            if not self.live and self.metrics_url:
+                print(f"metrics: {self.metrics_url}", flush=True)
             tg.start_soon(self.provisioner.run)
             if self.live:
                 tg.start_soon(self._live_view)
@@ -260,6 +274,15 @@ class Demo:
             if claim(conn, preset_id=self.world.go_preset, user_id=user, name=name) is not None:
                 self.summary.claimed += 1
 
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus can scrape the demo's service (None: `--metrics-addr ''`)."""
+        port = self.service.http_port
+        if port is None:
+            return None
+        host = parse_addr(self.service.settings.metrics_addr)[0] or "0.0.0.0"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
     async def _wait_converged(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
             while not _converged(list(self.service.collector.latest_plans())):
@@ -274,9 +297,9 @@ class Demo:
             while True:
                 table = _preset_table(list(self.service.collector.latest_plans()))
                 log_panel = Panel("\n".join(self.log_lines), title="reconciles (trigger, latency)")
-                port = self.service.http_port
+                metrics = f"metrics: {self.metrics_url}   " if self.metrics_url else ""
                 footer = (
-                    f"metrics: http://127.0.0.1:{port}/metrics   Ctrl-C to stop\n"
+                    f"{metrics}Ctrl-C to stop\n"
                     f"in another terminal: prebuildd status --database-url "
                     f"'{redact_dsn(self.url)}'"
                 )
@@ -335,7 +358,13 @@ def _preset_table(plans: list[Plan]) -> Table:
     return table
 
 
-def run_demo(server_url: str, *, duration: timedelta | None, live: bool) -> bool:
+def run_demo(
+    server_url: str,
+    *,
+    duration: timedelta | None,
+    live: bool,
+    metrics_addr: str = DEFAULT_METRICS_ADDR,
+) -> bool:
     """Entry point of `prebuildd demo`; returns True when the pools converged."""
     if not live and duration is None:
         duration = DEFAULT_NON_LIVE_DURATION
@@ -346,7 +375,7 @@ def run_demo(server_url: str, *, duration: timedelta | None, live: bool) -> bool
         logging.getLogger().setLevel(logging.ERROR)
     url = recreate_database(server_url)
     migrate(url)
-    demo = Demo(url, duration, live)
+    demo = Demo(url, duration, live, metrics_addr)
     ok = anyio.run(demo.run)
     print("\n".join(["", "summary:", *("  " + line for line in demo.summary.lines())]))
     return ok

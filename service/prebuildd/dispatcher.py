@@ -15,11 +15,21 @@ What it owns:
 * `follow_up(outcome)`: after every piece of work, what must happen next goes back into the
   queue from here and nowhere else: the timers a plan asked for (schedule boundary, TTL,
   backoff end, capped creates), the busy retry of templates another replica held, the
-  error retry of a batch that failed (its delay doubling per template), and the retry of a
-  sweep whose listing failed. A timer's instant is the database's time (the plans were made
-  at the database's now); its delay is measured on the outcome's reading of the database's
-  clock plus this host's monotonic time since (prebuildd.clock), never the wall clock;
-* the periodic sweep, so that every piece of work the service does on the pool runs here.
+  error retry of a batch that failed (its delay doubling per template), the retry of a
+  sweep whose listing failed, and the templates whose turn under the cap on pending prebuild
+  jobs came in another template's reconcile (`Outcome.wake`). A timer's instant is the
+  database's time (the plans were made at the database's now); its delay is measured on the
+  outcome's reading of the database's clock plus this host's monotonic time since
+  (prebuildd.clock), never the wall clock;
+* the periodic sweep and the retries of failed sweeps (`sweep_periodically`), so that every
+  piece of work the service does on the pool runs here.
+
+A sweep whose listing fails (permission denied after an upgrade, a missing table, a statement
+timeout) is retried after 1 s, then 2, 4... up to 30 s, until one succeeds (any sweep resets
+the delay), by the sweep loop: outside the queue's exclusive sweep marker, so event-driven
+reconciles go on meanwhile and every queued template keeps its own timer or retry delay.
+(Retried as the marker, a listing that fails at once would hold the queue in a loop.) The
+collector counts each failure and reports the path failing in `/readyz` once it repeats.
 
 Without a collector the dispatcher makes one pass (the CLI's sweep, prebuildd.sweep): nothing
 follows a reconcile and errors propagate to the caller.
@@ -28,13 +38,13 @@ follows a reconcile and errors propagate to the caller.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 import anyio
-import psycopg
+import anyio.lowlevel
 
 from prebuildd.collector import MetricsCollector
 from prebuildd.queue import KeyMeta, QueueShutDown, Work, WorkQueue
@@ -48,6 +58,9 @@ BUSY_RETRY_SECONDS = 2.0
 # After a failed reconcile (database down...), retry with this delay, doubling up to the cap.
 ERROR_RETRY_SECONDS = 0.5
 ERROR_RETRY_MAX_SECONDS = 10.0
+# After a sweep whose listing failed, sweep again after this long, doubling up to the cap.
+SWEEP_RETRY_SECONDS = 1.0
+SWEEP_RETRY_MAX_SECONDS = 30.0
 
 # When one batch was queued for several reasons, the first of these names it: what a person
 # did beats what the clock asked for, which beats the safety nets.
@@ -56,6 +69,7 @@ PRECEDENCE = (
     Trigger.STARTUP,
     Trigger.OVERFLOW,
     Trigger.TIMER,
+    Trigger.THROTTLE,
     Trigger.SWEEP,
     Trigger.CLI,
     Trigger.RETRY,
@@ -67,7 +81,7 @@ _SWEEP_PRECEDENCE = (Trigger.STARTUP, Trigger.OVERFLOW)
 class Sweep(Protocol):
     """What the dispatcher needs of a sweep (prebuildd.sweep.Sweeper)."""
 
-    async def sweep(self, conn: Conn, trigger: Trigger) -> object: ...
+    async def sweep(self, conn: Conn, trigger: Trigger, *, periodic: bool = False) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,16 @@ class SweepFailed:
     """A sweep could not list the templates (nothing was queued)."""
 
     trigger: Trigger
+    periodic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _SweepRetry:
+    """A failed sweep, to run again at `at` (the dispatcher's monotonic clock)."""
+
+    at: float
+    trigger: Trigger
+    periodic: bool
 
 
 def cause_of(work: Work[UUID]) -> Cause:
@@ -101,17 +125,25 @@ class Dispatcher:
         max_batch: int,
         collector: MetricsCollector | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """`monotonic` must be the clock the outcomes' database clock readings were anchored
-        on (time.monotonic; tests of timers pass their fake clock and outcomes of their own)."""
+        on (time.monotonic; tests of timers pass their fake clock and outcomes of their own),
+        and `sleep` must agree with it (the sweep loop waits on it)."""
         self._queue = queue
         self._reconciler = reconciler
         self._sweeper = sweeper
         self._max_batch = max_batch
         self._collector = collector
         self._monotonic = monotonic
+        self._sleep = sleep
         # Consecutive failed reconciles per template: the error retry doubles with it.
         self._error_streak: dict[UUID, int] = {}
+        # Consecutive failed sweeps (the sweep retry doubles with it), the retry due, and
+        # what wakes the sweep loop when a retry is scheduled.
+        self._sweep_streak = 0
+        self._sweep_retry: _SweepRetry | None = None
+        self._sweep_wakeup: anyio.Event | None = None
         # Called with every outcome, failed ones too (the demo narrates them; benches count).
         # The dispatcher keeps no history: at fleet scale outcomes hold every plan of a sweep.
         self.on_outcome: list[Callable[[Outcome], None]] = []
@@ -132,7 +164,7 @@ class Dispatcher:
                 return
             try:
                 if work.sweep_meta is not None:
-                    await self._sweep(sweep_trigger(work.sweep_meta), connect)
+                    await self._sweep(sweep_trigger(work.sweep_meta), connect, periodic=False)
                 else:
                     await self._reconcile(work, connect)
             finally:
@@ -150,30 +182,63 @@ class Dispatcher:
             outcome = Outcome(cause, failed=tuple(ids), error=exc)
         self.follow_up(outcome)
         if self._collector is not None:
-            self._collector.observe(outcome)
+            self._collector.observe(outcome, work.meta)
         for hook in self.on_outcome:
             hook(outcome)
 
-    async def _sweep(self, trigger: Trigger, connect: Connect) -> None:
+    async def _sweep(self, trigger: Trigger, connect: Connect, *, periodic: bool) -> None:
         try:
             async with connect() as conn:
-                await self._sweeper.sweep(conn, trigger)
-        except psycopg.Error as exc:
+                await self._sweeper.sweep(conn, trigger, periodic=periodic)
+        except Exception as exc:
             if self._collector is None:
                 raise
-            self._collector.database_error(exc, "sweep")
-            self.follow_up(SweepFailed(trigger))
+            failed = SweepFailed(trigger, periodic)
+            self.follow_up(failed)
+            retry_in = None if self._sweep_retry is None else self._sweep_retry.at
+            if retry_in is not None:
+                retry_in -= self._monotonic()
+            self._collector.sweep_failed(exc, trigger, retry_in=retry_in)
+            return
+        self._sweep_streak = 0
+        self._sweep_retry = None
+        if self._collector is not None:
+            self._collector.sweep_succeeded()
 
     async def sweep_periodically(self, interval: float, connect: Connect) -> None:
-        """The safety net: a sweep every `interval` seconds; a failed one waits for the next."""
+        """The safety net: a sweep every `interval` seconds, and the retries of failed sweeps
+        (module docstring), one at a time, on connections of their own."""
+        next_periodic = self._monotonic() + interval
         while True:
-            await anyio.sleep(interval)
-            try:
-                async with connect() as conn:
-                    await self._sweeper.sweep(conn, Trigger.SWEEP)
-            except psycopg.Error as exc:
-                if self._collector is not None:
-                    self._collector.database_error(exc, "sweep")
+            retry = self._sweep_retry
+            await self._wait_until(next_periodic if retry is None else min(next_periodic, retry.at))
+            now = self._monotonic()
+            retry = self._sweep_retry
+            if now >= next_periodic:
+                # The periodic sweep covers a retry that is due as well.
+                next_periodic = now + interval
+                self._sweep_retry = None
+                await self._sweep(Trigger.SWEEP, connect, periodic=True)
+            elif retry is not None and now >= retry.at:
+                self._sweep_retry = None
+                await self._sweep(retry.trigger, connect, periodic=retry.periodic)
+
+    async def _wait_until(self, deadline: float) -> None:
+        """Return at `deadline` (our monotonic clock), or earlier when a retry is scheduled."""
+        timeout = deadline - self._monotonic()
+        if timeout <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        wakeup = self._sweep_wakeup = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def alarm() -> None:
+                await self._sleep(timeout)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(alarm)
+            await wakeup.wait()
+            tg.cancel_scope.cancel()
 
     # ---- the one path back into the queue ------------------------------------------------
 
@@ -183,9 +248,21 @@ class Dispatcher:
             return
         queue = self._queue
         if isinstance(outcome, SweepFailed):
-            # At once, as the marker: a listing that keeps failing keeps the queue busy
-            # (issue 10 item 7 is to back this off without blocking event work).
-            queue.request_sweep(trigger=Trigger.RETRY)
+            # Later, growing, and by the sweep loop, not as the queue's exclusive marker.
+            self._sweep_streak += 1
+            growth = 2 ** (self._sweep_streak - 1)
+            delay = min(SWEEP_RETRY_MAX_SECONDS, SWEEP_RETRY_SECONDS * growth)
+            at = self._monotonic() + delay
+            pending = self._sweep_retry
+            if pending is not None:
+                # One retry stands for every failed sweep; the startup sweep keeps its name.
+                at = min(at, pending.at)
+                both = (pending.trigger, outcome.trigger)
+                trigger = next((t for t in _SWEEP_PRECEDENCE if t in both), outcome.trigger)
+                outcome = SweepFailed(trigger, pending.periodic and outcome.periodic)
+            self._sweep_retry = _SweepRetry(at, outcome.trigger, outcome.periodic)
+            if self._sweep_wakeup is not None:
+                self._sweep_wakeup.set()
             return
         for template_id in outcome.locked:
             self._error_streak.pop(template_id, None)
@@ -196,6 +273,8 @@ class Dispatcher:
             queue.add(template_id, trigger=Trigger.RETRY, delay=delay)
         for template_id in outcome.busy:
             queue.add(template_id, trigger=Trigger.RETRY, delay=BUSY_RETRY_SECONDS)
+        for template_id in outcome.wake:
+            queue.add(template_id, trigger=Trigger.THROTTLE)
         if outcome.next_attention:
             db_clock = outcome.clock
             if db_clock is None:

@@ -7,8 +7,24 @@ even when the loop is busy or stuck, which is exactly when an operator looks at 
 needs no dependency and no ASGI stack.
 
 Contract for the readiness callback: it runs on a server thread, so it must be cheap and
-thread-safe. It reads flags the service maintains (database reachable, listener connected);
+thread-safe. It returns a `Readiness` snapshot the service maintains (prebuildd.collector);
 it must never query the database itself.
+
+`/readyz` answers 200 when the replica does its job and 503 when it does not, with a JSON body
+naming every check and, for each one that is not "ok", why (one line, no connection string,
+no row values):
+
+    {"ready": false, "database": "ok", "listener": "ok", "sweep": "failing",
+     "reconciles": "ok", "event_triggers": "ok",
+     "why": {"sweep": "4 sweeps in a row failed; the last: InsufficientPrivilege (42501): ..."}}
+
+Ready needs the database reachable, the LISTEN connection up, and the reconcile path working:
+neither sweeps nor reconciles failing repeatedly. `event_triggers` is reported but does not
+gate readiness: a missing trigger delays changes of one kind until the periodic sweep, which
+still keeps every pool right; every replica sees the same database, so making all of them
+unready would take the whole Deployment out (and stall its rollouts) without fixing anything.
+It is a database-level fault that `prebuildd migrate` repairs: the metric
+`prebuildd_event_triggers_ok` and its alert call for that.
 """
 
 from __future__ import annotations
@@ -22,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -34,11 +49,55 @@ log = logging.getLogger(__name__)
 _REQUEST_TIMEOUT_SECONDS = 10.0
 
 
-class Readiness(NamedTuple):
-    """What `/readyz` reports: both must be true for a 200."""
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What `/readyz` reports (module docstring); built by the collector on the event loop,
+    read whole by the server's threads."""
 
     db_ok: bool
     listener_ok: bool
+    # Why the reconcile path is failing (None: it is not): sweeps, reconciles.
+    sweep_failing: str | None = None
+    reconciles_failing: str | None = None
+    # Why the database is unreachable, when known.
+    db_why: str | None = None
+    # The event triggers at the last check: "ok", "missing" (with why), or "unknown" (not
+    # checked yet, or the check failed). Reported; never gates readiness.
+    event_triggers: str = "unknown"
+    event_triggers_why: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.db_ok
+            and self.listener_ok
+            and self.sweep_failing is None
+            and self.reconciles_failing is None
+        )
+
+    def body(self) -> dict[str, object]:
+        """The JSON object of `/readyz`."""
+        checks = {
+            "database": "ok" if self.db_ok else "down",
+            "listener": "ok" if self.listener_ok else "down",
+            "sweep": "ok" if self.sweep_failing is None else "failing",
+            "reconciles": "ok" if self.reconciles_failing is None else "failing",
+            "event_triggers": self.event_triggers,
+        }
+        why = {
+            "database": None if self.db_ok else self.db_why or "no answer to the health probe",
+            "listener": None
+            if self.listener_ok
+            else "the LISTEN connection is down; reconnecting (see the event listener's log)",
+            "sweep": self.sweep_failing,
+            "reconciles": self.reconciles_failing,
+            "event_triggers": self.event_triggers_why,
+        }
+        body: dict[str, object] = {"ready": self.ready, **checks}
+        reasons = {name: text for name, text in why.items() if text}
+        if reasons:
+            body["why"] = reasons
+        return body
 
 
 ReadinessCallback = Callable[[], Readiness]
@@ -96,13 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _readyz(self) -> None:
         try:
             state = self.server.readiness()
-            checks = {"database": state.db_ok, "listener": state.listener_ok}
+            ready, body = state.ready, state.body()
         except Exception:
             # A broken callback means we cannot vouch for readiness: report not ready.
             log.exception("readiness callback failed")
-            checks = {"database": False, "listener": False}
-        ready = all(checks.values())
-        body = {"ready": ready, **{k: "ok" if v else "down" for k, v in checks.items()}}
+            ready, body = False, {"ready": False, "why": {"readiness": "internal error"}}
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         self._send(status, json.dumps(body).encode() + b"\n", "application/json")
 

@@ -7,13 +7,23 @@ Contract (what `service.py` relies on):
 * Order on every (re)connect: `LISTEN`, then `on_state(True)`, then `on_connected()`.
   LISTEN comes first so that nothing committed after the caller's full sweep starts can be
   missed; the sweep is needed because notifications sent while we were away are lost.
-* Liveness: at least every `liveness_interval` seconds a round trip (`listener_probe`) must
-  answer within `liveness_timeout`, else the connection is treated as lost. A socket that is
-  open but silent (a dropped NAT entry, a frozen server) would otherwise look like a quiet
-  night forever.
+* Liveness: the connection must give a sign of life at least every `liveness_interval`
+  seconds: a notification, or else a round trip (`listener_probe`, `SELECT 1`) sent after
+  `liveness_interval` of silence, which must answer within `liveness_timeout`; otherwise the
+  connection is treated as lost. A socket that is open but silent (a dropped NAT entry, a
+  frozen server or backend) would otherwise look like a quiet night forever. So a freeze is
+  noticed at most `liveness_interval + liveness_timeout` after the last sign of life (1 s +
+  1 s by default), and the sweep after the reconnect reconciles whatever was missed.
+  Cost on the server: nothing while notifications flow (they prove the connection alive),
+  at most one `SELECT 1` per `liveness_interval` while the channel is silent. A
+  self-addressed NOTIFY round trip (pgqueuer's health check) would test the delivery path
+  too, but each one writes to the server's shared notification queue and, up to PostgreSQL
+  18, signals every backend LISTENing in the database (Coder's pubsub listeners included);
+  `SELECT 1` touches nothing shared.
 * On any loss: `on_state(False)`, close, wait a capped exponential backoff with jitter
   (0.1 s doubling up to `max_backoff`), reconnect. The backoff resets once a session has
-  answered a probe, so a server that accepts and immediately drops us is not hammered.
+  given a sign of life (a notification or an answered probe), so a server that accepts and
+  immediately drops us is not hammered.
 * `on_state` reports edges only (connected <-> disconnected); failed attempts while already
   disconnected are logged, not reported again.
 * Garbage on the channel goes to `on_invalid(payload, reason)`; an exception raised by any
@@ -26,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 import anyio
@@ -83,8 +94,8 @@ class Listener:
         on_connected: Callable[[], None],
         on_invalid: Callable[[str, str], None],
         on_state: Callable[[bool], None],
-        liveness_interval: float = 5.0,
-        liveness_timeout: float = 2.0,
+        liveness_interval: float = 1.0,
+        liveness_timeout: float = 1.0,
         max_backoff: float = 10.0,
         channel: str = CHANNEL,
     ) -> None:
@@ -144,15 +155,22 @@ class Listener:
         )
 
     async def _pump(self, conn: AsyncConnection) -> None:
+        last_sign = time.monotonic()  # LISTEN just answered
         while True:
-            # notifies() returns when the interval is over, however busy the channel is.
-            generator = conn.notifies(timeout=self._liveness_interval)
+            silent_for = time.monotonic() - last_sign
+            if silent_for >= self._liveness_interval:
+                await self._probe(conn)
+                last_sign = time.monotonic()
+                self._backoff.reset()
+                continue
+            # notifies() returns when the wait is over, however busy the channel is.
+            generator = conn.notifies(timeout=self._liveness_interval - silent_for)
             async with contextlib.aclosing(generator) as notifies:
                 async for notify in notifies:
+                    last_sign = time.monotonic()  # the connection is alive: no probe needed
+                    self._backoff.reset()
                     if notify.channel == self._channel:
                         self._dispatch(notify.payload)
-            await self._probe(conn)
-            self._backoff.reset()
 
     async def _probe(self, conn: AsyncConnection) -> None:
         """One round trip, bounded: no answer in time (or a psycopg error) means a dead link."""

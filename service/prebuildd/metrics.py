@@ -7,7 +7,8 @@ declares them; prebuildd.collector turns what the service observes into their va
 Two kinds of data:
 
 * Per-preset series (desired, running, eligible, created/failed/claimed totals, hard-limited,
-  validation-failed) come from a *snapshot* the collector replaces wholesale with
+  validation-failed; claim misses, time saved by claims and the suggested pool size of
+  demand-aware pools) come from a *snapshot* the collector replaces wholesale with
   `set_preset_rows`. The collector renders whatever the latest snapshot holds, so the series
   of a deleted preset vanish on the next snapshot and cardinality stays bounded by the number
   of live presets. The created/failed/claimed totals are cumulative counts that the database
@@ -23,11 +24,17 @@ first scrape.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from prebuildd.model import ActionKind, InputErrorKind
@@ -42,6 +49,8 @@ TRIGGERS = tuple(Trigger)
 RECONCILE_ERROR_KINDS = ("preset", "template", "database", "sweep")
 # Invalid input found while planning (counted, then the planner falls back to a safe value).
 INPUT_ERROR_KINDS = tuple(InputErrorKind)
+# Why an expected event trigger does not fire (prebuildd.event_source).
+TRIGGER_STATES = ("missing", "disabled")
 
 # A reconcile touches one template (or a small batch): milliseconds usually, seconds when the
 # database is slow; the tail buckets catch a stuck cycle.
@@ -66,6 +75,15 @@ class PresetMetricsRow:
     claimed_total: int
     hard_limited: bool
     validation_failed: bool
+    # Creates held back by the cap on pending prebuild jobs at the preset's latest reconcile.
+    creates_held: int = 0
+    # Demand (sql/queries/demand.sql): lifetime misses; claims whose time saved was measurable
+    # and the seconds saved over them; the pool size the forecast suggests (None: the preset
+    # has no autoscale policy in force, and no series).
+    misses_total: int = 0
+    claims_measured: int = 0
+    saved_seconds_total: float = 0.0
+    suggested: int | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -92,6 +110,25 @@ _PRESET_COUNTERS: tuple[_PresetSeries, ...] = (
         "Prebuilt workspaces handed over to a user who created a workspace from the preset.",
         lambda r: r.claimed_total,
     ),
+    (
+        "prebuilt_workspaces_claim_misses_total",
+        "Workspaces people created from the preset that were built from scratch although the "
+        "preset keeps a pool (no prebuild was claimable).",
+        lambda r: r.misses_total,
+    ),
+)
+# The time a claim saved a person: the prebuild's create (queued to done) minus the claim
+# build (queued to done), for claims where both succeeded; rendered as a summary (count, sum).
+_SAVED = (
+    "prebuilt_workspaces_claim_time_saved_seconds",
+    "Time people did not wait thanks to a claim: the prebuild's create minus the claim build, "
+    "over the claims where both succeeded.",
+)
+# Rendered as a gauge, for the presets with an autoscale policy in force only.
+_SUGGESTED = (
+    "prebuilt_workspaces_suggested",
+    "Pool size the demand forecast suggests for presets with an autoscale policy (forecast "
+    "or auto mode); in auto mode the desired count follows it.",
 )
 # Rendered as gauges.
 _PRESET_GAUGES: tuple[_PresetSeries, ...] = (
@@ -119,6 +156,12 @@ _PRESET_GAUGES: tuple[_PresetSeries, ...] = (
         "prebuilt_workspaces_preset_validation_failed",
         "1 when creating prebuilds for the preset was rejected as invalid input.",
         lambda r: int(r.validation_failed),
+    ),
+    (
+        "prebuilt_workspaces_creates_held",
+        "Creates the preset wants but holds back because its organization's provisioner tag "
+        "set has --max-pending-prebuild-jobs create jobs waiting for a provisioner.",
+        lambda r: r.creates_held,
     ),
 )
 
@@ -149,6 +192,15 @@ class _PresetCollector(Collector):
             for row in rows:
                 gauge.add_metric(row.labels, value(row))
             yield gauge
+        saved = SummaryMetricFamily(PREFIX + _SAVED[0], _SAVED[1], labels=PRESET_LABELS)
+        for row in rows:
+            saved.add_metric(row.labels, row.claims_measured, row.saved_seconds_total)
+        yield saved
+        suggested = GaugeMetricFamily(PREFIX + _SUGGESTED[0], _SUGGESTED[1], labels=PRESET_LABELS)
+        for row in rows:
+            if row.suggested is not None:
+                suggested.add_metric(row.labels, row.suggested)
+        yield suggested
 
 
 class Metrics:
@@ -173,12 +225,17 @@ class Metrics:
             "Unix time (seconds) of the snapshot behind the per-preset series.",
             registry=self.registry,
         )
+        # Coder's histogram has no label; ours has the trigger, so latency shows by cause.
         self.reconciliation_duration = Histogram(
             PREFIX + "prebuilds_reconciliation_duration_seconds",
-            "Wall time of one reconcile, from taking the lock to the last action.",
+            "Wall time of one reconcile, from taking the lock to the last action, by what "
+            "triggered it.",
+            ["trigger"],
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        for trigger in TRIGGERS:
+            self.reconciliation_duration.labels(trigger)
 
     def _event_metrics(self) -> None:
         self.events_received = Counter(
@@ -239,10 +296,43 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.last_successful_reconcile = Gauge(
+            PREFIX + "last_successful_reconcile_timestamp_seconds",
+            "Unix time (seconds) the last reconcile that did not fail ended (templates held "
+            "by another replica included); the process's start until the first one.",
+            registry=self.registry,
+        )
+        self.last_successful_reconcile.set(time.time())
         _touch(self.reconciles, TRIGGERS)
         _touch(self.reconcile_errors, RECONCILE_ERROR_KINDS)
         _touch(self.actions, tuple(ActionKind))
         _touch(self.input_errors, INPUT_ERROR_KINDS)
+        self._event_source_metrics()
+
+    def _event_source_metrics(self) -> None:
+        self.event_triggers_ok = Gauge(
+            PREFIX + "event_triggers_ok",
+            "1 when the last check found every trigger of sql/triggers/ present and enabled "
+            "on Coder's tables; 0 otherwise, and before the first check.",
+            registry=self.registry,
+        )
+        self.event_triggers_missing = Gauge(
+            PREFIX + "event_triggers_missing",
+            "Expected event triggers that do not fire for Coder's writes, at the last check: "
+            "missing, or disabled. Changes to their tables wait for the periodic sweep; "
+            "`prebuildd migrate` restores them.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in TRIGGER_STATES:
+            self.event_triggers_missing.labels(state)
+        self.sweep_found_work = Counter(
+            PREFIX + "sweep_found_work_total",
+            "Templates on which a periodic sweep performed actions that no event, timer or "
+            "retry had queued since their previous reconcile, while the event source was "
+            "trusted (listener connected): work the event source did not announce.",
+            registry=self.registry,
+        )
 
     def set_preset_rows(self, rows: Iterable[PresetMetricsRow], at: float) -> None:
         """Replace the per-preset snapshot; `at` is its unix time in seconds."""

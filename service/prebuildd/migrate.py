@@ -15,7 +15,10 @@ Three kinds of SQL file, all below `sql/`:
 * `functions/*.sql`, then `triggers/*.sql` -- repeatable files (Flyway's R__): idempotent by
   construction (CREATE OR REPLACE FUNCTION, DROP TRIGGER IF EXISTS + CREATE TRIGGER) and
   re-applied whenever their checksum differs from the recorded one. Functions come first so
-  that triggers may call them.
+  that triggers may call them. A trigger file is also re-applied when the catalog lacks one of
+  its triggers or has it disabled (a Coder upgrade that recreated the table, an operator's
+  ALTER TABLE ... DISABLE TRIGGER): `migrate` ends with every trigger of sql/triggers/ in
+  place and enabled, or fails saying which is not (prebuildd.event_source).
 
 `prebuildd.schema_migrations` records every applied file by its path relative to `sql/` and
 its SHA-256. Concurrent migrations serialise on the session advisory lock `MIGRATION_LOCK_KEY`.
@@ -56,6 +59,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from prebuildd import event_source
 from prebuildd.queries import query, read_sql_file, sql_root
 
 log = logging.getLogger("prebuildd.migrate")
@@ -111,6 +115,13 @@ REQUIRED_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "scheduling_timezone prebuild_status"
     ),
     "template_version_preset_parameters": _names("template_version_preset_id name value"),
+    # What a create is checked against (the parameters' rules) and routed by (workspace tags).
+    "template_version_parameters": _names(
+        "template_version_id name display_name type form_type required default_value options "
+        "validation_regex validation_min validation_max validation_error validation_monotonic "
+        "display_order"
+    ),
+    "template_version_workspace_tags": _names("template_version_id key value"),
     "template_version_preset_prebuild_schedules": _names(
         "id preset_id cron_expression desired_instances"
     ),
@@ -562,6 +573,7 @@ def _migrate_locked(conn: Connection, policy: LockPolicy) -> MigrateReport:
     for file in _changed_repeatable(applied):
         _apply(conn, file, policy)
         done.append(file.path)
+    done += _restore_event_triggers(conn, policy)
     absent = find_absent_optional(conn)
     for column in absent:
         log.warning(
@@ -569,6 +581,30 @@ def _migrate_locked(conn: Connection, policy: LockPolicy) -> MigrateReport:
             extra={"column": column},
         )
     return MigrateReport(applied=tuple(done), installed_base_schema=empty, absent_optional=absent)
+
+
+def _restore_event_triggers(conn: Connection, policy: LockPolicy) -> list[str]:
+    """Re-apply the trigger files whose triggers the catalog lacks or has disabled, although
+    the files are recorded as applied: a Coder upgrade that recreates a table drops its
+    triggers, an operator may disable one, a restore may lack them. So `migrate` after a Coder
+    upgrade restores the event source (prebuildd.event_source), and verifies it did."""
+    check = event_source.check_sync(conn)
+    if check.ok:
+        return []
+    log.warning(
+        "restoring event triggers",
+        extra={
+            "missing": [str(t) for t in check.missing],
+            "disabled": [str(t) for t in check.disabled],
+        },
+    )
+    by_path = {file.path: file for file in repeatable_files()}
+    for path in check.files_to_reapply:
+        _apply(conn, by_path[path], policy)
+    after = event_source.check_sync(conn)
+    if not after.ok:
+        raise MigrationError(f"the event triggers could not be restored: {after.describe()}")
+    return list(check.files_to_reapply)
 
 
 def uninstall(conninfo: str, *, lock_policy: LockPolicy | None = None) -> list[str]:

@@ -121,6 +121,88 @@ class InProgress:
     deleting: int = 0
 
 
+# Hours in a week: demand is counted per hour of the week (0 = Monday 00:00-00:59 UTC).
+HOURS_PER_WEEK = 168
+
+
+class AutoscaleMode(enum.StrEnum):
+    """How a preset's pool follows demand (`prebuildd autoscale set --mode`)."""
+
+    OFF = "off"  # the template's desired count only; nothing is forecast
+    FORECAST = "forecast"  # forecast and report the suggested size; act on nothing
+    AUTO = "auto"  # aim for the suggested size (never below the template's count, never above max)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalePolicy:
+    """A row of `prebuildd.autoscale_policies`: opt-in sizing of one (template, preset name).
+
+    Keyed by the preset's *name* within its template, not by the preset's id, so it outlives
+    promotions: every version's preset of that name is the same pool to the people using it.
+    """
+
+    template_id: UUID
+    preset_name: str
+    mode: AutoscaleMode
+    min_instances: int
+    max_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class DemandHistory:
+    """Hits (claims) and misses of one (template, preset name) in [since, until), by hour of week.
+
+    `until` is an hour boundary and the current hour is never included, so the history read
+    at any instant of an hour is the history of the whole hour (prebuildd.demand caches it).
+    `since` is `until` minus the history window, or later when the preset name is younger.
+    """
+
+    since: datetime
+    until: datetime
+    # HOURS_PER_WEEK counts each; index 0 is Monday 00:00-00:59 UTC.
+    hits: tuple[int, ...]
+    misses: tuple[int, ...]
+    # Median seconds from queueing a prebuild's create to its job's success, over the latest
+    # successful creates of the window; None when there was none.
+    refill_seconds: float | None = None
+    refill_samples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateParameter:
+    """A row of `template_version_parameters`: a parameter of the version, as imported."""
+
+    name: str
+    type: str = "string"
+    display_name: str = ""
+    # '' (the type's default form), 'multi-select', ...: `parameter_form_type` as text.
+    form_type: str = ""
+    required: bool = False
+    default_value: str = ""
+    # The values of the parameter's options, in order; () when it has none.
+    options: tuple[str, ...] = ()
+    validation_regex: str = ""
+    validation_min: int | None = None
+    validation_max: int | None = None
+    validation_error: str = ""
+    validation_monotonic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInputs:
+    """What Coder's workspace builder checks before it queues a preset's first build.
+
+    Read only for presets on the active version of a live template (the only ones created).
+    """
+
+    # The version's parameters in Coder's order (display_order, then lower(name)).
+    parameters: tuple[TemplateParameter, ...] = ()
+    # The preset's own values (`template_version_preset_parameters`), name -> value.
+    preset_values: tuple[tuple[str, str], ...] = ()
+    # `template_version_workspace_tags`: tag key -> the HCL expression stored at import.
+    workspace_tags: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class PresetSnapshot:
     """Everything the planner needs to decide about one preset, read in one consistent snapshot."""
@@ -136,6 +218,14 @@ class PresetSnapshot:
     recent_builds: tuple[BuildRecord, ...] = ()
     # Failed latest `start` builds of unclaimed prebuilds created within the backoff lookback.
     failures_in_lookback: int = 0
+    # Parameters and workspace tags a create is checked against; None when there is nothing
+    # to check (no parameter, preset value or tag) or it was not read (inactive presets): no
+    # check is made then, and creates carry no workspace tags.
+    inputs: BuildInputs | None = None
+    # The autoscale policy of the preset's (template, name), if one exists and is not `off`,
+    # and the demand it is sized from (read only for such presets).
+    policy: AutoscalePolicy | None = None
+    demand: DemandHistory | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +238,9 @@ class PlanConfig:
     failure_hard_limit: int = 3
     # Bound on creates for one preset in one cycle; the remainder follows immediately after.
     max_creates_per_cycle: int = 500
+    # At most this many prebuild create jobs waiting for a provisioner per organization and
+    # provisioner tag set (prebuildd.throttle); 0: no cap.
+    max_pending_prebuild_jobs: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +266,13 @@ class Create:
     preset_id: UUID
     template_version_id: UUID
     count: int
+    # The version's workspace tags evaluated for this preset (key -> value, sorted by key);
+    # the create function checks them and merges them into the jobs' tags.
+    workspace_tags: tuple[tuple[str, str], ...] = ()
+    # > 0: create no more than leaves this many prebuild create jobs pending for the
+    # organization and tag set of these jobs, counted by the database under the tag set's
+    # lock (set by prebuildd.throttle when `max_pending_prebuild_jobs` is on).
+    max_pending: int = 0
     kind: ActionKind = field(default=ActionKind.CREATE, init=False)
 
 
@@ -211,6 +311,11 @@ class InputErrorKind(enum.StrEnum):
     INVALID_TIMEZONE = "invalid_timezone"
     OVERLAPPING_SCHEDULES = "overlapping_schedules"
     NEGATIVE_DESIRED = "negative_desired"
+    # The preset's parameters fail the checks Coder's builder makes (the preset is stored
+    # `validation_failed`; no workspace is created).
+    INVALID_PARAMETER = "invalid_parameter"
+    # A workspace tag of the version that prebuildd cannot evaluate: creates are held.
+    UNEVALUATED_WORKSPACE_TAG = "unevaluated_workspace_tag"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +345,18 @@ class PresetState:
     to_create: int
     backoff_until: datetime | None
     hard_limited: bool
+    # Stored `validation_failed`, or found invalid by this plan (which stores it).
+    validation_failed: bool = False
+    # Why creates of this preset are refused (invalid parameters) or held (a workspace tag
+    # prebuildd cannot evaluate), for people: `status`, `reconcile --dry-run`, logs.
+    creates_refused: str | None = None
+    # Creates wanted now but held back by the cap on pending prebuild jobs (prebuildd.throttle).
+    held: int = 0
+    # With an autoscale policy (forecast or auto): the pool size the forecast suggests, and the
+    # desired count the template itself configured (`desired` is what the plan aims for:
+    # the suggested size in `auto` mode, the configured count otherwise). None without one.
+    suggested: int | None = None
+    configured: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

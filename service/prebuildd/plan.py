@@ -9,12 +9,24 @@ Coder's reconciler (coderd/prebuilds/preset_snapshot.go), with these deliberate 
   are no longer all failures (e.g. the limit was raised or the failed prebuilds were removed).
 - `validation_failed` is sticky: the planner never overwrites it, because it is set for
   non-retryable input errors that only a new template version can cure.
+- Invalid parameters are found *before* anything is written: when a create is due, the
+  preset's values are checked against the version's parameters as Coder's builder checks
+  them (prebuildd.parameters); an invalid preset gets SetStatus(validation_failed) with the
+  reason instead of a Create (Coder stores the same status when its builder refuses).
+- Workspace tags are evaluated for each create (prebuildd.workspace_tags); a tag that cannot
+  be evaluated holds the preset's creates with the reason (never `validation_failed`: the
+  template may be fine, prebuildd only cannot tell).
 - Status changes are emitted even while backing off: they record a verdict, they are not
   provisioning work.
 - Backoff ends at `now >= backoff_until` (Coder: strictly after), so a wake-up scheduled at
   `backoff_until` finds the preset ready to act.
 - Every plan says when it next needs attention (`next_attention`), so time-driven changes are
   scheduled instead of polled.
+
+Beyond Coder: a preset whose (template, name) has an autoscale policy is sized from demand
+(prebuildd.autoscale): in `auto` mode the desired count is the forecast's suggestion, never
+below the configured count; the suggestion changes at hour boundaries, so such plans ask to be
+looked at again at the next one.
 
 Order of work for an active preset: delete expired (oldest first), delete the oldest surplus
 among the non-expired, then create `max(desired - non_expired - starting, 0)`. Stopping and
@@ -29,13 +41,17 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from uuid import UUID
 
+from prebuildd.autoscale import Sizing, size_pool
 from prebuildd.model import (
     Action,
+    BuildInputs,
     BuildRecord,
     CancelPending,
     Create,
     Delete,
     DeleteReason,
+    InputError,
+    InputErrorKind,
     JobStatus,
     Plan,
     PlanConfig,
@@ -46,7 +62,9 @@ from prebuildd.model import (
     RunningPrebuild,
     SetStatus,
 )
+from prebuildd.parameters import check_parameters
 from prebuildd.schedule import desired_instances
+from prebuildd.workspace_tags import evaluate_workspace_tags
 
 __all__ = [
     "can_skip",
@@ -217,8 +235,11 @@ def _plan_active(
     wanted = desired_instances(
         preset.desired_instances, snapshot.schedules, preset.scheduling_timezone, now
     )
+    # Demand-driven sizing (prebuildd.autoscale): the configured count unless the preset's
+    # (template, name) has an autoscale policy.
+    sizing = size_pool(wanted.desired, snapshot.policy, snapshot.demand, now)
     counts = _Counts(
-        desired=wanted.desired,
+        desired=sizing.desired,
         fresh=_without(running, expired),
         expired=expired,
         starting=snapshot.in_progress.starting,
@@ -231,17 +252,27 @@ def _plan_active(
     if hold is not None:
         work: _Work = _held(counts, hold)
     else:
-        work = _reconcile(preset, counts, limited, config)
+        work = _reconcile(preset, counts, limited, config, snapshot.inputs)
+    status_reason = _status_reason(status, config) if status else None
+    if work.invalid is not None:
+        # Stored instead of any other status change (the reason is the create's).
+        status = SetStatus(preset.id, PrebuildStatus.VALIDATION_FAILED)
+        status_reason = None
     actions = (*((status,) if status else ()), *work.actions)
-    reasons = (*((_status_reason(status, config),) if status else ()), *work.reasons)
+    reasons = (
+        *((status_reason,) if status_reason else ()),
+        *sizing.reasons,
+        *work.reasons,
+    )
     attention = _earliest(
         wanted.next_change,
+        sizing.next_change,
         _next_expiry(counts.fresh, preset),
         hold.recheck if hold else None,
         now if work.capped else None,
     )
-    state = _state(snapshot, counts, work, hold, limited)
-    return Plan(preset, state, actions, attention, reasons, wanted.errors)
+    state = _state(snapshot, counts, work, hold, limited, sizing, wanted.desired)
+    return Plan(preset, state, actions, attention, reasons, (*wanted.errors, *work.errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +281,11 @@ class _Work:
     reasons: tuple[str, ...]
     to_create: int
     capped: bool = False
+    errors: tuple[InputError, ...] = ()
+    # Why creates are refused or held (PresetState.creates_refused).
+    refused: str | None = None
+    # The preset's parameters were found invalid now (it is being stored validation_failed).
+    invalid: str | None = None
 
 
 def _held(counts: _Counts, hold: _Hold) -> _Work:
@@ -262,14 +298,23 @@ def _held(counts: _Counts, hold: _Hold) -> _Work:
     return _Work((), (reason,), 0)
 
 
-def _reconcile(preset: Preset, counts: _Counts, limited: bool, config: PlanConfig) -> _Work:
+def _reconcile(
+    preset: Preset,
+    counts: _Counts,
+    limited: bool,
+    config: PlanConfig,
+    inputs: BuildInputs | None,
+) -> _Work:
     deletes = _deletes(preset, counts)
-    creates = _creates(preset, counts, _create_blocker(preset, limited), config)
+    creates = _creates(preset, counts, _create_blocker(preset, limited), config, inputs)
     return _Work(
         (*deletes.actions, *creates.actions),
         (*deletes.reasons, *creates.reasons),
         creates.to_create,
         creates.capped,
+        creates.errors,
+        creates.refused,
+        creates.invalid,
     )
 
 
@@ -287,22 +332,87 @@ def _deletes(preset: Preset, counts: _Counts) -> _Work:
     return _Work(tuple(actions), tuple(reasons), 0)
 
 
-def _creates(preset: Preset, counts: _Counts, blocked: str | None, config: PlanConfig) -> _Work:
+def _creates(
+    preset: Preset,
+    counts: _Counts,
+    blocked: str | None,
+    config: PlanConfig,
+    inputs: BuildInputs | None,
+) -> _Work:
+    """The create that fills the deficit, unless something blocks it (see _create_blocker),
+    the preset is invalid (stored validation_failed instead) or its tags cannot be evaluated
+    (held)."""
     missing = counts.missing
     if not missing:
         return _Work((), (), 0)
     if blocked:
         return _Work((), (f"{blocked}: not creating {missing} missing prebuild(s)",), 0)
+    check = _check_inputs(inputs)
+    if check.invalid is not None:
+        return _refuse(check.invalid, missing)
+    if check.unevaluated is not None:
+        reason = f"{check.unevaluated}: holding {missing} create(s)"
+        error = InputError(InputErrorKind.UNEVALUATED_WORKSPACE_TAG, check.unevaluated)
+        return _Work((), (reason,), 0, errors=(error,), refused=check.unevaluated)
     # A bound of 0 or less would never make progress; read it as 1.
     batch = min(missing, max(config.max_creates_per_cycle, 1))
     reasons = [
         f"create {batch} to reach desired {counts.desired} "
-        f"(running {len(counts.fresh)}, starting {counts.starting})"
+        f"(running {len(counts.fresh)}, starting {counts.starting})",
+        *check.unchecked,
     ]
     if batch < missing:
         reasons.append(f"creates capped at {batch} per cycle; {missing - batch} follow")
-    create = Create(preset.id, preset.template_version_id, batch)
+    create = Create(preset.id, preset.template_version_id, batch, check.tags)
     return _Work((create,), tuple(reasons), batch, capped=batch < missing)
+
+
+@dataclass(frozen=True, slots=True)
+class _InputCheck:
+    """What a create of the preset would be built with, or why it must not be."""
+
+    tags: tuple[tuple[str, str], ...] = ()
+    invalid: str | None = None
+    unevaluated: str | None = None
+    unchecked: tuple[str, ...] = ()
+
+
+def _check_inputs(inputs: BuildInputs | None) -> _InputCheck:
+    """Coder's builder's checks before a build: parameter values, then workspace tags."""
+    if inputs is None:
+        return _InputCheck()
+    verdict = check_parameters(inputs.parameters, dict(inputs.preset_values))
+    if verdict.invalid is not None:
+        return _InputCheck(invalid=verdict.invalid, unchecked=verdict.unchecked)
+    tags = evaluate_workspace_tags(inputs.workspace_tags, verdict.values)
+    return _InputCheck(tags.tags, None, tags.unevaluated, verdict.unchecked)
+
+
+def _refuse(invalid: str, missing: int) -> _Work:
+    """Invalid parameters: store validation_failed (as Coder does; the caller emits the
+    SetStatus, first among the actions), create nothing."""
+    reason = f"invalid preset: {invalid}; storing validation_failed, not creating {missing}"
+    return _Work(
+        (),
+        (reason,),
+        0,
+        errors=(InputError(InputErrorKind.INVALID_PARAMETER, invalid),),
+        refused=invalid,
+        invalid=invalid,
+    )
+
+
+def _why_validation_failed(preset: Preset, inputs: BuildInputs | None) -> str | None:
+    """For a preset stored validation_failed: what is wrong with it, as far as prebuildd sees."""
+    if preset.prebuild_status != PrebuildStatus.VALIDATION_FAILED or inputs is None:
+        return None
+    invalid = _check_inputs(inputs).invalid
+    if invalid is not None:
+        return invalid
+    return (
+        "stored by Coder or by an earlier reconcile; prebuildd's checks pass now, but the "
+        "status stays until a new template version is published"
+    )
 
 
 def _create_blocker(preset: Preset, limited: bool) -> str | None:
@@ -336,8 +446,11 @@ def _state(
     work: _Work,
     hold: _Hold | None,
     limited: bool,
+    sizing: Sizing,
+    configured: int,
 ) -> PresetState:
     progress = snapshot.in_progress
+    sized = sizing.suggested is not None
     return PresetState(
         desired=counts.desired,
         running=len(counts.fresh) + len(counts.expired),
@@ -350,6 +463,12 @@ def _state(
         to_create=work.to_create,
         backoff_until=hold.until if hold else None,
         hard_limited=limited,
+        validation_failed=work.invalid is not None
+        or snapshot.preset.prebuild_status == PrebuildStatus.VALIDATION_FAILED,
+        creates_refused=work.refused
+        or _why_validation_failed(snapshot.preset, snapshot.inputs),
+        suggested=sizing.suggested,
+        configured=configured if sized else None,
     )
 
 

@@ -8,8 +8,17 @@ byte it reads or writes goes through `store`. What it owns is the transaction sh
   Templates held by another replica are skipped; the holder receives the same notifications
   and runs its own follow-up, and we retry shortly as a safety net. Every read that decides a
   create runs *after* the lock is held, so two replicas can never both fill one deficit;
-* each preset's actions run in a savepoint: a failing preset is rolled back, logged and
-  counted, and never stops the others;
+* with `--max-pending-prebuild-jobs`, the advisory locks of the organizations' provisioner
+  tag sets the plans create for are taken next, all at once and in ascending order, before
+  any preset's actions (prebuildd.throttle; sql/functions/throttle.sql): the pending jobs
+  counted under them stay true until the commit;
+* each action runs in a savepoint of its own: a failing action is rolled back, logged and
+  counted, and stops neither the preset's other actions nor other presets. Only one failure
+  condemns a preset (stores `validation_failed`): a create the create function refuses as
+  invalid input, with its dedicated SQLSTATE (`store.is_invalid_preset`). Everything else --
+  a unique violation because someone queued a build on the same prebuild meanwhile, a lock
+  or statement timeout, a deadlock -- says nothing about the preset's input: it is retried by
+  the next reconcile of the template (its next event, timer or the periodic sweep);
 * provisioner wake-ups are `pg_notify` calls inside that transaction, delivered at commit, so
   a crash mid-cycle leaves neither half-written prebuilds nor phantom postings;
 * time is the database's: the snapshot's pipeline reads `now()`, the plans are made at it and
@@ -37,11 +46,12 @@ import psycopg
 from opentelemetry import trace
 from psycopg import AsyncConnection
 
-from prebuildd import store
+from prebuildd import store, throttle
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
+from prebuildd.demand import HistoryCache
 from prebuildd.gc_pause import deferred_collection
-from prebuildd.model import ActionKind, Plan, PlanConfig
+from prebuildd.model import Action, ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
 from prebuildd.trigger import Trigger
 
@@ -93,6 +103,9 @@ class Outcome:
     # `next_attention` (database time) into queue delays. None when nothing was read.
     now: datetime | None = None
     clock: DatabaseClock | None = None
+    # Templates of other presets that the cap on pending prebuild jobs dealt creates to
+    # (prebuildd.throttle): their turn came, wake them.
+    wake: tuple[UUID, ...] = ()
     duration: float = 0.0
     lag: float | None = None
 
@@ -125,6 +138,8 @@ class Reconciler:
         self._dry_run = dry_run
         # The latest reading of the database's clock (the lag of reconciles that read none).
         self._db_clock: DatabaseClock | None = None
+        # Demand histories of templates with autoscale policies, read once per hour.
+        self._histories = HistoryCache()
 
     async def reconcile(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
@@ -159,7 +174,9 @@ class Reconciler:
         """A dry run: every template read and planned, no lock taken, nothing written."""
         wanted = tuple(dict.fromkeys(template_ids))
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, wanted, config=self._config, read_only=True)
+            snapshot = await store.read_snapshot(
+                conn, wanted, config=self._config, read_only=True, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.locked = wanted
         if snapshot.locks is not None:
@@ -167,6 +184,8 @@ class Reconciler:
             outcome.reconciling = tuple(t for t in wanted if t in busy)
             outcome.coder_reconciling = snapshot.locks.coder_reconciling
         self._plan(snapshot, outcome, every_preset=True)
+        if self._config.max_pending_prebuild_jobs > 0:
+            await self._share_room(conn, wanted, outcome, snapshot.now, lock=False)
 
     async def _locked_cycle(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
@@ -179,16 +198,26 @@ class Reconciler:
         if not locked:
             return
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, locked, config=self._config)
+            snapshot = await store.read_snapshot(
+                conn, locked, config=self._config, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         # Presets of retired versions with nothing left to clean up are most of a big fleet
         # and can produce no action: skip them (dry runs, whose plans are the product, don't).
         self._plan(snapshot, outcome, every_preset=False)
         if snapshot.paused:
             return
+        verdict = None
+        if self._config.max_pending_prebuild_jobs > 0:
+            verdict = await self._share_room(conn, locked, outcome, snapshot.now, lock=True)
         for plan in outcome.plans:
             if plan.actions:
                 await self._execute_plan(conn, plan, snapshot.now, outcome)
+        if verdict is not None:
+            if verdict.changed:
+                with _tracer.start_as_current_span("prebuildd.throttle_record"):
+                    await store.record_throttle_waits(conn, locked, verdict.waits)
+            outcome.wake = verdict.wake
 
     def _plan(self, snapshot: store.Snapshot, outcome: Outcome, *, every_preset: bool) -> None:
         """Plan the snapshot's presets at the database's now (pure: plan.plan_preset)."""
@@ -204,37 +233,78 @@ class Reconciler:
             ]
         _collect_next_attention(outcome)
 
+    async def _share_room(
+        self,
+        conn: AsyncConnection[object],
+        templates: Sequence[UUID],
+        outcome: Outcome,
+        now: datetime,
+        *,
+        lock: bool,
+    ) -> throttle.Verdict:
+        """Cut the plans' creates to the room under the cap on pending prebuild jobs.
+
+        With `lock`, the tag sets' advisory locks are taken here, before any preset's actions,
+        in one ascending order (sql/functions/throttle.sql), and held to the commit; a dry run
+        reads the same lines without them.
+        """
+        creates = [
+            throttle.create_key(a)
+            for plan in outcome.plans
+            for a in plan.actions
+            if isinstance(a, Create)
+        ]
+        with _tracer.start_as_current_span("prebuildd.throttle") as span:
+            lines = await store.read_throttle_lines(conn, creates, templates, take_locks=lock)
+            cap = self._config.max_pending_prebuild_jobs
+            verdict = throttle.share(outcome.plans, lines, templates, cap, now)
+            span.set_attribute("prebuildd.tag_sets", len(lines.pending))
+            span.set_attribute("prebuildd.creates_held", sum(w.held for w in verdict.waits))
+        outcome.plans = list(verdict.plans)
+        # The cut plans' wake-ups replace the planner's (a held create's per-cycle "now").
+        outcome.next_attention.clear()
+        _collect_next_attention(outcome)
+        return verdict
+
     async def _execute_plan(
         self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome
     ) -> None:
+        for action in plan.actions:
+            await self._execute_action(conn, plan, action, now, outcome)
+
+    async def _execute_action(
+        self,
+        conn: AsyncConnection[object],
+        plan: Plan,
+        action: Action,
+        now: datetime,
+        outcome: Outcome,
+    ) -> None:
+        preset_id = str(plan.preset.id)
         try:
-            async with conn.transaction():  # a savepoint: this preset only
-                for action in plan.actions:
-                    with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
-                        span.set_attribute("prebuildd.preset_id", str(plan.preset.id))
-                        result = await store.execute(
-                            conn, plan, action, now=now, notifications=self._notifications
-                        )
-                        _annotate_result(span, result)
-                    outcome.results.append(result)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            # The database rejected what we asked it to write for this preset: invalid input
-            # (Coder's `validation_failed`). Record it so we stop retrying a doomed create.
-            outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            if any(a.kind is ActionKind.CREATE for a in plan.actions):
-                await _mark_validation_failed(conn, plan)
-            log.error(
-                "preset rejected as invalid input",
-                extra={"preset_id": str(plan.preset.id), "error": _one_line(exc)},
-            )
-        except psycopg.errors.QueryCanceled as exc:
-            outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            log.error("preset actions timed out", extra={"preset_id": str(plan.preset.id)})
-        except psycopg.OperationalError:
-            raise  # the connection is gone: nothing else in this cycle can succeed
+            async with conn.transaction():  # a savepoint: this action only
+                with _tracer.start_as_current_span(f"prebuildd.action.{action.kind}") as span:
+                    span.set_attribute("prebuildd.preset_id", preset_id)
+                    result = await store.execute(
+                        conn, plan, action, now=now, notifications=self._notifications
+                    )
+                    _annotate_result(span, result)
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the connection is gone: nothing else in this cycle can succeed
             outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            log.exception("preset actions failed", extra={"preset_id": str(plan.preset.id)})
+            extra = {"preset_id": preset_id, "action": str(action.kind), "error": _one_line(exc)}
+            if action.kind is ActionKind.CREATE and store.is_invalid_preset(exc):
+                # Refused before anything was written, for a reason only a new template
+                # version cures (Coder's `validation_failed`): stop retrying it.
+                log.error("preset rejected as invalid input", extra=extra)
+                await _mark_validation_failed(conn, plan)
+            elif isinstance(exc, psycopg.errors.QueryCanceled):
+                log.error("preset action timed out; retried next reconcile", extra=extra)
+            else:
+                log.error("preset action failed; retried next reconcile", extra=extra)
+            return
+        outcome.results.append(result)
 
 
 async def _mark_validation_failed(conn: AsyncConnection[object], plan: Plan) -> None:

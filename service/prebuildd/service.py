@@ -22,7 +22,7 @@ import psycopg
 from anyio.abc import TaskStatus
 from psycopg_pool import AsyncConnectionPool
 
-from prebuildd.collector import MetricsCollector
+from prebuildd.collector import MetricsCollector, describe_error
 from prebuildd.config import Settings
 from prebuildd.dispatcher import Dispatcher
 from prebuildd.events import Event
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 # On SIGTERM, how long reconciles in flight may run to their commit before being rolled back.
 SHUTDOWN_GRACE_SECONDS = 3.0
+# The pool's health probe (the `database` check of /readyz): how often, and how long it may
+# take. Apart from the listener's liveness probe, which must be quick to notice a frozen
+# LISTEN connection; this one only reports.
+HEALTH_PROBE_SECONDS = 5.0
+HEALTH_PROBE_TIMEOUT_SECONDS = 3.0
 
 
 class Service:
@@ -67,9 +72,14 @@ class Service:
         self.queue = queue
         self.metrics.queue_depth.set_function(self.queue.depth)
         self.collector = MetricsCollector(self.metrics)
-        self.sweeper = Sweeper(self.queue)
-        # A sweep lists every template that has prebuilds: the plans of others are stale.
-        self.sweeper.on_sweep.append(lambda swept: self.collector.keep_only(swept.templates))
+        # Every sweep checks the event triggers first (prebuildd.event_source).
+        self.sweeper = Sweeper(self.queue, check_triggers=True)
+        # A sweep lists every template that has prebuilds: the plans of others are stale, and
+        # the periodic sweep's templates are audited for work no event announced.
+        self.sweeper.on_sweep.append(
+            lambda swept: self.collector.swept(swept.templates, periodic=swept.periodic)
+        )
+        self.sweeper.on_check.append(self.collector.event_triggers)
         self.dispatcher = Dispatcher(
             self.queue,
             Reconciler(settings.plan, clock=clock, notifications=settings.notifications),
@@ -186,14 +196,16 @@ class Service:
     # ---- health --------------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
-        interval = self.settings.liveness_interval.total_seconds()
         while True:
             try:
-                with anyio.fail_after(self.settings.liveness_timeout.total_seconds() + 1):
+                with anyio.fail_after(HEALTH_PROBE_TIMEOUT_SECONDS):
                     async with self.pool.connection() as conn:
                         await conn.execute(query("ping"))
                         set_db_namespace(conn.info.dbname)
                 self.collector.database_reachable(True)
-            except (psycopg.Error, TimeoutError):
-                self.collector.database_reachable(False)
-            await anyio.sleep(interval)
+            except psycopg.Error as exc:
+                self.collector.database_reachable(False, describe_error(exc))
+            except TimeoutError:
+                why = f"no answer to the health probe within {HEALTH_PROBE_TIMEOUT_SECONDS:g}s"
+                self.collector.database_reachable(False, why)
+            await anyio.sleep(HEALTH_PROBE_SECONDS)

@@ -2,14 +2,14 @@
 
 Reads (`snapshot.sql`) are set-based and narrowed: each takes the ids of the templates being
 reconciled and is served by indexes that start from those ids, so reading one template costs
-the same whatever the size of the fleet, and reading a batch of 200 is still four reads.
+the same whatever the size of the fleet, and reading a batch of 200 is still five reads.
 `read_snapshot` sends them in one pipeline (one network round trip) and asks PostgreSQL to
 reuse their generic plans, because planning the prebuild read costs more than running it.
 
 Writes (`actions.sql`) are one call per action of a SECURITY DEFINER function of schema
 `prebuildd` (sql/functions/prebuild_writes.sql: the service role itself may write nothing and
 the functions touch only prebuilds' rows), run inside the caller's transaction (the reconciler
-wraps each preset in a savepoint). They write exactly the rows Coder's workspace builder
+wraps each action in a savepoint). They write exactly the rows Coder's workspace builder
 writes and queue Coder's provisioner wake-up (`provisioner_job_posted`), which PostgreSQL
 delivers at commit and drops on rollback.
 
@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -46,10 +46,23 @@ from psycopg.types.json import Jsonb
 
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
+from prebuildd.demand import (
+    DemandTotals,
+    HistoryCache,
+    HistoryKey,
+    PresetDemand,
+    assemble_histories,
+    policies_from_rows,
+    recent_from_rows,
+    totals_from_rows,
+)
+from prebuildd.forecast import history_window
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import (
     Action,
     ActionKind,
+    AutoscalePolicy,
+    BuildInputs,
     BuildRecord,
     CancelPending,
     Create,
@@ -64,10 +77,12 @@ from prebuildd.model import (
     RunningPrebuild,
     Schedule,
     SetStatus,
+    TemplateParameter,
     Transition,
 )
 from prebuildd.queries import operation, query
 from prebuildd.telemetry import db_span
+from prebuildd.throttle import CreateKey, Lines, TagSet, Wait
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +93,11 @@ Connect = Callable[[], AbstractAsyncContextManager[Conn]]
 
 # key1 of every advisory lock prebuildd takes per template: the ASCII bytes of "PBLD".
 LOCK_KEY_SPACE = 0x50424C44
+
+# SQLSTATE of the one error that condemns a preset: the create function raises it, before
+# writing anything, for a version no build can be made from (sql/functions/prebuild_writes.sql;
+# class 23, so psycopg raises an IntegrityError subclass, but only this exact code counts).
+INVALID_PRESET = "23V01"
 
 # Enum labels -> members by dict lookup: calling the Enum class costs microseconds per value,
 # which adds up over the tens of thousands of rows of a batched sweep.
@@ -198,13 +218,22 @@ def parse_paused(value: str | None) -> bool:
 
 
 async def read_snapshot(
-    conn: Conn, template_ids: Sequence[UUID], *, config: PlanConfig, read_only: bool = False
+    conn: Conn,
+    template_ids: Sequence[UUID],
+    *,
+    config: PlanConfig,
+    read_only: bool = False,
+    histories: HistoryCache | None = None,
 ) -> Snapshot:
     """Presets, schedules, prebuild facts, the pause flag and the database's clock, set-based.
 
     `read_only` (the CLI's `status` and dry runs): the transaction is switched to READ ONLY
     first, and the snapshot says who holds which locks (`Snapshot.locks`, from pg_locks): the
     caller takes none.
+
+    Presets whose (template, name) has an autoscale policy in force also get the policy and
+    the demand history it is sized from: read once per template and hour, kept in
+    `histories` (a fresh cache when None, as for a one-off CLI sweep).
     """
     ids = _unique(template_ids)
     params = {
@@ -224,7 +253,9 @@ async def read_snapshot(
         presets = await _start(conn, "snapshot_presets", params)
         schedules = await _start(conn, "snapshot_schedules", params)
         prebuilds = await _start(conn, "snapshot_prebuilds", params)
+        inputs = await _start(conn, "snapshot_build_inputs", params)
         settings = await _start(conn, "prebuilds_settings", params)
+        policies = await _start(conn, "snapshot_policies", params)
         if read_only:
             locks = await _start(conn, "lock_status", params)
         # Last, so that its clock_timestamp() is as close as can be to the moment below.
@@ -238,21 +269,89 @@ async def read_snapshot(
         preset_rows = await presets.fetchall()
         schedule_rows = await schedules.fetchall()
         prebuild_rows = await prebuilds.fetchall()
+        input_rows = await inputs.fetchall()
         settings_rows = await settings.fetchall()
+        policy_rows = await policies.fetchall()
         paused = parse_paused(settings_rows[0][0] if settings_rows else None)
         (now, server_clock), *_ = await clock.fetchall()
-        return Snapshot(
-            assemble(preset_rows, schedule_rows, prebuild_rows),
-            paused,
-            now=now,
-            clock=DatabaseClock(server_clock, arrived),
-            locks=None if locks is None else _lock_status(await locks.fetchall()),
-        )
+        snapshots = assemble(preset_rows, schedule_rows, prebuild_rows, input_rows)
+        lock_status = None if locks is None else _lock_status(await locks.fetchall())
+    if policy_rows:
+        in_force = policies_from_rows(policy_rows)
+        snapshots = await _with_demand(conn, snapshots, in_force, now, histories)
+    return Snapshot(
+        snapshots,
+        paused,
+        now=now,
+        clock=DatabaseClock(server_clock, arrived),
+        locks=lock_status,
+    )
 
 
 def _lock_status(rows: Sequence[Row]) -> LockStatus:
     (reconciling, coder), *_ = rows
     return LockStatus(frozenset(reconciling), bool(coder))
+
+
+async def _with_demand(
+    conn: Conn,
+    snapshots: tuple[PresetSnapshot, ...],
+    policies: Mapping[HistoryKey, AutoscalePolicy],
+    now: datetime,
+    histories: HistoryCache | None,
+) -> tuple[PresetSnapshot, ...]:
+    """Attach policies and demand histories; read the histories the cache lacks (one round
+    trip, at most once per template and hour)."""
+    cache = histories if histories is not None else HistoryCache()
+    since, until = history_window(now)
+    wanted: dict[UUID, set[str]] = defaultdict(set)
+    for template_id, name in policies:
+        wanted[template_id].add(name)
+    names = {template_id: frozenset(found) for template_id, found in wanted.items()}
+    stale = cache.stale(names, until)
+    if stale:
+        params = {
+            "template_ids": stale,
+            "window_since": since,
+            "window_end_at": until,
+            "policies_only": True,
+        }
+        async with conn.pipeline():
+            events = await _start(conn, "demand_events", params)
+            refill = await _start(conn, "demand_refill", params)
+        read = assemble_histories(
+            await events.fetchall(), await refill.fetchall(), since=since, until=until
+        )
+        cache.put(until, {t: names[t] for t in stale}, read)
+    attached = []
+    for snapshot in snapshots:
+        key = (snapshot.preset.template_id, snapshot.preset.name)
+        policy = policies.get(key)
+        if policy is not None:
+            snapshot = replace(snapshot, policy=policy, demand=cache.get(key, until))
+        attached.append(snapshot)
+    return tuple(attached)
+
+
+async def read_recent_demand(
+    conn: Conn, template_ids: Sequence[UUID], *, since: datetime, until: datetime
+) -> dict[UUID, PresetDemand]:
+    """Hits and misses per preset (every preset of the templates) in [since, until)."""
+    ids = _unique(template_ids)
+    if not ids:
+        return {}
+    params = {
+        "template_ids": ids,
+        "window_since": since,
+        "window_end_at": until,
+        "policies_only": False,
+    }
+    return recent_from_rows(await _fetch(conn, "demand_events", params))
+
+
+async def read_demand_totals(conn: Conn) -> dict[UUID, DemandTotals]:
+    """Lifetime misses and time saved by claims, per preset of an active version."""
+    return totals_from_rows(await _fetch(conn, "demand_totals", {}))
 
 
 async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
@@ -269,6 +368,72 @@ async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
         )
         for r in rows
     ]
+
+
+async def read_throttle_lines(
+    conn: Conn,
+    creates: Iterable[CreateKey],
+    template_ids: Sequence[UUID],
+    *,
+    take_locks: bool,
+) -> Lines:
+    """The cap's inputs for one reconcile (sql/queries/throttle.sql), one round trip.
+
+    The tag sets of the planned `creates` (`throttle.create_key`: a version and the workspace
+    tags evaluated for the preset) and those `template_ids`' presets wait on: their pending
+    prebuild create jobs and their lines. With `take_locks`, their advisory locks are taken
+    first and held until the caller's transaction ends: nobody else creates for those tag
+    sets, or changes their lines, until then.
+    """
+    keys = list(dict.fromkeys(creates))
+    params = {
+        "version_ids": [version for version, _ in keys],
+        "create_tags": Jsonb([dict(tags) for _, tags in keys]),
+        "template_ids": _unique(template_ids),
+        "take_locks": take_locks,
+    }
+    rows = await _fetch(conn, "throttle_lines", params)
+    return lines_from_rows(rows)
+
+
+def lines_from_rows(rows: Iterable[Row]) -> Lines:
+    of_create: dict[CreateKey, TagSet] = {}
+    pending: dict[TagSet, int] = {}
+    waiting: list[Wait] = []
+    for row in rows:
+        kind, version_id, workspace_tags, org_id, tags, count, preset_id, template_id = row[:8]
+        held, since = row[8:]
+        tag_set = TagSet(org_id, tags)
+        if kind == "version":
+            of_create[(version_id, tuple(sorted(workspace_tags.items())))] = tag_set
+        elif kind == "key":
+            pending[tag_set] = count
+        elif kind == "waiter":
+            waiting.append(Wait(preset_id, template_id, tag_set, held, since))
+        else:
+            raise ValueError(f"throttle_lines returned an unknown kind {kind!r}")
+    return Lines(of_create, pending, tuple(waiting))
+
+
+async def record_throttle_waits(
+    conn: Conn, template_ids: Sequence[UUID], waits: Sequence[Wait]
+) -> int:
+    """Replace the line entries of `template_ids` by `waits`; returns how many they have now.
+
+    Call it in the transaction whose `read_throttle_lines(take_locks=True)` locked their tag
+    sets: the lines are only ever written under those locks.
+    """
+    params = {
+        "template_ids": _unique(template_ids),
+        "preset_ids": [w.preset_id for w in waits],
+        "preset_templates": [w.template_id for w in waits],
+        "organization_ids": [w.tag_set.organization_id for w in waits],
+        "tag_sets": [w.tag_set.tags for w in waits],
+        "held": [w.held for w in waits],
+        "waiting_since": [w.since for w in waits],
+    }
+    rows = await _fetch(conn, "record_throttle_waits", params)
+    return int(rows[0][0]) if rows else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,9 +456,12 @@ class _Facts:
 
 
 def assemble(
-    preset_rows: Iterable[Row], schedule_rows: Iterable[Row], prebuild_rows: Iterable[Row]
+    preset_rows: Iterable[Row],
+    schedule_rows: Iterable[Row],
+    prebuild_rows: Iterable[Row],
+    input_rows: Iterable[Row] = (),
 ) -> tuple[PresetSnapshot, ...]:
-    """Build one PresetSnapshot per preset row from the three result sets."""
+    """Build one PresetSnapshot per preset row from the result sets."""
     # Keyed by the ids' 128-bit integers: UUID's __hash__ and __eq__ are Python code, and a
     # batched sweep looks ids up some 60,000 times.
     schedules: dict[int, list[Schedule]] = defaultdict(list)
@@ -302,11 +470,61 @@ def assemble(
     facts: dict[int, _Facts] = defaultdict(_Facts)
     for row in prebuild_rows:
         _add_fact(facts[row[1].int], row)
+    inputs = _build_inputs(input_rows)
     snapshots = []
     for row in preset_rows:
         key = row[0].int
-        snapshots.append(_preset_snapshot(_preset(row), schedules.get(key, ()), facts.get(key)))
+        preset = _preset(row)
+        # Only presets that can be created for are checked (the read covers only those).
+        checked = inputs.get(key) if preset.is_active else None
+        snapshots.append(
+            _preset_snapshot(preset, schedules.get(key, ()), facts.get(key), checked)
+        )
     return tuple(snapshots)
+
+
+def _build_inputs(rows: Iterable[Row]) -> dict[int, BuildInputs]:
+    """`snapshot_build_inputs` rows -> BuildInputs per preset (by the id's integer)."""
+    found: dict[int, BuildInputs] = {}
+    for _version_id, parameters, workspace_tags, preset_values in rows:
+        # Shared by the version's presets.
+        version_parameters = tuple(_parameter(p) for p in parameters)
+        version_tags = tuple(sorted(workspace_tags.items()))
+        for preset_id, values in preset_values.items():
+            if not (version_parameters or values or version_tags):
+                continue  # nothing to check: the snapshot keeps inputs=None
+            found[UUID(preset_id).int] = BuildInputs(
+                version_parameters, tuple(sorted(values.items())), version_tags
+            )
+    return found
+
+
+def _parameter(row: list[Any]) -> TemplateParameter:
+    (name, display_name, type_, form_type, required, default, options, regex, minimum, maximum,
+     error, monotonic) = row
+    return TemplateParameter(
+        name=name,
+        type=type_,
+        display_name=display_name,
+        form_type=form_type,
+        required=required,
+        default_value=default,
+        options=_option_values(options),
+        validation_regex=regex,
+        validation_min=minimum,
+        validation_max=maximum,
+        validation_error=error,
+        validation_monotonic=monotonic,
+    )
+
+
+def _option_values(options: object) -> tuple[str, ...]:
+    """Coder stores options as a JSON list of objects; a value left out is the empty string."""
+    if not isinstance(options, list):
+        return ()
+    return tuple(
+        str(option.get("value", "")) for option in options if isinstance(option, dict)
+    )
 
 
 def _preset(row: Row) -> Preset:
@@ -357,10 +575,13 @@ def _count_in_progress(f: _Facts, transition: Transition, n: int) -> None:
 
 
 def _preset_snapshot(
-    preset: Preset, schedules: Sequence[Schedule], facts: _Facts | None
+    preset: Preset,
+    schedules: Sequence[Schedule],
+    facts: _Facts | None,
+    inputs: BuildInputs | None = None,
 ) -> PresetSnapshot:
     if facts is None:
-        return PresetSnapshot(preset=preset, schedules=tuple(schedules))
+        return PresetSnapshot(preset=preset, schedules=tuple(schedules), inputs=inputs)
     facts.recent.sort(key=_RANK)
     return PresetSnapshot(
         preset=preset,
@@ -371,6 +592,7 @@ def _preset_snapshot(
         pending_cancelable=facts.cancelable,
         recent_builds=tuple(record for _, record in facts.recent),
         failures_in_lookback=facts.failures,
+        inputs=inputs,
     )
 
 
@@ -395,9 +617,11 @@ async def execute(
     provisioners can continue the trace. `notifications`: how Coder delivers the hard-limit
     notice a SetStatus(hard_limited) queues.
 
-    A create whose rows the database rejects as invalid input (e.g. the version has no import
-    job) raises psycopg's DataError/IntegrityError: the caller rolls back its savepoint and
-    stores `validation_failed` with `mark_validation_failed`.
+    A create the create function refuses as invalid input -- the version has no usable import
+    job (missing, failed or canceled) -- raises an error whose SQLSTATE is INVALID_PRESET
+    (`is_invalid_preset`): the caller rolls back its savepoint and stores `validation_failed`
+    with `mark_validation_failed`. Any other error (a unique violation from a racing build,
+    a lock timeout, ...) says nothing about the preset and must be retried instead.
     """
     if action.preset_id != plan.preset.id:
         raise ValueError(f"action for preset {action.preset_id} in the plan of {plan.preset.id}")
@@ -409,6 +633,11 @@ async def execute(
     if isinstance(action, CancelPending):
         return await _cancel_pending(conn, action, now)
     return await _set_status(conn, action, notifications)
+
+
+def is_invalid_preset(exc: BaseException) -> bool:
+    """The database refused a create as invalid input (INVALID_PRESET), nothing else."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == INVALID_PRESET
 
 
 async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
@@ -423,22 +652,40 @@ async def mark_validation_failed(conn: Conn, preset_id: UUID) -> None:
 async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> ActionResult:
     if action.count <= 0:
         return ActionResult(ActionKind.CREATE, action.preset_id)
-    params = {
+    params: dict[str, object] = {
         "preset_id": action.preset_id,
         "template_version_id": action.template_version_id,
         "count": action.count,
         "now": now,
         "trace_metadata": traced,
+        "workspace_tags": Jsonb(dict(action.workspace_tags)),
     }
+    name = "create_prebuilds"
+    if action.max_pending > 0:
+        name = "create_prebuilds_capped"
+        params["max_pending"] = action.max_pending
     try:
-        rows = await _fetch(conn, "create_prebuilds", params)
+        rows = await _fetch(conn, name, params)
     except Exception as exc:
         exc.add_note(
             f"creating {action.count} prebuild(s) of preset {action.preset_id} "
             f"(version {action.template_version_id}) was rejected by the database"
         )
         raise
-    if not rows:
+    if len(rows) < action.count and action.max_pending > 0:
+        # The reconciler dealt this create under the same lock, so the database's own count
+        # cutting it means something else creates prebuilds for that tag set (Coder's loop,
+        # a replica with another cap) or the version was retired meanwhile.
+        log.warning(
+            "create cut short by the database",
+            extra={
+                "preset_id": str(action.preset_id),
+                "asked": action.count,
+                "created": len(rows),
+                "max_pending": action.max_pending,
+            },
+        )
+    elif not rows:
         log.warning(
             "create skipped: the version is no longer the active one of a live template",
             extra={"preset_id": str(action.preset_id)},

@@ -18,8 +18,14 @@ and it coalesces with what is already queued instead of doing it twice.
 
 Requests that come from synchronous callbacks (the listener's) go through the queue's sweep
 marker (`Sweeper.request`); a worker that receives the marker runs `Sweeper.sweep`. The
-periodic sweep calls `Sweeper.sweep` directly (prebuildd.dispatcher), so it never stalls
-event work while in-flight reconciles finish, as the exclusive marker would.
+periodic sweep, and the retries of a sweep whose listing failed, call `Sweeper.sweep` directly
+(prebuildd.dispatcher), so they never stall event work while in-flight reconciles finish, as
+the exclusive marker would.
+
+The service's sweeper also checks the event source first (`check_triggers`): are the triggers
+of sql/triggers/ all there and enabled (prebuildd.event_source)? One catalog read in a
+transaction of its own, reported to `on_check`; a check that fails is reported too and never
+fails the sweep.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from uuid import UUID
 import anyio
 import psycopg
 
-from prebuildd import store
+from prebuildd import event_source, store
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery, Settings
 from prebuildd.dispatcher import Dispatcher
+from prebuildd.event_source import TriggerCheck
 from prebuildd.model import PlanConfig
 from prebuildd.queue import WorkQueue
 from prebuildd.reconciler import Outcome, Reconciler
@@ -60,29 +67,52 @@ class Swept:
     # time.monotonic() when the listing started and when it came back.
     started: float
     listed: float
+    # The periodic safety net (or a retry of it); not a startup, reconnect, global-event,
+    # overflow or CLI sweep.
+    periodic: bool = False
 
 
 class Sweeper:
-    def __init__(self, queue: WorkQueue[UUID]) -> None:
+    def __init__(self, queue: WorkQueue[UUID], *, check_triggers: bool = False) -> None:
         self._queue = queue
+        self._check_triggers = check_triggers
         # Called after every sweep's listing, once its templates are queued.
         self.on_sweep: list[Callable[[Swept], None]] = []
+        # Called before every sweep's listing with the event triggers' check, or the database
+        # error that kept it from being made (only with `check_triggers`).
+        self.on_check: list[Callable[[TriggerCheck | psycopg.Error], None]] = []
 
     def request(self, trigger: Trigger) -> None:
         """Ask for a sweep from synchronous code: the next free worker runs it (queue G8)."""
         self._queue.request_sweep(trigger=trigger)
 
-    async def sweep(self, conn: store.Conn, trigger: Trigger) -> Swept:
+    async def sweep(self, conn: store.Conn, trigger: Trigger, *, periodic: bool = False) -> Swept:
         """List every template with prebuild presets and queue each one with `trigger`."""
+        if self._check_triggers:
+            await self.check_triggers(conn)
         started = time.monotonic()
         ids = await store.list_prebuild_templates(conn)
-        swept = Swept(trigger, tuple(ids), started, time.monotonic())
+        swept = Swept(trigger, tuple(ids), started, time.monotonic(), periodic)
         for template_id in ids:
             # Not urgent: a template reconciled within the cooldown waits for its end.
             self._queue.add(template_id, trigger=trigger, delay=0.0)
         for hook in self.on_sweep:
             hook(swept)
         return swept
+
+    async def check_triggers(self, conn: store.Conn) -> TriggerCheck | psycopg.Error:
+        """Check the event source on `conn` and report it to `on_check`; never raises a
+        database error (a failed check must not cost the sweep)."""
+        result: TriggerCheck | psycopg.Error
+        try:
+            # A transaction (or savepoint) of its own: a failure leaves `conn` usable.
+            async with conn.transaction():
+                result = await event_source.check(conn)
+        except psycopg.Error as exc:
+            result = exc
+        for hook in self.on_check:
+            hook(result)
+        return result
 
 
 async def sweep_once(

@@ -9,6 +9,7 @@ import enum
 class Trigger(enum.StrEnum):
     EVENT = "event"  # a notification named the template
     TIMER = "timer"  # a plan asked to be looked at again (schedule, TTL, backoff end, cap)
+    THROTTLE = "throttle"  # another reconcile dealt the template creates held by the job cap
     STARTUP = "startup"  # the sweep after the listener first connected
     SWEEP = "sweep"  # the periodic sweep, the sweep after a reconnect or a global event
     OVERFLOW = "overflow"  # the sweep that replaced a full queue's keys

@@ -64,23 +64,53 @@
 -- leave at the first test. Only jobs the prebuilds user initiated (prebuildd's creates and
 -- deletes) count. A build someone else starts on an unclaimed prebuild (an admin, rare) is
 -- left to the sweep. No test of the job type: the lookup finds only builds' jobs.
--- pending -> running is not announced: the planner counts both as in progress, so that step
--- changes no decision (a job that started is merely no longer cancelable, which a cancel
--- re-checks under its lock anyway). Every other transition is: canceling leaves "in
--- progress", the terminal ones settle counts, failures and backoff. It halves the
--- notifications of a build, and NOTIFY is most of what a prebuild's job update costs.
+-- pending -> running is not announced as job_status: the planner counts both as in progress,
+-- so that step changes no decision for the job's own template (a job that started is merely
+-- no longer cancelable, which a cancel re-checks under its lock anyway). Every other
+-- transition is: canceling leaves "in progress", the terminal ones settle counts, failures
+-- and backoff. It halves the notifications of a build, and NOTIFY is most of what a
+-- prebuild's job update costs.
+-- A job leaving the queue (pending -> anything) does make room under the cap on pending
+-- prebuild jobs (--max-pending-prebuild-jobs, sql/functions/throttle.sql): when creates wait
+-- in its organization and tag set's line (prebuildd.throttle_waits), the first template in
+-- line is sent `throttle_turn`. Without the cap the line is empty and that costs one probe of
+-- an empty index, only on a prebuild job's first status change (bench/trigger_overhead.py).
 CREATE OR REPLACE FUNCTION prebuildd.notify_job_status() RETURNS trigger
     LANGUAGE plpgsql
 AS $fn$
 DECLARE
-    tpl     uuid;
-    failure text;
+    tpl          uuid;
+    next_in_line uuid;
+    failure      text;
 BEGIN
     BEGIN
         IF NEW.initiator_id IS DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-           OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status
-           OR (OLD.job_status = 'pending' AND NEW.job_status = 'running') THEN
+           OR NEW.job_status IS NOT DISTINCT FROM OLD.job_status THEN
             RETURN NULL;
+        END IF;
+        IF OLD.job_status = 'pending' THEN
+            SELECT tw.template_id INTO next_in_line
+            FROM prebuildd.throttle_waits tw
+            WHERE tw.organization_id = NEW.organization_id
+              AND tw.tags = NEW.tags
+            ORDER BY tw.waiting_since, tw.preset_id
+            LIMIT 1;
+            IF next_in_line IS NOT NULL THEN
+                IF pg_catalog.pg_notification_queue_usage() >= COALESCE(
+                       NULLIF(pg_catalog.current_setting('prebuildd.max_notify_queue_usage',
+                                                         true), '')::float8,
+                       0.5) THEN
+                    RAISE WARNING
+                        'prebuildd: throttle_turn event not sent: notification queue too full';
+                    RETURN NULL;
+                END IF;
+                PERFORM pg_catalog.pg_notify('prebuildd_events', pg_catalog.format(
+                    '{"v":1,"k":"throttle_turn","t":"%s","at":%s}', next_in_line,
+                    extract(epoch FROM pg_catalog.now())));
+            END IF;
+            IF NEW.job_status = 'running' THEN
+                RETURN NULL;
+            END IF;
         END IF;
         SELECT w.template_id INTO tpl
         FROM workspace_builds b
@@ -240,24 +270,42 @@ END;
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
--- workspace_builds, AFTER INSERT: the prebuilds user started a build
+-- workspace_builds, AFTER INSERT: the prebuilds user started a build, or a person missed a pool
 -- ---------------------------------------------------------------------------------------------
 
--- prebuildd's creates and deletes; Coder's builds of users' workspaces leave at the first test.
+-- prebuildd's creates and deletes (build_inserted); and a *miss* (missed, issue 16): a person's
+-- first build (build 1, `start`) naming a preset that keeps a pool -- someone who wanted a
+-- prebuild and waited for a fresh build instead (sql/queries/demand.sql has the definition).
+-- Most of Coder's builds are people's later builds: they leave at the second test, after
+-- reading two columns of the row. A claim is not a miss: its build is not build 1 (the
+-- workspaces trigger announces it). The preset lookup goes through the preset's version to its
+-- template: two primary-key probes, once per workspace a person creates from a preset.
 CREATE OR REPLACE FUNCTION prebuildd.notify_build_inserted() RETURNS trigger
     LANGUAGE plpgsql
 AS $fn$
 DECLARE
+    -- Only constants here: a DECLARE initialiser runs outside the guarded block below.
+    kind    text := 'build_inserted';
     tpl     uuid;
     failure text;
 BEGIN
     BEGIN
-        IF NEW.initiator_id IS DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
+        IF NEW.initiator_id IS NOT DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
+            SELECT w.template_id INTO tpl
+            FROM workspaces w
+            WHERE w.id = NEW.workspace_id;
+        ELSIF NEW.build_number IS DISTINCT FROM 1
+              OR NEW.template_version_preset_id IS NULL
+              OR NEW.transition IS DISTINCT FROM 'start' THEN
             RETURN NULL;
+        ELSE
+            kind := 'missed';
+            SELECT v.template_id INTO tpl
+            FROM template_version_presets p
+            JOIN template_versions v ON v.id = p.template_version_id
+            WHERE p.id = NEW.template_version_preset_id
+              AND p.desired_instances IS NOT NULL;
         END IF;
-        SELECT w.template_id INTO tpl
-        FROM workspaces w
-        WHERE w.id = NEW.workspace_id;
         IF tpl IS NULL THEN
             RETURN NULL;
         END IF;
@@ -265,11 +313,11 @@ BEGIN
                NULLIF(pg_catalog.current_setting('prebuildd.max_notify_queue_usage', true), '')
                    ::float8,
                0.5) THEN
-            RAISE WARNING 'prebuildd: build_inserted event not sent: notification queue too full';
+            RAISE WARNING 'prebuildd: % event not sent: notification queue too full', kind;
             RETURN NULL;
         END IF;
         PERFORM pg_catalog.pg_notify('prebuildd_events', pg_catalog.format(
-            '{"v":1,"k":"build_inserted","t":"%s","at":%s}', tpl,
+            '{"v":1,"k":"%s","t":"%s","at":%s}', kind, tpl,
             extract(epoch FROM pg_catalog.now())));
     EXCEPTION WHEN OTHERS THEN
         -- Nothing in here may raise: an error escaping this handler would fail Coder's write.
@@ -281,8 +329,8 @@ BEGIN
                 NULL;
             END;
         END IF;
-        RAISE WARNING 'prebuildd: build_inserted event on % not sent (SQLSTATE %)%',
-            TG_TABLE_NAME, failure,
+        RAISE WARNING 'prebuildd: % event on % not sent (SQLSTATE %)%',
+            kind, TG_TABLE_NAME, failure,
             CASE WHEN failure IN ('42703', '42804') THEN ': ' || SQLERRM ELSE '' END
             USING HINT = 'The periodic sweep catches up. After a Coder upgrade, check that '
                          'this prebuildd release supports it and run prebuildd migrate.';
@@ -426,6 +474,7 @@ COMMENT ON FUNCTION prebuildd.notify_agent_ready() IS
 COMMENT ON FUNCTION prebuildd.notify_claimed() IS
     'prebuildd: NOTIFY prebuildd_events when a prebuild is handed to a user';
 COMMENT ON FUNCTION prebuildd.notify_build_inserted() IS
-    'prebuildd: NOTIFY prebuildd_events when the prebuilds user starts a build';
+    'prebuildd: NOTIFY prebuildd_events when the prebuilds user starts a build, or a person '
+    'builds a workspace from scratch although its preset keeps a pool (a miss)';
 COMMENT ON FUNCTION prebuildd.notify_event() IS
     'prebuildd: NOTIFY prebuildd_events with {"v":1,"k":kind,"t":template,"at":epoch}';

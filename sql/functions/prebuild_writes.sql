@@ -40,9 +40,20 @@
 --     custom plan would pick (tests/integration/test_actions.py checks the rows written,
 --     bench/privilege.py the cost against the statements these functions replaced).
 --
+-- Errors the entry points raise on purpose, before writing anything:
+--   * SQLSTATE 23V01 (prebuildd's own code; class 23, integrity): the preset can never be
+--     built from this version -- create_prebuilds found no usable import job (missing,
+--     failed or canceled). The ONLY error on which the service stores `validation_failed`
+--     (store.INVALID_PRESET); every other error of a write is retried by the next reconcile.
+--   * 22023 invalid_parameter_value: the caller's arguments break a rule (workspace tags not
+--     an object of strings, or not exactly the version's declared tag keys): a caller bug,
+--     not a property of the preset.
+--   * 55000 object_not_in_prerequisite_state: the version's import has not finished yet.
+--
 -- Repeatable file: `prebuildd migrate` applies it in one transaction whenever its checksum
 -- changes (CREATE OR REPLACE keeps the role's grants). Changing a function's arguments needs
--- a DROP FUNCTION of the old signature here, or the old one stays callable.
+-- a DROP FUNCTION of the old signature here, or the old one stays callable; the role script
+-- must then be re-applied to grant the new one.
 
 CREATE SCHEMA IF NOT EXISTS prebuildd;
 
@@ -76,6 +87,45 @@ AS $fn$
     SELECT 'c42fdf75-3097-471c-8c33-fb52454d81c0'::pg_catalog.uuid
 $fn$;
 
+-- The tags of a build job, as Coder's builder computes them: the import job's tags with empty
+-- values dropped, then the version's workspace tags as evaluated for the build (these win,
+-- empty values included), then the `scope` / `owner` rule of Coder's provisionersdk.MutateTags:
+-- `scope` kept when it is "user" or "organization", else "organization"; `owner` the build's
+-- owner for user-scoped jobs, "" otherwise. Unlike Coder, `owner` is always derived here, even
+-- when a workspace tag names it: nobody can route a job to someone's user-scoped
+-- provisioner by naming its owner. Used by queue_builds (owner: the prebuilds user) and by
+-- the claim (sql/queries/claim.sql, owner: the claiming user), so that the two agree.
+CREATE OR REPLACE FUNCTION prebuildd.job_tags(
+    import_tags jsonb,
+    workspace_tags jsonb,
+    owner_id uuid
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    merged jsonb;
+    scope text;
+BEGIN
+    SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{}'::jsonb)
+    INTO merged
+    FROM jsonb_each_text(COALESCE(job_tags.import_tags, '{}'::jsonb)) AS e
+    WHERE e.value <> '';
+    merged := merged || COALESCE(job_tags.workspace_tags, '{}'::jsonb);
+    scope := merged ->> 'scope';
+    IF scope IS NULL OR scope NOT IN ('user', 'organization') THEN
+        scope := 'organization';
+    END IF;
+    RETURN merged || jsonb_build_object(
+        'scope', scope,
+        'owner', CASE scope WHEN 'user' THEN job_tags.owner_id::text ELSE '' END
+    );
+END
+$fn$;
+
 -- The rows Coder's workspace builder writes for a build, shared by create, delete and the
 -- cancel's orphan delete: for each given workspace a provisioner job and a build, the build's
 -- parameters, and one provisioner wake-up per distinct (organization, provisioner, tags).
@@ -83,19 +133,28 @@ $fn$;
 --   workspace_ids, version_ids, preset_ids, build_numbers as the build gets them;
 --   previous_build_ids: the build whose provisioner_state and parameters the new one repeats
 --     (deletes); NULL: no state, the preset's parameters (creates).
+-- workspace_tags: the version's workspace tags evaluated for the builds without a previous
+-- build (creates; validated by create_prebuilds). A build with a previous build repeats the
+-- workspace tags of that build's job (the keys the version declares), as Coder evaluates the
+-- same expressions with the same parameters again: a delete goes to the provisioners that
+-- built the prebuild.
 -- Conventions that match Coder's builder:
 --   * the job belongs to the template's organization and provisioner; storage method, file
---     and tags come from the version's import job (template_versions.job_id), the tags as
---     Coder's provisionersdk.MutateTags leaves them: empty values dropped, `scope` defaulted
---     to "organization", `owner` = the prebuilds user for user-scoped tags, "" otherwise;
+--     and tags come from the version's import job (template_versions.job_id), the tags merged
+--     with the workspace tags by job_tags (owner: the prebuilds user);
 --   * input {"workspace_build_id": <build>, "dry_run": false, "prebuilt_workspace_stage": 1}:
 --     stage 1 marks every build the prebuilds user starts, deletes included, as Coder does;
 --   * deadline and max_deadline keep the zero instant (the provisioner sets them on success).
 -- `completed`: the job is done at once (started = completed = now: the cancel's orphan
--- delete, which no provisioner has to run); nothing is posted for it.
+-- delete, which no provisioner has to run). Wake-ups are posted for those too, as Coder posts
+-- one for a batch of canceled prebuilds: the provisioners look for work again.
 -- A version without an import job leaves the job's NOT NULL columns empty: the insert fails
--- with a not-null violation, which the reconciler stores as `validation_failed`. Joins are
--- LEFT joins on purpose: a missing row fails loudly instead of dropping a build silently.
+-- with a not-null violation (create_prebuilds refuses such a version before, with 23V01).
+-- Joins are LEFT joins on purpose: a missing row fails loudly instead of dropping a build
+-- silently.
+DROP FUNCTION IF EXISTS prebuildd.queue_builds(
+    text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[]
+);
 CREATE OR REPLACE FUNCTION prebuildd.queue_builds(
     transition text,
     completed boolean,
@@ -105,7 +164,8 @@ CREATE OR REPLACE FUNCTION prebuildd.queue_builds(
     version_ids uuid[],
     preset_ids uuid[],
     build_numbers integer[],
-    previous_build_ids uuid[]
+    previous_build_ids uuid[],
+    workspace_tags jsonb
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -137,15 +197,19 @@ BEGIN
             src.provisioner,
             src.storage_method,
             src.file_id,
+            src.tags AS import_tags,
+            src.import_job_id,
+            -- The tags of the builds without a previous build, computed once.
             CASE WHEN src.import_job_id IS NOT NULL THEN
-                kept.tags || jsonb_build_object(
-                    'scope', scope.value,
-                    'owner', CASE scope.value
-                                 WHEN 'user' THEN prebuildd.prebuilds_user_id()::text
-                                 ELSE ''
-                             END
+                prebuildd.job_tags(
+                    src.tags, queue_builds.workspace_tags, prebuildd.prebuilds_user_id()
                 )
-            END AS tags
+            END AS tags,
+            ARRAY(
+                SELECT wt.key
+                FROM template_version_workspace_tags AS wt
+                WHERE wt.template_version_id = d.template_version_id
+            ) AS declared
         FROM (SELECT DISTINCT sp.template_version_id FROM spec AS sp) AS d
         LEFT JOIN LATERAL (
             SELECT
@@ -157,21 +221,26 @@ BEGIN
             WHERE v.id = d.template_version_id
             OFFSET 0
         ) AS src ON true
-        CROSS JOIN LATERAL (
-            SELECT COALESCE(jsonb_object_agg(e.key, e.value), '{}'::jsonb) AS tags
-            FROM jsonb_each_text(COALESCE(src.tags, '{}'::jsonb)) AS e
-            WHERE e.value <> ''
-        ) AS kept
-        CROSS JOIN LATERAL (
-            SELECT CASE
-                       WHEN kept.tags ->> 'scope' IN ('user', 'organization')
-                           THEN kept.tags ->> 'scope'
-                       ELSE 'organization'
-                   END AS value
-        ) AS scope
     ),
     planned AS MATERIALIZED (
-        SELECT sp.*, o.organization_id, o.provisioner, o.storage_method, o.file_id, o.tags
+        SELECT
+            sp.*, o.organization_id, o.provisioner, o.storage_method, o.file_id,
+            CASE
+                WHEN o.import_job_id IS NULL THEN NULL
+                WHEN sp.previous_build_id IS NULL OR cardinality(o.declared) = 0 THEN o.tags
+                ELSE prebuildd.job_tags(
+                    o.import_tags,
+                    (
+                        SELECT jsonb_object_agg(e.key, e.value)
+                        FROM workspace_builds AS prev
+                        JOIN provisioner_jobs AS pj ON pj.id = prev.job_id
+                        CROSS JOIN LATERAL jsonb_each(pj.tags) AS e
+                        WHERE prev.id = sp.previous_build_id
+                          AND e.key = ANY(o.declared)
+                    ),
+                    prebuildd.prebuilds_user_id()
+                )
+            END AS tags
         FROM spec AS sp
         LEFT JOIN origin AS o ON o.template_version_id = sp.template_version_id
     ),
@@ -242,7 +311,6 @@ BEGIN
             )::text
         )
         FROM (SELECT DISTINCT p.organization_id, p.provisioner, p.tags FROM planned AS p) AS d
-        WHERE NOT completed
     )
     -- The inserts run whether or not they are read (data-modifying WITH runs to completion);
     -- `posted` is a plain SELECT and runs only because it is read here.
@@ -259,12 +327,24 @@ $fn$;
 -- preset's parameters for each. Only for a preset that wants prebuilds on the active version
 -- of a live, non-deprecated template; anything else creates nothing (a promotion that raced
 -- the plan). Returns one row per workspace created, with the number of wake-ups posted.
+--
+-- Refused before anything is written (see the error codes at the top):
+--   * 23V01 when no build can ever be made from the version: its import job is missing, or
+--     failed, or was canceled (Coder's builder refuses those as bad requests too);
+--   * 55000 while the import is still pending or running (retried later);
+--   * 22023 unless `workspace_tags` is a JSON object of strings with exactly the keys of the
+--     version's template_version_workspace_tags: the service evaluates the tag expressions
+--     (prebuildd.workspace_tags), and this function makes sure that no job goes out without
+--     the tags the template routes builds by, nor with tags the template does not declare.
+-- The tags are merged into the jobs' tags by job_tags (`owner` derived, never taken).
+DROP FUNCTION IF EXISTS prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb);
 CREATE OR REPLACE FUNCTION prebuildd.create_prebuilds(
     preset_id uuid,
     template_version_id uuid,
     count integer,
     now_at timestamptz,
-    trace_metadata jsonb
+    trace_metadata jsonb,
+    workspace_tags jsonb
 )
 RETURNS TABLE (workspace_id uuid, postings bigint)
 LANGUAGE plpgsql
@@ -275,17 +355,21 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     source record;
+    mismatch text;
     created uuid[];
     posted bigint;
 BEGIN
     IF create_prebuilds.count IS NULL OR create_prebuilds.count <= 0 THEN
         RETURN;
     END IF;
-    SELECT t.id AS template_id, t.organization_id
+    SELECT
+        t.id AS template_id, t.organization_id, v.name AS version_name,
+        ij.id AS import_job_id, ij.job_status::text AS import_status
     INTO source
     FROM template_version_presets AS p
     JOIN template_versions AS v ON v.id = p.template_version_id
     JOIN templates AS t ON t.id = v.template_id
+    LEFT JOIN provisioner_jobs AS ij ON ij.id = v.job_id
     WHERE p.id = create_prebuilds.preset_id
       AND v.id = create_prebuilds.template_version_id
       AND p.desired_instances IS NOT NULL
@@ -294,6 +378,45 @@ BEGIN
       AND t.deprecated = '';
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+
+    -- Text comparisons: the job_status labels stay out of the function's text.
+    IF source.import_job_id IS NULL OR source.import_status IN ('failed', 'canceled') THEN
+        RAISE EXCEPTION 'template version % (%) cannot be built: its import job %',
+                        source.version_name, create_prebuilds.template_version_id,
+                        COALESCE(source.import_status, 'does not exist')
+            USING ERRCODE = '23V01',
+                  HINT = 'Publish a template version that imports successfully.';
+    END IF;
+    IF source.import_status <> 'succeeded' THEN
+        RAISE EXCEPTION 'template version % (%) is still being imported (%)',
+                        source.version_name, create_prebuilds.template_version_id,
+                        source.import_status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    IF create_prebuilds.workspace_tags IS NULL
+       OR jsonb_typeof(create_prebuilds.workspace_tags) <> 'object' THEN
+        RAISE EXCEPTION 'workspace_tags must be a JSON object, not %',
+                        COALESCE(jsonb_typeof(create_prebuilds.workspace_tags), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(pg_catalog.format('%s (%s)', COALESCE(g.key, d.key),
+                      CASE WHEN g.key IS NULL THEN 'missing'
+                           WHEN d.key IS NULL THEN 'not declared by the version'
+                           ELSE 'not a string' END), ', ')
+    INTO mismatch
+    FROM jsonb_each(create_prebuilds.workspace_tags) AS g (key, value)
+    FULL JOIN (
+        SELECT wt.key
+        FROM template_version_workspace_tags AS wt
+        WHERE wt.template_version_id = create_prebuilds.template_version_id
+    ) AS d ON d.key = g.key
+    WHERE g.key IS NULL OR d.key IS NULL OR jsonb_typeof(g.value) <> 'string';
+    IF mismatch IS NOT NULL THEN
+        RAISE EXCEPTION 'workspace tags of template version % rejected: %',
+                        create_prebuilds.template_version_id, mismatch
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     WITH new_workspaces AS (
@@ -317,7 +440,8 @@ BEGIN
         array_fill(create_prebuilds.template_version_id, ARRAY[create_prebuilds.count]),
         array_fill(create_prebuilds.preset_id, ARRAY[create_prebuilds.count]),
         array_fill(1, ARRAY[create_prebuilds.count]),
-        array_fill(NULL::uuid, ARRAY[create_prebuilds.count])
+        array_fill(NULL::uuid, ARRAY[create_prebuilds.count]),
+        create_prebuilds.workspace_tags
     );
     RETURN QUERY SELECT c.id, posted FROM unnest(created) AS c (id);
 END
@@ -383,7 +507,7 @@ BEGIN
 
     posted := prebuildd.queue_builds(
         'delete', false, now_at, delete_prebuilds.trace_metadata,
-        doomed, versions, presets, numbers, previous
+        doomed, versions, presets, numbers, previous, '{}'::jsonb
     );
     RETURN QUERY SELECT d.id, posted FROM unnest(doomed) AS d (id);
 END
@@ -402,7 +526,10 @@ $fn$;
 -- Each canceled workspace gets build 2, a `delete` whose job is already completed
 -- (succeeded, started = completed = now): nothing was provisioned, so no provisioner has
 -- anything to destroy -- Coder completes an orphan delete the same way when no provisioner
--- is available. The workspace is then marked deleted. Returns the retired workspaces.
+-- is available. The workspace is then marked deleted. Provisioners are woken at commit
+-- (`provisioner_job_posted`, one per distinct organization, provisioner and tags; Coder
+-- posts one per batch): the queue they were waiting on changed. Returns the retired
+-- workspaces.
 CREATE OR REPLACE FUNCTION prebuildd.cancel_pending_prebuilds(
     preset_id uuid,
     now_at timestamptz
@@ -471,7 +598,7 @@ BEGIN
 
     PERFORM prebuildd.queue_builds(
         'delete', true, now_at, NULL, doomed, versions, presets,
-        array_fill(2, ARRAY[cardinality(doomed)]), first_builds
+        array_fill(2, ARRAY[cardinality(doomed)]), first_builds, '{}'::jsonb
     );
     RETURN QUERY
     WITH retired AS (
@@ -710,11 +837,13 @@ $fn$;
 
 -- Functions are executable by PUBLIC unless revoked; the role script grants the entry points.
 REVOKE ALL ON FUNCTION prebuildd.prebuilds_user_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION prebuildd.job_tags(jsonb, jsonb, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.queue_builds(
-    text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[]
+    text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[], jsonb
 ) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION prebuildd.create_prebuilds(
+    uuid, uuid, integer, timestamptz, jsonb, jsonb
+) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.cancel_pending_prebuilds(uuid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION prebuildd.set_preset_status(uuid, text) FROM PUBLIC;

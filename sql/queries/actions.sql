@@ -16,15 +16,18 @@
 -- name: create_prebuilds
 -- %(count)s new prebuilds of one preset (workspace, pending job, build 1 `start`, the
 -- preset's parameters), only on the active version of a live, non-deprecated template: anything
--- else creates nothing (a promotion that raced the plan). A version without an import job
--- fails with a not-null violation (invalid input: the reconciler stores validation_failed).
+-- else creates nothing (a promotion that raced the plan). %(workspace_tags)s: the version's
+-- workspace tags evaluated for the preset (key -> string), merged into the jobs' tags. A
+-- version no build can be made from (no import job, or a failed one) is refused with SQLSTATE
+-- 23V01, the one error on which the reconciler stores validation_failed.
 SELECT c.workspace_id, c.postings
 FROM prebuildd.create_prebuilds(
     %(preset_id)s::uuid,
     %(template_version_id)s::uuid,
     %(count)s::int,
     %(now)s::timestamptz,
-    %(trace_metadata)s::jsonb
+    %(trace_metadata)s::jsonb,
+    %(workspace_tags)s::jsonb
 ) AS c;
 
 -- name: delete_prebuilds

@@ -44,6 +44,7 @@ candidate AS (
         w.id AS workspace_id,
         t.default_ttl,
         lb.id AS previous_build_id,
+        lb.job_id AS previous_job_id,
         lb.build_number,
         lb.template_version_id,
         lb.provisioner_state,
@@ -104,16 +105,31 @@ claimed AS (
     RETURNING w.id, w.name, w.organization_id
 ),
 import_job AS (
-    -- The build runs where the version was imported. Tags get Coder's owner rule
-    -- (provisionersdk.MutateTags): a user-scoped job is owned by the workspace's new owner,
-    -- anything else is organization-scoped with an empty owner.
+    -- The build runs where the version was imported, with the tags Coder's builder gives it,
+    -- computed by the function the creates use (prebuildd.job_tags), so that claims and
+    -- creates agree: the import job's tags without empty values, the version's workspace tags,
+    -- and the owner rule of Coder's provisionersdk.MutateTags for the new owner (a user-scoped
+    -- job is owned by the claiming user; anything else is organization-scoped with an empty
+    -- owner). The workspace tags are those the prebuild was built with (its latest build's
+    -- job, keys the version declares): the claim keeps the preset's parameters, with which
+    -- Coder's builder evaluates the same expressions to the same values.
     SELECT
         ij.organization_id, ij.provisioner, ij.storage_method, ij.file_id,
-        ij.tags || CASE
-            WHEN ij.tags ->> 'scope' = 'user'
-                THEN jsonb_build_object('scope', 'user', 'owner', %(user_id)s::text)
-            ELSE jsonb_build_object('scope', 'organization', 'owner', '')
-        END AS tags
+        prebuildd.job_tags(
+            ij.tags,
+            (
+                SELECT jsonb_object_agg(e.key, e.value)
+                FROM provisioner_jobs pj
+                CROSS JOIN LATERAL jsonb_each(pj.tags) e
+                WHERE pj.id = c.previous_job_id
+                  AND e.key IN (
+                      SELECT wt.key
+                      FROM template_version_workspace_tags wt
+                      WHERE wt.template_version_id = c.template_version_id
+                  )
+            ),
+            %(user_id)s::uuid
+        ) AS tags
     FROM candidate c
     JOIN provisioner_jobs ij ON ij.id = c.import_job_id
 ),

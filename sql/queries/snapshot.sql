@@ -199,6 +199,68 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
   AND p.desired_instances IS NOT NULL
 ORDER BY s.preset_id, s.id;
 
+-- name: snapshot_build_inputs
+-- What Coder's workspace builder checks before it queues a prebuild's first build, for the
+-- presets that can get one (prebuildd.parameters, prebuildd.workspace_tags): one row per
+-- template of the batch whose active version is live, with that version's
+--   parameters       its template_version_parameters in Coder's order (display_order, then
+--                    lower(name)), each a JSON array: name, display_name, type, form_type,
+--                    required, default_value, options (as stored: objects with a "value"),
+--                    validation_regex, validation_min, validation_max, validation_error,
+--                    validation_monotonic;
+--   workspace_tags   its template_version_workspace_tags, key -> stored value expression;
+--   preset_values    per preset that wants prebuilds, preset id -> {name: value}.
+-- Retired versions are never created for, so nothing of theirs is read. Every lookup is an
+-- index probe by version or preset (Coder's unique (template_version_id, name/key) indexes,
+-- prebuildd_presets_template_version, prebuildd_preset_parameters_preset); aggregated here so
+-- that a template costs one row whatever its number of parameters and presets.
+SELECT
+    v.id AS template_version_id,
+    COALESCE(
+        (
+            SELECT jsonb_agg(
+                jsonb_build_array(
+                    tvp.name, tvp.display_name, tvp.type, tvp.form_type::text, tvp.required,
+                    tvp.default_value, tvp.options, tvp.validation_regex, tvp.validation_min,
+                    tvp.validation_max, tvp.validation_error, tvp.validation_monotonic
+                )
+                ORDER BY tvp.display_order, lower(tvp.name)
+            )
+            FROM template_version_parameters AS tvp
+            WHERE tvp.template_version_id = v.id
+        ),
+        '[]'::jsonb
+    ) AS parameters,
+    COALESCE(
+        (
+            SELECT jsonb_object_agg(wt.key, wt.value)
+            FROM template_version_workspace_tags AS wt
+            WHERE wt.template_version_id = v.id
+        ),
+        '{}'::jsonb
+    ) AS workspace_tags,
+    COALESCE(
+        (
+            SELECT jsonb_object_agg(
+                p.id::text,
+                (
+                    SELECT COALESCE(jsonb_object_agg(pp.name, pp.value), '{}'::jsonb)
+                    FROM template_version_preset_parameters AS pp
+                    WHERE pp.template_version_preset_id = p.id
+                )
+            )
+            FROM template_version_presets AS p
+            WHERE p.template_version_id = v.id
+              AND p.desired_instances IS NOT NULL
+        ),
+        '{}'::jsonb
+    ) AS preset_values
+FROM templates AS t
+JOIN template_versions AS v ON v.id = t.active_version_id
+WHERE t.id = ANY(%(template_ids)s::uuid[])
+  AND NOT t.deleted
+  AND t.deprecated = '';
+
 -- name: snapshot_prebuilds
 -- Everything the planner needs to know about the templates' live prebuilds, in one statement.
 -- Four of the planner's inputs (running prebuilds, in-progress counts, cancelable pending

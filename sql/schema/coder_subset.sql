@@ -45,6 +45,11 @@ CREATE TYPE provisioner_storage_method AS ENUM ('file');
 
 CREATE TYPE prebuild_status AS ENUM ('healthy', 'hard_limited', 'validation_failed');
 
+CREATE TYPE parameter_form_type AS ENUM (
+    '', 'error', 'radio', 'dropdown', 'input', 'textarea', 'slider', 'checkbox', 'switch',
+    'tag-select', 'multi-select'
+);
+
 CREATE TYPE workspace_agent_lifecycle_state AS ENUM (
     'created', 'starting', 'start_timeout', 'start_error', 'ready',
     'shutting_down', 'shutdown_timeout', 'shutdown_error', 'off'
@@ -225,6 +230,48 @@ CREATE TABLE template_versions (
 );
 
 CREATE INDEX idx_template_versions_has_ai_task ON template_versions (has_ai_task);
+
+-- The parameters a version declares (its coder_parameter data sources, as imported), against
+-- which Coder's builder checks a build's values.
+CREATE TABLE template_version_parameters (
+    template_version_id  uuid                NOT NULL,
+    name                 text                NOT NULL,
+    description          text                NOT NULL,
+    type                 text                NOT NULL,
+    mutable              boolean             NOT NULL,
+    default_value        text                NOT NULL,
+    icon                 text                NOT NULL,
+    -- A JSON list of {"name", "description", "value", "icon"}; an empty value is left out.
+    options              jsonb               NOT NULL DEFAULT '[]'::jsonb,
+    validation_regex     text                NOT NULL,
+    validation_min       integer,
+    validation_max       integer,
+    validation_error     text                NOT NULL DEFAULT '',
+    validation_monotonic text                NOT NULL DEFAULT '',
+    required             boolean             NOT NULL DEFAULT true,
+    display_name         text                NOT NULL DEFAULT '',
+    display_order        integer             NOT NULL DEFAULT 0,
+    ephemeral            boolean             NOT NULL DEFAULT false,
+    form_type            parameter_form_type NOT NULL DEFAULT '',
+    CONSTRAINT validation_monotonic_order
+        CHECK (validation_monotonic IN ('increasing', 'decreasing', '')),
+    CONSTRAINT template_version_parameters_template_version_id_name_key
+        UNIQUE (template_version_id, name),
+    CONSTRAINT template_version_parameters_template_version_id_fkey
+        FOREIGN KEY (template_version_id) REFERENCES template_versions (id) ON DELETE CASCADE
+);
+
+-- A version's coder_workspace_tags: each key with the source text of its value expression,
+-- evaluated by Coder's builder for every build.
+CREATE TABLE template_version_workspace_tags (
+    template_version_id uuid NOT NULL,
+    key                 text NOT NULL,
+    value               text NOT NULL,
+    CONSTRAINT template_version_workspace_tags_template_version_id_key_key
+        UNIQUE (template_version_id, key),
+    CONSTRAINT template_version_workspace_tags_template_version_id_fkey
+        FOREIGN KEY (template_version_id) REFERENCES template_versions (id) ON DELETE CASCADE
+);
 
 CREATE TABLE template_version_presets (
     id                    uuid            NOT NULL DEFAULT gen_random_uuid(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,8 +55,16 @@ def test_run_and_provisioner_fill_pools_and_serve_probes_and_metrics(db_url: str
         )
         status, body = http_get(port, "/healthz")
         assert (status, body) == (200, b"ok\n")
-        ready = wait_ready(port)
-        assert ready == {"ready": True, "database": "ok", "listener": "ok"}
+        wait_ready(port)
+        healthy = {
+            "ready": True,
+            "database": "ok",
+            "listener": "ok",
+            "sweep": "ok",
+            "reconciles": "ok",
+            "event_triggers": "ok",  # checked by every sweep (the first one: at startup)
+        }
+        eventually(lambda: readyz(port) == (200, healthy), timeout=20, what="/readyz all ok")
         status, _ = readyz(port)
         assert status == 200
 
@@ -130,14 +139,29 @@ def test_sigterm_mid_write_lets_the_reconcile_in_flight_commit_then_exits_zero(
 
 
 def test_demo_converges_and_reports_the_promotion(pg_admin_url: str) -> None:
+    # `--metrics-addr`: a port chosen here, so that Prometheus (here: this test) can scrape it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     argv = [
         sys.executable, "-m", "prebuildd.cli", "demo", "--duration", "20s", "--no-live",
         "--database-url", pg_admin_url, "--log-format", "json", "--log-level", "warning",
+        "--metrics-addr", f"127.0.0.1:{port}",
     ]
-    result = subprocess.run(
-        argv, env=child_env(), capture_output=True, text=True, timeout=90, check=False
+    demo = subprocess.Popen(
+        argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    output = result.stdout
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()
+        assert first.strip() == f"metrics: http://127.0.0.1:{port}/metrics", first
+        status, body = http_get(port, "/metrics")
+        assert status == 200 and b"prebuildd_reconciles_total" in body
+        rest, stderr = demo.communicate(timeout=90)
+    finally:
+        demo.kill()
+    output = first + rest
+    result = subprocess.CompletedProcess(argv, demo.returncode, output, stderr)
     assert result.returncode == 0, f"{output}\n{result.stderr[-3000:]}"
     assert re.search(r"pools converged:\s+yes", output), output
     promotion = re.search(r"promotion -> actions:\s+([\d.]+) ms \(trigger: (\w+)\)", output)

@@ -124,7 +124,7 @@ def plan_for(preset_id: UUID) -> Plan:
 
 
 async def run(aconn: AConn, *actions: Action, commit: bool = True) -> list[store.ActionResult]:
-    """Execute actions in one transaction, the way the reconciler does (savepoint per preset)."""
+    """Execute actions in one transaction, the way the reconciler does (savepoint per action)."""
     results: list[store.ActionResult] = []
     async with aconn.transaction() as tx:
         for action in actions:
@@ -524,8 +524,9 @@ async def test_cancel_pending_scope(aconn: AConn, conn: Conn, listener: Inbox) -
                       " WHERE workspace_build_id = %s", build["id"])
         assert {p["name"]: p["value"] for p in params} == PARAMS
         assert scalar(conn, "SELECT deleted FROM workspaces WHERE id = %s", target.workspace_id)
-    # No provisioner has anything to do for a cancel.
-    assert postings(listener) == []
+    # Issue 10 item 4: provisioners are woken once for the batch (Coder posts one per batch;
+    # here one per distinct organization, provisioner and tags: both targets share them).
+    assert postings(listener) == [untagged_posting(m.tpl.organization_id)]
 
 
 async def test_cancel_pending_never_touches_the_active_version(aconn: AConn, conn: Conn) -> None:

@@ -134,6 +134,22 @@ def test_bad_input_is_a_usage_error_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
+def test_demo_refuses_a_bad_metrics_address_before_touching_the_server(
+    pg_admin_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def demo_database() -> object:
+        # The demo recreates its database on every run: a new oid means it was touched.
+        with psycopg.connect(pg_admin_url) as conn:
+            row = conn.execute("SELECT oid FROM pg_database WHERE datname = 'prebuildd_demo'")
+            return row.fetchone()
+
+    before = demo_database()
+    code = main(["demo", "--no-live", "--metrics-addr", "nowhere", "--database-url", pg_admin_url])
+    assert code == EXIT_USAGE
+    assert "--metrics-addr: invalid listen address 'nowhere'" in capsys.readouterr().err
+    assert demo_database() == before
+
+
 def test_a_bad_environment_value_is_reported_like_a_bad_flag(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

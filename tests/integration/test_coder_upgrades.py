@@ -38,7 +38,7 @@ from psycopg.rows import TupleRow
 
 from prebuildd.embedded import EmbeddedPostgres
 from prebuildd.events import EventKind
-from prebuildd.migrate import migrate, repeatable_files
+from prebuildd.migrate import migrate, repeatable_files, versioned_files
 from prebuildd.model import PREBUILDS_USER_ID
 from prebuildd.queries import read_sql_file
 
@@ -406,7 +406,10 @@ def test_the_only_column_dependencies_are_prebuildds_indexes_on_their_own_tables
         "prebuildd_preset_parameters_preset",
         "prebuildd_preset_schedules_preset",
         "prebuildd_preset_schedules_preset_desired",
-        "prebuildd_workspace_builds_preset",
+        # sql/schema/0008_demand_index.sql: they replace 0001's prebuildd_workspace_builds_preset.
+        "prebuildd_workspace_builds_preset_created",
+        "prebuildd_workspace_builds_first_preset",
+        "prebuildd_provisioner_jobs_prebuild_queue",
     }
     assert all(on_own_table for _, _, on_own_table in found), found
 
@@ -546,6 +549,19 @@ def _second_prebuild_build(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, lis
     return statement, [workspace_id, tpl.version_id, PREBUILDS_USER_ID, job_id]
 
 
+def _persons_first_build(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    """A person's workspace built from scratch from the preset (a miss)."""
+    workspace_id = rows.workspace(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
+    statement = (
+        "INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, "
+        "template_version_id, build_number, transition, initiator_id, job_id, "
+        "template_version_preset_id) "
+        "VALUES (gen_random_uuid(), now(), now(), %s, %s, 1, 'start', %s, %s, %s)"
+    )
+    return statement, [workspace_id, tpl.version_id, tpl.owner_id, job_id, tpl.preset_id]
+
+
 def _new_version_to_promote(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
     version_id = rows.version(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
     return "UPDATE templates SET renamed = %s WHERE id = %s", [version_id, tpl.template_id]
@@ -571,6 +587,7 @@ RENAMES = [
     Rename("claimed", "workspaces", "owner_id", _prebuild_to_claim),
     # Read by the function's lookup, not from the row: the lookup's error is caught too.
     Rename("build_inserted", "workspaces", "template_id", _second_prebuild_build),
+    Rename("missed", "template_version_presets", "desired_instances", _persons_first_build),
     Rename("version_promoted", "templates", "active_version_id", _new_version_to_promote),
     Rename("preset_changed", "template_version_presets", "desired_instances", _preset),
     Rename(
@@ -661,10 +678,11 @@ def test_upgrading_from_the_legacy_trigger_file_leaves_exactly_the_current_trigg
 ) -> None:
     install_legacy_triggers(conn)
     # Bookkeeping as that release left it: its trigger file recorded, none of today's files.
-    conn.execute("DELETE FROM prebuildd.schema_migrations WHERE path <> ALL(%s)", [[
+    legacy_files = [
         "schema/0001_indexes.sql", "schema/0002_pause_switch.sql",
         "schema/0003_schedule_bound_index.sql",
-    ]])  # fmt: skip
+    ]  # fmt: skip
+    conn.execute("DELETE FROM prebuildd.schema_migrations WHERE path <> ALL(%s)", [legacy_files])
     conn.execute(
         "INSERT INTO prebuildd.schema_migrations (path, checksum) "
         "VALUES ('triggers/0001_notify.sql', 'legacy')"
@@ -674,9 +692,11 @@ def test_upgrading_from_the_legacy_trigger_file_leaves_exactly_the_current_trigg
 
     applied = migrate(db_url).applied
     assert set(applied) == {
-        "schema/0004_pause_switch_function.sql",
+        # Every versioned file newer than that release (0004_pause_switch_function.sql, ...).
+        *(file.path for file in versioned_files() if file.path not in legacy_files),
         *(file.path for file in repeatable_files()),
     }
+    assert "schema/0004_pause_switch_function.sql" in applied
     triggers = conn.execute(LIST_TRIGGERS).fetchall()
     assert {(str(name), str(table)) for name, table, *_ in triggers} == rows.EXPECTED_TRIGGERS
     # Enabled ('O'), no WHEN (tgqual), no UPDATE OF column list (tgattr).
@@ -764,9 +784,34 @@ def _prebuild_build_started(
     return [(EventKind.BUILD_INSERTED, tpl.template_id)]
 
 
+def _job_picked_up_with_creates_waiting(
+    setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox
+) -> Events:
+    """A provisioner takes a prebuild job while creates of its tag set wait under the cap on
+    pending prebuild jobs: the first template in line is woken (and nothing else is sent:
+    pending -> running is no job_status event)."""
+    _, job_id = rows.prebuild(setup, tpl)
+    setup.execute(
+        "INSERT INTO prebuildd.throttle_waits"
+        " (preset_id, template_id, organization_id, tags, held, waiting_since)"
+        " SELECT %s, %s, j.organization_id, j.tags, 3, now() FROM provisioner_jobs j"
+        " WHERE j.id = %s",
+        [tpl.preset_id, tpl.template_id, job_id],
+    )
+    setup.commit()
+    inbox.drain()
+    actor.execute(
+        "UPDATE provisioner_jobs SET started_at = now(), worker_id = gen_random_uuid()"
+        " WHERE id = %s",
+        [job_id],
+    )
+    return [(EventKind.THROTTLE_TURN, tpl.template_id)]
+
+
 # One write per trigger function and kind, each of which must send exactly its events.
 EVENT_WRITES = [
     _job_completes,
+    _job_picked_up_with_creates_waiting,
     _agent_becomes_ready,
     _prebuild_claimed,
     _prebuild_build_started,

@@ -77,11 +77,13 @@ SKIP_VARIABLE = "PREBUILDD_TEST_SKIP_ROLE_TESTS"
 # `pause`, `resume`, `invalidate`).
 ROLE_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
     "listener.sql",
     "notifications.sql",
+    "throttle.sql",
 }
 # Files whose queries run as the owner, and why.
 OWNER_FILES = {
@@ -101,6 +103,12 @@ ENTRY_POINTS = {
     "set_reconciliation_paused",
     # The pause switch's read (sql/functions/pause_switch.sql): one row of site_configs.
     "prebuilds_settings",
+    # sql/functions/throttle.sql
+    "throttle_lines",
+    "create_prebuilds_capped",
+    "record_throttle_waits",
+    # sql/functions/autoscale.sql
+    "set_autoscale_policy",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -371,7 +379,7 @@ def test_script_is_idempotent_and_converges(db_url: str) -> None:
         conn.execute("GRANT SELECT ON prebuildd.schema_migrations TO prebuildd")
         conn.execute(
             "GRANT EXECUTE ON FUNCTION prebuildd.queue_builds("
-            "text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[])"
+            "text, boolean, timestamptz, jsonb, uuid[], uuid[], uuid[], integer[], uuid[], jsonb)"
             " TO prebuildd"
         )
         conn.execute(
@@ -426,7 +434,8 @@ def test_script_refuses_before_migrate(empty_db_url: str) -> None:
 def test_script_refuses_without_the_write_functions(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "DROP FUNCTION prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb)"
+            "DROP FUNCTION prebuildd.create_prebuilds("
+            "uuid, uuid, integer, timestamptz, jsonb, jsonb)"
         )
     with pytest.raises(psycopg.errors.RaiseException, match="write functions are not installed"):
         apply_role_script(db_url)
@@ -462,7 +471,7 @@ def test_script_refuses_an_elevated_role(
         ("GRANT SELECT (provisioner_state) ON workspace_builds TO PUBLIC", "can still read"),
         (
             "GRANT EXECUTE ON FUNCTION prebuildd.queue_builds(text, boolean, timestamptz, jsonb,"
-            " uuid[], uuid[], uuid[], integer[], uuid[]) TO PUBLIC",
+            " uuid[], uuid[], uuid[], integer[], uuid[], jsonb) TO PUBLIC",
             "executable by PUBLIC",
         ),
     ],
@@ -607,6 +616,9 @@ WRITES_DONE: Mapping[str, int] = {
     "notify_hard_limited": 2,  # the admin, by e-mail and in the inbox
     "invalidate_preset": 1,
     "set_reconciliation_paused": 1,
+    "create_prebuilds_capped": 1,  # one prebuild, well under the cap
+    "record_throttle_waits": 1,  # the count of the template's entries: the one recorded
+    "autoscale_set": 1,  # the active preset's (template, name)
 }
 # Which preset a query acts on, when not the active one.
 PRESET_OF: Mapping[str, str] = {"cancel_pending_prebuilds": "old", "notify_hard_limited": "limited"}
@@ -624,10 +636,30 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "paused": True,
         "status": "healthy",
         "trace_metadata": Jsonb({}),
+        "workspace_tags": Jsonb({}),
         "now": datetime.now(UTC),
         "backoff_lookback": timedelta(hours=1),
         "default_method": "smtp",
         "inbox": True,
+        # The cap on pending prebuild jobs (throttle.sql): one entry in the template's line.
+        "max_pending": 5,
+        "version_ids": [seed.version],
+        "create_tags": Jsonb([{}]),
+        "take_locks": True,
+        "preset_ids": [seed.active],
+        "preset_templates": [seed.template],
+        "organization_ids": [seed.org],
+        "tag_sets": ['{"owner": "", "scope": "organization"}'],
+        "held": [2],
+        "waiting_since": [datetime.now(UTC)],
+        # Demand: every preset of the template (the seed's user workspace is a miss), over a
+        # window around now.
+        "policies_only": False,
+        "window_since": datetime.now(UTC) - timedelta(days=1),
+        "window_end_at": datetime.now(UTC) + timedelta(hours=1),
+        "mode": "auto",
+        "min_instances": 1,
+        "max_instances": 3,
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")
@@ -765,9 +797,10 @@ FORBIDDEN: list[Forbidden] = [
         "queue builds on any workspace",
         "SELECT prebuildd.queue_builds('delete', false, now(), NULL,"
         " ARRAY[%(users_running)s]::uuid[], ARRAY[%(version)s]::uuid[], ARRAY[NULL]::uuid[],"
-        " ARRAY[9], ARRAY[NULL]::uuid[])",
+        " ARRAY[9], ARRAY[NULL]::uuid[], '{}'::jsonb)",
     ),
     Forbidden("call prebuilds_user_id", "SELECT prebuildd.prebuilds_user_id()"),
+    Forbidden("compute job tags", "SELECT prebuildd.job_tags('{}', '{}', gen_random_uuid())"),
 ]
 
 
@@ -827,6 +860,7 @@ def test_delete_function_skips_users_workspaces(seed: Seed) -> None:
                 "workspace_ids": [seed.users_running, seed.users_claimed, seed.users_pending],
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         assert rows == []
@@ -862,6 +896,7 @@ def test_create_function_refuses_what_the_planner_would_never_create(
                 "count": 5,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
     assert rows == []
@@ -877,6 +912,7 @@ def test_created_prebuilds_always_belong_to_the_prebuilds_user(seed: Seed) -> No
                 "count": 3,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         ids = [r[0] for r in rows]
@@ -933,10 +969,10 @@ def test_functions_pin_their_search_path_with_pg_temp_last(seed: Seed) -> None:
     config = {name: cfg for name, _, cfg in rows}
     definers = {name for name, definer, _ in rows if definer}
     assert definers >= ENTRY_POINTS
-    assert not definers & {"queue_builds", "prebuilds_user_id"}, "internal helpers"
+    assert not definers & {"queue_builds", "prebuilds_user_id", "job_tags"}, "internal helpers"
     # Every function that reads tables as its owner: Coder's schema, then pg_temp, LAST.
     # (pg_catalog is searched first whether it is listed or not; listing it is allowed.)
-    for name in definers | {"queue_builds"}:
+    for name in definers | {"queue_builds", "job_tags"}:
         paths = [
             c.replace("search_path=pg_catalog, ", "search_path=")
             for c in config[name] or []
@@ -975,6 +1011,7 @@ def test_temporary_tables_cannot_shadow_coders_tables(seed: Seed) -> None:
                 "count": 2,
                 "now": datetime.now(UTC),
                 "trace_metadata": Jsonb({}),
+                "workspace_tags": Jsonb({}),
             },
         ).fetchall()
         assert len(rows) == 2
@@ -1196,6 +1233,9 @@ async def test_event_driven_service_as_the_role(
         await eventually(lambda: _count(db_url, PENDING_CREATES, old, 2))
         assert await anyio.to_thread.run_sync(_http_status, service.http_port, "/readyz") == 200
         assert await anyio.to_thread.run_sync(_http_status, service.http_port, "/healthz") == 200
+        # The role reads the catalog's triggers on Coder's tables (not on its own schema,
+        # which its search_path names first) and finds every one of sql/triggers/.
+        await eventually(lambda: _above(_sample_total(service, "prebuildd_event_triggers_ok"), 0))
 
         # A promotion: Coder's write, announced by the triggers.
         with psycopg.connect(db_url) as owner:

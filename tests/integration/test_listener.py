@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,35 @@ async def test_open_but_silent_connection_is_detected(db_url: str) -> None:
         assert len(await listener_pids(conn)) == 2
         await notify(conn, claimed(uuid4()))
         await rec.until(lambda: len(rec.events) == 1, timeout=WAIT)
+
+
+async def test_probes_only_while_the_channel_is_silent(db_url: str) -> None:
+    """Notifications prove the connection alive: no probe while they flow; after
+    `liveness_interval` of silence, one probe per interval (the listener's whole load)."""
+    rec = Recorder()
+    listener = rec.listener(db_url, liveness_interval=1.0, liveness_timeout=1.0)
+    probes: list[float] = []
+    real_probe = listener._probe
+
+    async def probe(conn: AsyncConn) -> None:
+        probes.append(time.monotonic())
+        await real_probe(conn)
+
+    listener._probe = probe  # type: ignore[method-assign]
+    async with running(listener), sender(db_url) as conn:
+        await rec.until(lambda: rec.connected == 1)
+        busy_from = len(probes)
+        for _ in range(40):  # 2 s of traffic, a notification every 50 ms
+            await notify(conn, claimed(uuid4()))
+            await anyio.sleep(0.05)
+        busy = len(probes) - busy_from
+        quiet_from = len(probes)
+        await anyio.sleep(2.6)
+        quiet = len(probes) - quiet_from
+    assert len(rec.events) == 40
+    assert busy == 0, f"{busy} probes while notifications flowed"
+    assert 1 <= quiet <= 3, f"{quiet} probes in 2.6 s of silence"
+    assert rec.connected == 1
 
 
 async def test_unreachable_server_is_retried_quietly_and_without_the_password(

@@ -114,3 +114,99 @@ def test_preset_rows_cover_active_planned_presets_with_their_totals() -> None:
     )
     assert rows["p1"].desired == 2 and not rows["p1"].validation_failed
     assert rows["p2"].created_total == 0 and rows["p2"].validation_failed
+
+
+# ---- readiness: a failing reconcile path (issue 10 item 7) -----------------------------------
+
+
+def test_reconciles_failing_repeatedly_make_the_replica_unready_until_one_works() -> None:
+    c = MetricsCollector(Metrics())
+    c.database_reachable(True)
+    c.listener_state(True)
+    timeout = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    for n in range(3):
+        assert c.readiness().reconciles_failing is None, n
+        c.observe(Outcome(Cause(Trigger.EVENT), failed=(UUID(int=1),), error=timeout))
+    state = c.readiness()
+    assert not state.ready
+    assert state.reconciles_failing == (
+        "3 reconciles in a row failed; the last: QueryCanceled (57014): "
+        "canceling statement due to statement timeout"
+    )
+    c.observe(Outcome(Cause(Trigger.RETRY), locked=(UUID(int=1),)))
+    assert c.readiness().reconciles_failing is None and c.readiness().ready
+
+
+def test_error_descriptions_carry_no_password_and_no_detail() -> None:
+    from prebuildd.collector import describe_error
+
+    lost = psycopg.OperationalError(
+        "connection to server failed: postgresql://prebuildd:s3cret@db/coder refused"
+    )
+    assert "s3cret" not in describe_error(lost)
+    assert describe_error(lost).startswith("OperationalError: connection to server failed")
+    assert describe_error(KeyError("a row value")) == "KeyError"
+
+
+def test_a_successful_reconcile_is_timed_by_trigger_and_dated() -> None:
+    c = MetricsCollector(Metrics())
+    started = value(c, "prebuildd_last_successful_reconcile_timestamp_seconds")
+    outcome = Outcome(Cause(Trigger.TIMER), locked=(UUID(int=1),), duration=0.3)
+    c.observe(outcome)
+    count = "prebuildd_prebuilds_reconciliation_duration_seconds_count"
+    assert value(c, count, trigger="timer") == 1
+    assert value(c, count, trigger="event") == 0
+    done = value(c, "prebuildd_last_successful_reconcile_timestamp_seconds")
+    assert started is not None and done is not None and done >= started
+    failed = Outcome(Cause(Trigger.EVENT), failed=(UUID(int=1),), error=RuntimeError())
+    c.observe(failed)
+    assert value(c, "prebuildd_last_successful_reconcile_timestamp_seconds") == done
+
+
+# ---- the event source (issue 14 item 3) ------------------------------------------------------
+
+
+def test_event_trigger_checks_set_the_gauges_and_readyz_detail() -> None:
+    from prebuildd.event_source import evaluate, expected_triggers
+
+    c = MetricsCollector(Metrics())
+    assert c.readiness().event_triggers == "unknown"
+    every = [(t.table, t.name, "O") for t in expected_triggers()]
+    c.event_triggers(evaluate(every))
+    assert c.readiness().event_triggers == "ok"
+    assert value(c, "prebuildd_event_triggers_ok") == 1
+
+    broken = [(t, n, "D" if n == "prebuildd_job_status" else s) for t, n, s in every]
+    c.event_triggers(evaluate([r for r in broken if r[1] != "prebuildd_claimed"]))
+    state = c.readiness()
+    assert state.event_triggers == "missing"
+    assert state.event_triggers_why is not None
+    assert "missing prebuildd_claimed on workspaces" in state.event_triggers_why
+    assert value(c, "prebuildd_event_triggers_ok") == 0
+    assert value(c, "prebuildd_event_triggers_missing", state="missing") == 1
+    assert value(c, "prebuildd_event_triggers_missing", state="disabled") == 1
+
+    c.event_triggers(psycopg.errors.InsufficientPrivilege("permission denied for pg_trigger"))
+    assert c.readiness().event_triggers == "unknown"
+    assert "the check failed" in (c.readiness().event_triggers_why or "")
+
+
+def test_work_a_periodic_sweep_found_unannounced_is_counted() -> None:
+    from prebuildd.queue import KeyMeta
+    from prebuildd.store import ActionResult
+
+    c = MetricsCollector(Metrics())
+    t = UUID(int=1)
+    c.listener_state(True)
+    c.swept([t], periodic=False)  # the startup sweep, reconciled
+    c.observe(Outcome(Cause(Trigger.STARTUP), locked=(t,)), {t: KeyMeta(0.0, None, 1, frozenset())})
+    c.swept([t], periodic=True)
+    p = plan(preset(1, 1))
+    acted = Outcome(
+        Cause(Trigger.SWEEP),
+        locked=(t,),
+        plans=[p],
+        results=[ActionResult(p.actions[0].kind, p.preset.id, created=(UUID(int=9),))],
+    )
+    c.observe(acted, {t: KeyMeta(0.0, None, 1, frozenset({Trigger.SWEEP}))})
+    assert value(c, "prebuildd_sweep_found_work_total") == 1

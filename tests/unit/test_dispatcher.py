@@ -24,6 +24,7 @@ from prebuildd.clock import DatabaseClock
 from prebuildd.collector import MetricsCollector
 from prebuildd.dispatcher import (
     BUSY_RETRY_SECONDS,
+    SWEEP_RETRY_SECONDS,
     Dispatcher,
     SweepFailed,
     cause_of,
@@ -114,14 +115,21 @@ class FakeReconciler:
 
 
 class FlakySweep:
-    """Fails its first listing, then succeeds (queueing nothing)."""
+    """Fails its first `failures` listings, then succeeds (queueing nothing); remembers when
+    and how it was called."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock, failures: int = 1) -> None:
+        self.clock = clock
+        self.failures = failures
         self.calls: list[Trigger] = []
+        self.at: list[float] = []
+        self.periodic: list[bool] = []
 
-    async def sweep(self, conn: Any, trigger: Trigger) -> None:
+    async def sweep(self, conn: Any, trigger: Trigger, *, periodic: bool = False) -> None:
         self.calls.append(trigger)
-        if len(self.calls) == 1:
+        self.at.append(self.clock.now)
+        self.periodic.append(periodic)
+        if len(self.calls) <= self.failures:
             raise psycopg.errors.InsufficientPrivilege("permission denied for table templates")
 
 
@@ -131,7 +139,7 @@ async def no_connection() -> AsyncIterator[Any]:
 
 
 def make(
-    clock: FakeClock, *, one_pass: bool = False
+    clock: FakeClock, *, one_pass: bool = False, sweep_failures: int = 1
 ) -> tuple[WorkQueue[UUID], Dispatcher, FakeReconciler, MetricsCollector]:
     queue: WorkQueue[UUID] = WorkQueue(settle=0, clock=clock, sleep=clock.sleep)
     reconciler = FakeReconciler()
@@ -139,10 +147,11 @@ def make(
     dispatcher = Dispatcher(
         queue,
         reconciler,  # type: ignore[arg-type]
-        FlakySweep(),
+        FlakySweep(clock, sweep_failures),
         max_batch=10,
         collector=None if one_pass else collector,
         monotonic=clock,
+        sleep=clock.sleep,
     )
     return queue, dispatcher, reconciler, collector
 
@@ -169,6 +178,14 @@ async def test_timers_and_busy_retries_come_back_at_their_time(clock: FakeClock)
     assert handed_out(queue) == {B: {Trigger.RETRY}}
     await clock.advance(30 - BUSY_RETRY_SECONDS)
     assert handed_out(queue) == {A: {Trigger.TIMER}}
+
+
+@pytest.mark.anyio
+async def test_templates_dealt_room_under_the_pending_job_cap_are_woken(clock: FakeClock) -> None:
+    queue, dispatcher, _, _ = make(clock)
+    dispatcher.follow_up(Outcome(Cause(Trigger.EVENT), locked=(A,), wake=(B, C)))
+    await clock.advance(0.1)  # the settle window
+    assert handed_out(queue) == {B: {Trigger.THROTTLE}, C: {Trigger.THROTTLE}}
 
 
 @pytest.mark.anyio
@@ -217,12 +234,14 @@ async def test_error_retries_double_per_template_until_it_succeeds(clock: FakeCl
     assert handed_out(queue) == {C: {Trigger.RETRY}}
 
 
-def test_a_failed_sweep_asks_for_another(clock: FakeClock) -> None:
+def test_a_failed_sweep_is_not_retried_as_the_exclusive_marker(clock: FakeClock) -> None:
+    """Retried as the marker, a listing that fails at once held the queue in a loop (issue 10
+    item 7): the retry belongs to the sweep loop, and the queue keeps what it holds."""
     queue, dispatcher, _, _ = make(clock)
+    queue.add(A, trigger=Trigger.RETRY, delay=5)
     dispatcher.follow_up(SweepFailed(Trigger.STARTUP))
-    work = queue.get_nowait()
-    assert work is not None and work.sweep_meta is not None
-    assert work.sweep_meta.triggers == {Trigger.RETRY}
+    assert not queue.sweep_queued()
+    assert queue.depth() == 1  # A's own retry delay is not absorbed by a sweep
 
 
 @pytest.mark.anyio
@@ -272,15 +291,104 @@ async def test_a_sweep_marker_whose_listing_fails_is_retried(clock: FakeClock) -
     queue.request_sweep(trigger=Trigger.STARTUP)
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.worker, no_connection)
+        tg.start_soon(dispatcher.sweep_periodically, 3600.0, no_connection)
         await all_blocked()
+        assert sweeper.calls == [Trigger.STARTUP]  # not again at once
+        assert not queue.sweep_queued() and not queue.sweep_running()
+        await clock.advance(SWEEP_RETRY_SECONDS)
         tg.cancel_scope.cancel()
-    # At once, as the marker again (issue 10 item 7 will back this off).
-    assert sweeper.calls == [Trigger.STARTUP, Trigger.SWEEP]
-    assert not queue.sweep_queued() and not queue.sweep_running()
+    # Retried a second later by the sweep loop, under its own name, and it worked.
+    assert sweeper.calls == [Trigger.STARTUP, Trigger.STARTUP]
+    assert sweeper.periodic == [False, False]
     errors = collector.metrics.registry.get_sample_value(
         "prebuildd_reconcile_errors_total", {"kind": "sweep"}
     )
-    assert errors is not None and errors >= 1
+    assert errors == 1
+    assert collector.readiness().sweep_failing is None
+
+
+class Reconciles:
+    """A reconciler that succeeds for every batch and remembers when each template ran."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.ran: list[tuple[float, UUID, Trigger]] = []
+
+    async def reconcile(self, conn: Any, template_ids: Sequence[UUID], cause: Cause) -> Outcome:
+        self.ran += [(self.clock.now, t, cause.trigger) for t in template_ids]
+        return Outcome(cause, locked=tuple(template_ids))
+
+
+@pytest.mark.anyio
+async def test_a_sweep_that_keeps_failing_backs_off_and_never_blocks_event_work(
+    clock: FakeClock,
+) -> None:
+    """Issue 10 item 7: a startup sweep whose listing fails at once (permission denied after
+    an upgrade) must not spin. It is retried after 1, 2, 4... s up to 30 s; events are
+    reconciled meanwhile; a template's own retry delay survives; /readyz says why."""
+    queue, dispatcher, _, collector = make(clock, sweep_failures=7)
+    reconciles = Reconciles(clock)
+    dispatcher._reconciler = reconciles  # type: ignore[assignment]
+    sweeper = dispatcher._sweeper
+    assert isinstance(sweeper, FlakySweep)
+    queue.request_sweep(trigger=Trigger.STARTUP)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.worker, no_connection)
+        tg.start_soon(dispatcher.sweep_periodically, 3600.0, no_connection)
+        await all_blocked()  # the marker failed once, and nothing spins
+        queue.add(A, event_at=1.0, urgent=True)  # a promotion
+        queue.add(B, trigger=Trigger.RETRY, delay=5.0)  # a template's error retry
+        await all_blocked()
+        assert reconciles.ran == [(0.0, A, Trigger.EVENT)]
+        for _ in range(60):
+            await clock.advance(1)
+        assert collector.readiness().sweep_failing is not None
+        for _ in range(40):
+            await clock.advance(1)
+        assert collector.readiness().sweep_failing is None  # the 8th attempt worked
+        tg.cancel_scope.cancel()
+    assert sweeper.at == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]
+    assert (5.0, B, Trigger.RETRY) in reconciles.ran, "B's retry kept its own delay"
+
+
+@pytest.mark.anyio
+async def test_sweeps_failing_repeatedly_make_readyz_say_why(clock: FakeClock) -> None:
+    queue, dispatcher, _, collector = make(clock, sweep_failures=3)
+    queue.request_sweep(trigger=Trigger.STARTUP)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.worker, no_connection)
+        tg.start_soon(dispatcher.sweep_periodically, 3600.0, no_connection)
+        await all_blocked()
+        await clock.advance(1)
+        state = collector.readiness()
+        assert state.sweep_failing is None, "two failures are not yet a failing path"
+        await clock.advance(2)
+        state = collector.readiness()
+        assert state.sweep_failing == (
+            "3 sweeps in a row failed; the last: InsufficientPrivilege (42501): "
+            "permission denied for table templates"
+        )
+        collector.database_reachable(True)
+        collector.listener_state(True)
+        assert not state.ready and collector.readiness().body()["sweep"] == "failing"
+        await clock.advance(4)  # the 4th attempt succeeds
+        assert collector.readiness().sweep_failing is None and collector.readiness().ready
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_due_periodic_sweep_stands_for_a_pending_retry(clock: FakeClock) -> None:
+    _, dispatcher, _, _ = make(clock, sweep_failures=1)
+    sweeper = dispatcher._sweeper
+    assert isinstance(sweeper, FlakySweep)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.sweep_periodically, 10.0, no_connection)
+        await clock.advance(10)  # the periodic sweep fails: a retry in 1 s
+        await clock.advance(1)
+        await clock.advance(9)  # next periodic at 20 (counted from the start of the last)
+        tg.cancel_scope.cancel()
+    assert sweeper.at == [10.0, 11.0, 20.0]
+    assert sweeper.periodic == [True, True, True]  # a retry of the periodic sweep is one too
 
 
 @pytest.mark.anyio

@@ -58,20 +58,78 @@ def test_healthz_is_ok_while_running(server: HttpServerHandle) -> None:
     assert get(server, "/healthz")[0] == 200
 
 
+HEALTHY = {
+    "ready": True,
+    "database": "ok",
+    "listener": "ok",
+    "sweep": "ok",
+    "reconciles": "ok",
+    "event_triggers": "ok",
+}
+
+
 def test_readyz_follows_the_callback(server: HttpServerHandle, flags: Flags) -> None:
     status, _, body = get(server, "/readyz")
     assert status == 503
-    assert json.loads(body) == {"ready": False, "database": "down", "listener": "down"}
+    assert json.loads(body) == {
+        "ready": False,
+        "database": "down",
+        "listener": "down",
+        "sweep": "ok",
+        "reconciles": "ok",
+        "event_triggers": "unknown",
+        "why": {
+            "database": "no answer to the health probe",
+            "listener": "the LISTEN connection is down; reconnecting (see the event listener's "
+            "log)",
+        },
+    }
 
     flags.state = Readiness(db_ok=True, listener_ok=False)
     status, _, body = get(server, "/readyz")
     assert status == 503
     assert json.loads(body)["listener"] == "down" and json.loads(body)["database"] == "ok"
 
-    flags.state = Readiness(db_ok=True, listener_ok=True)
+    flags.state = Readiness(db_ok=True, listener_ok=True, event_triggers="ok")
     status, content_type, body = get(server, "/readyz")
     assert status == 200 and content_type == "application/json"
-    assert json.loads(body) == {"ready": True, "database": "ok", "listener": "ok"}
+    assert json.loads(body) == HEALTHY
+
+
+def test_readyz_reports_a_failing_reconcile_path_and_why(
+    server: HttpServerHandle, flags: Flags
+) -> None:
+    """Issue 10 item 7: not only a dead connection makes a replica unready."""
+    why = "3 sweeps in a row failed; the last: InsufficientPrivilege (42501): permission denied"
+    flags.state = Readiness(db_ok=True, listener_ok=True, sweep_failing=why, event_triggers="ok")
+    status, _, body = get(server, "/readyz")
+    assert status == 503
+    expected = {**HEALTHY, "ready": False, "sweep": "failing", "why": {"sweep": why}}
+    assert json.loads(body) == expected
+
+    why = "5 reconciles in a row failed; the last: QueryCanceled (57014): statement timeout"
+    flags.state = Readiness(
+        db_ok=True, listener_ok=True, reconciles_failing=why, event_triggers="ok"
+    )
+    status, _, body = get(server, "/readyz")
+    assert status == 503
+    assert json.loads(body)["reconciles"] == "failing"
+    assert json.loads(body)["why"] == {"reconciles": why}
+
+
+def test_readyz_stays_200_when_only_event_triggers_are_missing(
+    server: HttpServerHandle, flags: Flags
+) -> None:
+    """Missing triggers delay one kind of change until the sweep; the replica still does its
+    job, and every replica sees the same database: reported, not gating (prebuildd.http)."""
+    why = "1 of 16 triggers do not fire (missing prebuildd_claimed on workspaces): ..."
+    flags.state = Readiness(
+        db_ok=True, listener_ok=True, event_triggers="missing", event_triggers_why=why
+    )
+    status, _, body = get(server, "/readyz")
+    assert status == 200
+    expected = {**HEALTHY, "event_triggers": "missing", "why": {"event_triggers": why}}
+    assert json.loads(body) == expected
 
 
 def test_readyz_is_503_when_the_callback_raises(server: HttpServerHandle, flags: Flags) -> None:

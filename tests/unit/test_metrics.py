@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from prebuildd.metrics import Metrics, PresetMetricsRow
 
 LABELS = {"template_name": "go", "preset_name": "large", "organization_name": "acme"}
+EVENT = {"trigger": "event"}
 
 
 def row(**overrides: object) -> PresetMetricsRow:
@@ -108,7 +111,7 @@ def test_process_metrics_exist_and_bounded_labels_start_at_zero() -> None:
     metrics.listener_connected.set(1)
     metrics.queue_depth.set(5)
     metrics.reconcile_lag.observe(0.02)
-    metrics.reconciliation_duration.observe(0.2)
+    metrics.reconciliation_duration.labels("event").observe(0.2)
     metrics.actions.labels("create").inc(3)
     got = samples(metrics)
     assert got[key("prebuildd_events_received_total", {"kind": "preset"})] == 2
@@ -117,13 +120,26 @@ def test_process_metrics_exist_and_bounded_labels_start_at_zero() -> None:
     assert got[key("prebuildd_listener_connected")] == 1
     assert got[key("prebuildd_queue_depth")] == 5
     assert got[key("prebuildd_reconcile_lag_seconds_count")] == 1
-    assert got[key("prebuildd_prebuilds_reconciliation_duration_seconds_count")] == 1
+    assert got[key("prebuildd_prebuilds_reconciliation_duration_seconds_count", EVENT)] == 1
+    # Latency by trigger: every trigger's series exists from the start.
+    sweep = {"trigger": "sweep"}
+    assert got[key("prebuildd_prebuilds_reconciliation_duration_seconds_count", sweep)] == 0
     assert got[key("prebuildd_actions_total", {"kind": "create"})] == 3
     # Known label values exist before anything happened, so rate() works from the start.
     assert got[key("prebuildd_actions_total", {"kind": "delete"})] == 0
     assert got[key("prebuildd_reconciles_total", {"trigger": "sweep"})] == 0
     assert got[key("prebuildd_reconcile_errors_total", {"kind": "database"})] == 0
     assert got[key("prebuildd_input_errors_total", {"kind": "invalid_cron"})] == 0
+    assert got[key("prebuildd_event_triggers_ok")] == 0  # unknown until checked
+    assert got[key("prebuildd_event_triggers_missing", {"state": "disabled"})] == 0
+    assert got[key("prebuildd_sweep_found_work_total")] == 0
+
+
+def test_last_successful_reconcile_starts_at_the_process_start() -> None:
+    before = time.time()
+    metrics = Metrics()
+    started = samples(metrics)[key("prebuildd_last_successful_reconcile_timestamp_seconds")]
+    assert before <= started <= time.time()
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from prebuildd.model import (
     Action,
+    BuildInputs,
     BuildRecord,
     CancelPending,
     Create,
@@ -29,6 +30,7 @@ from prebuildd.model import (
     RunningPrebuild,
     Schedule,
     SetStatus,
+    TemplateParameter,
 )
 from prebuildd.plan import can_skip, plan_preset
 
@@ -461,6 +463,102 @@ def test_validation_failed_blocks_creates(
     assert plan.actions == actions
     if not running:
         assert plan.reasons == ("validation failed: not creating 2 missing prebuild(s)",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build inputs: parameters checked and workspace tags evaluated before a create (issue 10)
+# ---------------------------------------------------------------------------------------------
+
+REGION = TemplateParameter("region", options=("eu", "us"), default_value="eu")
+SIZE = TemplateParameter("size", required=True)
+ROUTED_BY_REGION = (("region", "data.coder_parameter.region.value"), ("pool", '"ssd"'))
+INVALID = SetStatus(PRESET_ID, PrebuildStatus.VALIDATION_FAILED)
+
+
+def inputs(values: dict[str, str], tags: tuple[tuple[str, str], ...] = ()) -> BuildInputs:
+    return BuildInputs((REGION, SIZE), tuple(values.items()), tags)
+
+
+def test_valid_preset_creates_with_its_evaluated_workspace_tags() -> None:
+    plan = run(snap(preset(2), inputs=inputs({"size": "l", "region": "us"}, ROUTED_BY_REGION)))
+    assert plan.actions == (
+        Create(PRESET_ID, VERSION_ID, 2, (("pool", "ssd"), ("region", "us"))),
+    )
+    assert plan.errors == () and plan.state.creates_refused is None
+    assert not plan.state.validation_failed
+
+
+def test_default_value_feeds_the_workspace_tags() -> None:
+    plan = run(snap(preset(1), inputs=inputs({"size": "l"}, ROUTED_BY_REGION)))
+    assert plan.actions == (Create(PRESET_ID, VERSION_ID, 1, (("pool", "ssd"), ("region", "eu"))),)
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        pytest.param({"region": "eu"}, "parameter 'size': required", id="required-missing"),
+        pytest.param({"size": "l", "region": "mars"}, "'mars' is not one of", id="not-an-option"),
+    ],
+)
+def test_invalid_preset_is_stored_validation_failed_instead_of_created(
+    values: dict[str, str], why: str
+) -> None:
+    plan = run(snap(preset(2), inputs=inputs(values, ROUTED_BY_REGION)))
+    assert plan.actions == (INVALID,)
+    assert [e.kind for e in plan.errors] == [InputErrorKind.INVALID_PARAMETER]
+    assert why in plan.errors[0].message
+    assert plan.state.validation_failed and plan.state.to_create == 0
+    assert plan.state.creates_refused is not None and why in plan.state.creates_refused
+    assert why in plan.reasons[0] and "storing validation_failed" in plan.reasons[0]
+
+
+def test_invalid_preset_still_deletes_and_replaces_no_other_status() -> None:
+    # Expired prebuilds of an invalid preset are deleted (Coder: invalid presets are cleaned
+    # up), and a hard_limited status that would go back to healthy goes to validation_failed
+    # directly.
+    p = preset(1, invalidate_after_secs=TTL, prebuild_status=PrebuildStatus.HARD_LIMITED)
+    plan = run(snap(p, running=prebuilds(OLD), inputs=inputs({})))
+    assert plan.actions == (INVALID, delete(EXPIRED, 1))
+
+
+def test_invalid_preset_is_only_judged_when_a_create_is_due() -> None:
+    # Coder checks parameters when it builds: a full pool, a backoff or the hard limit means
+    # no build, so no verdict.
+    bad = inputs({})
+    assert run(snap(preset(1), running=prebuilds(HOUR), inputs=bad)).actions == ()
+    failing = builds((10 * SEC, FAILED))
+    held = run(snap(preset(1), recent_builds=failing, failures_in_lookback=1, inputs=bad))
+    assert held.actions == () and held.errors == ()
+    limited = builds(*((timedelta(minutes=10 * (i + 1)), FAILED) for i in range(3)))
+    plan = run(snap(preset(1), recent_builds=limited, failures_in_lookback=0, inputs=bad),
+               PlanConfig(backoff_lookback=timedelta(minutes=5)))
+    assert plan.actions == (SetStatus(PRESET_ID, PrebuildStatus.HARD_LIMITED),)
+
+
+def test_stored_validation_failed_says_why() -> None:
+    stored = preset(2, prebuild_status=PrebuildStatus.VALIDATION_FAILED)
+    plan = run(snap(stored, inputs=inputs({"region": "eu"})))
+    assert plan.actions == () and plan.errors == ()
+    assert plan.state.validation_failed
+    assert plan.state.creates_refused is not None and "'size'" in plan.state.creates_refused
+    fine = run(snap(stored, inputs=inputs({"size": "l"})))
+    assert fine.actions == ()
+    assert fine.state.creates_refused is not None
+    assert "checks pass now" in fine.state.creates_refused
+
+
+def test_unevaluated_workspace_tag_holds_creates() -> None:
+    tags = (("region", "var.region"),)
+    plan = run(snap(preset(2), inputs=inputs({"size": "l"}, tags)))
+    assert plan.actions == ()
+    assert [e.kind for e in plan.errors] == [InputErrorKind.UNEVALUATED_WORKSPACE_TAG]
+    assert "template variables" in plan.errors[0].message
+    assert plan.reasons == (f"{plan.errors[0].message}: holding 2 create(s)",)
+    assert plan.state.creates_refused == plan.errors[0].message
+    assert not plan.state.validation_failed, "the template may be fine: held, not condemned"
+    # Nothing to create: nothing held, nothing reported.
+    full = run(snap(preset(1), running=prebuilds(HOUR), inputs=inputs({"size": "l"}, tags)))
+    assert full.errors == () and full.state.creates_refused is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ written where the layer is (and tested one by one in tests/unit/test_queue_*.py)
 
 * core.py      `KeyQueue`: coalescing (G1), one holder per key (G2), exactly one follow-up
                (G3), ready times that only move earlier (G4), batches in ready order (G7),
-               shutdown and drain (G9);
+               shutdown and drain (G9), the urgent band (G11);
 * settle.py    `SettleWindow`: the ready time an add asks for: the settle window for events
                (G5), `now + delay` for delays (G6);
 * cooldown.py  `Cooldown`: a key handed out less than `cooldown` ago waits for its end,

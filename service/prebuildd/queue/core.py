@@ -28,8 +28,8 @@ G4 Ready time only moves earlier. Each add asks for a ready time; the key's read
    wakes up for the new one. Processing does not change a follow-up's ready time: it is
    handed out at its ready time or at `done`, whichever comes last.
 G7 Batching and order. `get(max_batch)` hands out up to `max_batch` keys that are ready and
-   not processing, earliest ready time first, ties in the order they were queued. It hands
-   out what is ready when it wakes up; it never waits to fill a batch.
+   not processing, earliest ready time first, ties in the order they were queued (within a
+   band, G11). It hands out what is ready when it wakes up; it never waits to fill a batch.
 G9 Shutdown. After `shutdown()` adds are ignored (and counted). `get()` never waits again: it
    hands out what it could hand out right now, else raises `QueueShutDown`; gets already
    waiting wake up to do the same. A consumer that sees `QueueShutDown` stops, so what was not
@@ -38,15 +38,29 @@ G9 Shutdown. After `shutdown()` adds are ignored (and counted). `get()` never wa
    follow-up it releases can still go to a later `get`), and `drain(timeout)` waits until
    nothing is processing.
 
+G11 Urgent band. An add may be `urgent` (a change a person made: a promotion, a claim). A
+   queued key is urgent when any add behind it was (G1 sums that too: `KeyMeta.urgent`), and
+   stays so until it is handed out; a follow-up is urgent when an urgent add arrived during
+   processing (G3). Whenever an urgent key is ready and not processing, `get` hands out a
+   batch of urgent keys only (G7's order among them), before any other ready key, however
+   long those have been ready. So a template that a sweep queued along with thousands of
+   others, and that a person then changes, leaves with the next batch, alone or with other
+   urgent keys, instead of keeping the sweep's place or sharing a batch of sweep work. Being
+   urgent never changes a ready time (G4): an urgent add still waits for its own ready time
+   (the settle window), and a key held by a consumer is still never handed out (G2). The
+   bound on this: an urgent key waits for the first consumer that finishes its current work.
+   Non-urgent keys are not starved for long by this band: urgent adds come from people, not
+   from machines, and each urgent key leaves at once.
+
 Use from one event loop only (it is not thread-safe; `depth()` alone may be read from another
 thread, as the metrics do). `add_at`, `done` and `shutdown` are synchronous and never block.
 Cancelling a `get` loses nothing: it either returns `Work` or hands out nothing. A consumer must
 call `done` exactly once for everything it was handed (use try/finally); a key that is never
 done is never handed out again and blocks `drain`.
 
-Costs: `add_at` is O(log n) (a heap ordered by ready time with lazy deletion, plus a dict);
-`get` is O(b log n) for a batch of b. The heap is rebuilt when stale entries outnumber live
-ones, so memory stays O(queued keys).
+Costs: `add_at` is O(log n) (a heap per band ordered by ready time with lazy deletion, plus a
+dict); `get` is O(b log n) for a batch of b. The heaps are rebuilt when stale entries outnumber
+live ones, so memory stays O(queued keys).
 """
 
 from __future__ import annotations
@@ -88,6 +102,8 @@ class KeyMeta:
     event_at: float | None
     events: int
     triggers: frozenset[Trigger]
+    # An urgent add was among them (G11).
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,26 +128,35 @@ class Tally:
     event_at: float | None
     events: int = 1
     triggers: set[Trigger] = field(default_factory=set)
+    urgent: bool = False
 
-    def record(self, trigger: Trigger, event_at: float | None) -> None:
+    def record(self, trigger: Trigger, event_at: float | None, urgent: bool = False) -> None:
         self.events += 1
         self.triggers.add(trigger)
         self.event_at = _earliest(self.event_at, event_at)
+        self.urgent = self.urgent or urgent
 
     def absorb(self, other: KeyMeta) -> None:
         self.events += other.events
         self.triggers |= other.triggers
         self.first_added = min(self.first_added, other.first_added)
         self.event_at = _earliest(self.event_at, other.event_at)
+        self.urgent = self.urgent or other.urgent
 
     def freeze(self) -> KeyMeta:
-        return KeyMeta(self.first_added, self.event_at, self.events, frozenset(self.triggers))
+        return KeyMeta(
+            self.first_added, self.event_at, self.events, frozenset(self.triggers), self.urgent
+        )
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
+
+
+# (ready time, push sequence, key): heapq orders by ready time, then by queueing order.
+_Heap = list[tuple[float, int, K]]
 
 
 @dataclass(slots=True)
@@ -157,7 +182,10 @@ class KeyQueue(Generic[K]):
         self._clock = clock
         self._sleep = sleep
         self._queued: dict[K, _Entry] = {}
-        self._heap: list[tuple[float, int, K]] = []
+        # One heap per band (G11): [0] the others, [1] the urgent keys. An entry's one live
+        # item is in the heap of its band; an entry that became urgent left a stale item in
+        # the other.
+        self._heaps: tuple[_Heap[K], _Heap[K]] = ([], [])
         self._processing: set[K] = set()
         self._seq = itertools.count()
         self._changed: anyio.Event | None = None  # created lazily: only waiters need one
@@ -168,54 +196,75 @@ class KeyQueue(Generic[K]):
     # ---- producers -------------------------------------------------------------------
 
     def add_at(
-        self, key: K, ready_at: float, *, trigger: Trigger, event_at: float | None = None
+        self,
+        key: K,
+        ready_at: float,
+        *,
+        trigger: Trigger,
+        event_at: float | None = None,
+        urgent: bool = False,
     ) -> None:
-        """Queue `key` to be ready at `ready_at` (a reading of the clock), or advance it (G4)."""
+        """Queue `key` to be ready at `ready_at` (a reading of the clock), or advance it (G4);
+        an `urgent` add puts it in the urgent band (G11)."""
         check_number(ready_at, "ready_at")
         self.adds += 1
         if self._shut:
             self.ignored += 1
         elif (entry := self._queued.get(key)) is not None:
             self.coalesced += 1
-            entry.tally.record(trigger, event_at)
-            self._advance(key, entry, ready_at)
+            promoted = urgent and not entry.tally.urgent
+            entry.tally.record(trigger, event_at, urgent)
+            self._advance(key, entry, ready_at, promoted)
         else:
             self.new_keys += 1
-            entry = _Entry(Tally(self._clock(), event_at, 1, {trigger}), ready_at)
+            entry = _Entry(Tally(self._clock(), event_at, 1, {trigger}, urgent), ready_at)
             self._queued[key] = entry
             if key not in self._processing:
                 self._push(key, entry)
 
-    def _advance(self, key: K, entry: _Entry, ready_at: float) -> None:
-        if ready_at >= entry.ready_at:
+    def _advance(self, key: K, entry: _Entry, ready_at: float, promoted: bool) -> None:
+        if ready_at >= entry.ready_at and not promoted:
             return  # never postpone (G4)
-        entry.ready_at = ready_at
+        entry.ready_at = min(entry.ready_at, ready_at)
         if key not in self._processing:  # a follow-up enters the heap only at done (G3)
             self._push(key, entry)
 
-    def clear(self) -> list[KeyMeta]:
-        """Remove every queued key (follow-ups included) and return what each stood for.
+    def clear(self, *, keep_urgent: bool = False) -> list[KeyMeta]:
+        """Remove every queued key (follow-ups included), or every one but the urgent ones,
+        and return what each removed key stood for.
 
         For a layer that replaces them (G8): processing keys stay processing.
         """
-        removed = [entry.tally.freeze() for entry in self._queued.values()]
-        self._queued.clear()
-        self._heap.clear()
+        removed = [
+            entry.tally.freeze()
+            for entry in self._queued.values()
+            if not (keep_urgent and entry.tally.urgent)
+        ]
+        if keep_urgent:
+            self._queued = {k: e for k, e in self._queued.items() if e.tally.urgent}
+            self._heaps[0].clear()
+        else:
+            self._queued.clear()
+            for heap in self._heaps:
+                heap.clear()
         self.notify()
         return removed
 
     def _push(self, key: K, entry: _Entry) -> None:
         entry.seq = next(self._seq)
-        heapq.heappush(self._heap, (entry.ready_at, entry.seq, key))
-        if len(self._heap) > 2 * len(self._queued) + _COMPACT_SLACK:
+        heapq.heappush(self._heaps[entry.tally.urgent], (entry.ready_at, entry.seq, key))
+        if self.heap_size() > 2 * len(self._queued) + _COMPACT_SLACK:
             self._compact()
         self.notify()
 
     def _compact(self) -> None:
-        self._heap = [
-            (e.ready_at, e.seq, k) for k, e in self._queued.items() if k not in self._processing
-        ]
-        heapq.heapify(self._heap)
+        for band, heap in enumerate(self._heaps):
+            heap[:] = [
+                (e.ready_at, e.seq, k)
+                for k, e in self._queued.items()
+                if k not in self._processing and e.tally.urgent == bool(band)
+            ]
+            heapq.heapify(heap)
 
     # ---- consumers -------------------------------------------------------------------
 
@@ -236,15 +285,15 @@ class KeyQueue(Generic[K]):
         return work
 
     def take(self, max_batch: int) -> Work[K] | None:
-        """Hand out up to `max_batch` ready keys now (G7), or None; never raises on shutdown."""
+        """Hand out up to `max_batch` ready keys now (G7), of one band, urgent first (G11), or
+        None; never raises on shutdown."""
         now = self._clock()
+        urgent, others = self._heaps[1], self._heaps[0]
+        heap = urgent if self._ready_top(urgent, now) is not None else others
         taken: dict[K, KeyMeta] = {}
-        while len(taken) < max_batch and (key := self._peek()) is not None:
-            entry = self._queued[key]
-            if entry.ready_at > now:
-                break
-            heapq.heappop(self._heap)
-            del self._queued[key]
+        while len(taken) < max_batch and (key := self._ready_top(heap, now)) is not None:
+            heapq.heappop(heap)
+            entry = self._queued.pop(key)
             self._processing.add(key)
             taken[key] = entry.tally.freeze()
         if not taken:
@@ -252,20 +301,24 @@ class KeyQueue(Generic[K]):
         self.handed_out += len(taken)
         return Work(tuple(taken), MappingProxyType(taken))
 
-    def _peek(self) -> K | None:
-        """The live key at the top of the heap, dropping stale items on the way."""
-        while self._heap:
-            _, seq, key = self._heap[0]
+    def _ready_top(self, heap: _Heap[K], now: float) -> K | None:
+        key = self._peek(heap)
+        return key if key is not None and self._queued[key].ready_at <= now else None
+
+    def _peek(self, heap: _Heap[K]) -> K | None:
+        """The live key at the top of `heap`, dropping stale items on the way."""
+        while heap:
+            _, seq, key = heap[0]
             entry = self._queued.get(key)
             if entry is not None and entry.seq == seq:
                 return key
-            heapq.heappop(self._heap)
+            heapq.heappop(heap)
         return None
 
     def next_ready(self) -> float | None:
         """The earliest ready time of a key that may be handed out; None when none is queued."""
-        key = self._peek()
-        return None if key is None else self._queued[key].ready_at
+        times = [self._queued[k].ready_at for h in self._heaps if (k := self._peek(h)) is not None]
+        return min(times, default=None)
 
     def done(self, keys: Iterable[K]) -> None:
         """Finish some handed-out keys; releases their follow-ups (G3)."""
@@ -318,8 +371,8 @@ class KeyQueue(Generic[K]):
         return key in self._queued
 
     def heap_size(self) -> int:
-        """Heap items, stale ones included (bounded by 2 x depth + a constant)."""
-        return len(self._heap)
+        """Heap items of both bands, stale ones included (bounded by 2 x depth + a constant)."""
+        return len(self._heaps[0]) + len(self._heaps[1])
 
     # ---- waiting ---------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The queue the service uses: the core with its layers, plus the sweep/overflow policy.
 
     add(key, delay=None|d) --SettleWindow--> overflow policy --Cooldown--> KeyQueue.add_at
-                              (G5, G6)        (G8)              (G10)      (G1-G4, G7, G9)
+                              (G5, G6)        (G8)              (G10)      (G1-G4, G7, G9, G11)
     request_sweep() ----------------------> overflow policy (G8)
     get() <-- the sweep marker (G8), or the core's ready keys, whose cooldown starts (G10)
 
-Every guarantee of the core (G1-G4, G7, G9, core.py) holds here too, with the ready time an
+Every guarantee of the core (G1-G4, G7, G9, G11, core.py) holds here too, with the ready time an
 add asks for decided by the settle window and the cooldown first. This module adds:
 
 G8 Bounded memory, no silent loss (tests/unit/test_queue_overflow.py). At most `max_keys`
@@ -21,6 +21,11 @@ G8 Bounded memory, no silent loss (tests/unit/test_queue_overflow.py). At most `
    absorbed add, no event is lost; absorbed *timers* are re-derived, because every reconcile
    reports its templates' next wake-up again. After `shutdown()`, `request_sweep()` is
    ignored like any add (G9).
+   Urgent keys (G11) are the exception, below the bound: `request_sweep()` leaves queued
+   urgent keys in place, and an urgent add while the marker is queued is queued as usual
+   instead of being absorbed (an overflow absorbs everything, urgent keys too: memory first).
+   They still wait for the exclusive sweep, but then the sweep's adds coalesce into them and
+   they leave first, instead of waiting behind every template the sweep queued.
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class WorkQueue(Generic[K]):
     ) -> None:
         """Queue `key`: at the end of the settle window (G5), or after `delay` seconds (G6).
 
-        `urgent` exempts this add from the key's cooldown (G10).
+        `urgent` exempts this add from the key's cooldown (G10) and puts the key in the urgent
+        band (G11).
         """
         now = self._clock()
         self._offer(key, self._settle.ready_at(now, delay), now, trigger, event_at, urgent)
@@ -109,14 +115,14 @@ class WorkQueue(Generic[K]):
     def request_sweep(
         self, *, trigger: Trigger = Trigger.SWEEP, event_at: float | None = None
     ) -> None:
-        """Queue the full-sweep marker, replacing queued keys, as an overflow would (G8)."""
+        """Queue the full-sweep marker, replacing queued keys but the urgent ones (G8)."""
         if self._core.shut:
             return
         if self._sweep is not None:
             self._sweep.record(trigger, event_at)
             return
         now = self._clock()
-        self._start_sweep(Tally(now, event_at, 1, {trigger}))
+        self._start_sweep(Tally(now, event_at, 1, {trigger}), keep_urgent=True)
 
     def _offer(
         self,
@@ -130,20 +136,22 @@ class WorkQueue(Generic[K]):
         if not urgent:
             ready_at = max(ready_at, self._cooldown.earliest(key, now))
         core = self._core
+        full = not core.is_queued(key) and core.depth() >= self._max_keys
         if core.shut:
             core.add_at(key, ready_at, trigger=trigger, event_at=event_at)  # ignored (G9)
-        elif self._sweep is not None:
+        elif self._sweep is not None and (full or not urgent):
             # The queued sweep starts after this add, so it covers it (G8).
             self._absorbed += 1
-            self._sweep.record(trigger, event_at)
-        elif not core.is_queued(key) and core.depth() >= self._max_keys:
+            self._sweep.record(trigger, event_at, urgent)
+        elif full:
             self._overflows += 1
-            self._start_sweep(Tally(now, event_at, 1, {trigger, Trigger.OVERFLOW}))
+            self._start_sweep(Tally(now, event_at, 1, {trigger, Trigger.OVERFLOW}, urgent))
         else:
-            core.add_at(key, ready_at, trigger=trigger, event_at=event_at)
+            # Below the bound; while a sweep is queued, only urgent adds get here (G8, G11).
+            core.add_at(key, ready_at, trigger=trigger, event_at=event_at, urgent=urgent)
 
-    def _start_sweep(self, sweep: Tally) -> None:
-        for meta in self._core.clear():
+    def _start_sweep(self, sweep: Tally, *, keep_urgent: bool = False) -> None:
+        for meta in self._core.clear(keep_urgent=keep_urgent):
             sweep.absorb(meta)
         self._sweep = sweep
         self._core.notify()
