@@ -778,10 +778,9 @@ def _prebuild_build_started(
     setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox
 ) -> Events:
     workspace_id = rows.workspace(setup, tpl.org_id, tpl.template_id, PREBUILDS_USER_ID)
-    job_id = rows.job(setup, tpl.org_id, PREBUILDS_USER_ID)
     setup.commit()
     inbox.drain()
-    rows.build(actor, workspace_id, tpl.version_id, job_id, PREBUILDS_USER_ID)
+    rows.build(actor, workspace_id, tpl.version_id, PREBUILDS_USER_ID)
     return [(EventKind.BUILD_INSERTED, tpl.template_id)]
 
 

@@ -90,7 +90,7 @@ OWNER_FILES = {
     "migrate.sql": "`prebuildd migrate` changes the schema",
     "claim.sql": "claims are Coder's; `prebuildd claim` is a development tool",
     "provisioner.sql": "the simulated provisioner stands in for Coder's provisioners",
-    "demo.sql": "`prebuildd demo` seeds its own database",
+    "seed.sql": "Coder rows for tests and `prebuildd demo`, built as the owner of Coder's tables",
 }
 # The functions the role may execute (sql/functions/prebuild_writes.sql).
 ENTRY_POINTS = {

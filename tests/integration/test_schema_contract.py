@@ -627,7 +627,7 @@ NOT_PRODUCTION_FILES = {
     "migrate.sql": "catalog queries of `migrate` itself (they name no Coder column)",
     "claim.sql": "`prebuildd claim` is a development tool: Coder claims prebuilds",
     "provisioner.sql": "the simulated provisioner stands in for Coder's provisioners",
-    "demo.sql": "`prebuildd demo` seeds its own database",
+    "seed.sql": "Coder rows for tests and `prebuildd demo` (the builder in sql/seed/)",
 }
 # Production queries that write an OPTIONAL_COLUMNS column, so they cannot work without it:
 # on such a schema they must fail on that column, not on any other.

@@ -335,8 +335,7 @@ def test_job_of_a_prebuild_started_by_someone_else_is_left_to_the_sweep(
     # never call the trigger function; an admin's build on a prebuild is rare and the
     # periodic sweep notices it.
     workspace_id, _ = rows.prebuild(conn, tpl, started=True)
-    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
-    rows.build(conn, workspace_id, tpl.version_id, job_id, tpl.owner_id, number=2)
+    _, job_id = rows.build(conn, workspace_id, tpl.version_id, tpl.owner_id, number=2)
     conn.commit()
     inbox.drain()
     conn.execute(JOB_UPDATE.format("started_at = now()"), [job_id])
