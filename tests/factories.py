@@ -30,6 +30,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from prebuildd import seed
 from prebuildd.model import PREBUILDS_USER_ID
