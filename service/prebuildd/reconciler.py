@@ -208,7 +208,7 @@ class Reconciler:
             read_span = _tracer.start_span("prebuildd.read_snapshot")
             try:
                 locked, snapshot = await store.lock_and_read_snapshot(
-                    conn, wanted, config=self._config
+                    conn, wanted, config=self._config, skip_idle=True
                 )
                 read_span.set_attribute("prebuildd.presets", len(snapshot.presets))
             finally:
@@ -227,11 +227,14 @@ class Reconciler:
             return
         if snapshot is None:
             with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-                snapshot = await store.read_snapshot(conn, locked, config=self._config)
+                snapshot = await store.read_snapshot(
+                    conn, locked, config=self._config, skip_idle=True
+                )
                 span.set_attribute("prebuildd.presets", len(snapshot.presets))
             stages.done("read")
         # Presets of retired versions with nothing left to clean up are most of a big fleet
         # and can produce no action: skip them (dry runs, whose plans are the product, don't).
+        # The store already left them out (`skip_idle`); `can_skip` stays the rule.
         self._plan(snapshot, outcome, every_preset=False)
         stages.done("plan")
         if snapshot.paused:

@@ -206,7 +206,7 @@ def parse_paused(value: str | None) -> bool:
 
 
 async def lock_and_read_snapshot(
-    conn: Conn, template_ids: Sequence[UUID], *, config: PlanConfig
+    conn: Conn, template_ids: Sequence[UUID], *, config: PlanConfig, skip_idle: bool = False
 ) -> tuple[list[UUID], Snapshot]:
     """`lock_templates` and `read_snapshot` in one pipeline: one round trip instead of two.
 
@@ -218,7 +218,9 @@ async def lock_and_read_snapshot(
     """
     wanted = _unique(template_ids)
     held: list[UUID] = []
-    snapshot = await read_snapshot(conn, wanted, config=config, lock_into=held)
+    snapshot = await read_snapshot(
+        conn, wanted, config=config, lock_into=held, skip_idle=skip_idle
+    )
     return held, snapshot
 
 
@@ -229,6 +231,7 @@ async def read_snapshot(
     config: PlanConfig,
     read_only: bool = False,
     lock_into: list[UUID] | None = None,
+    skip_idle: bool = False,
 ) -> Snapshot:
     """Presets, schedules, prebuild facts, the pause flag and the database's clock, set-based.
 
@@ -236,7 +239,8 @@ async def read_snapshot(
     first, and the snapshot says who holds which locks (`Snapshot.locks`, from pg_locks): the
     caller takes none. `lock_into` (`lock_and_read_snapshot`): `lock_templates` runs first in
     the same pipeline, the templates it locked are appended to that list (in input order),
-    and the snapshot has only their presets.
+    and the snapshot has only their presets. `skip_idle`: without the presets that can
+    produce no action (`assemble`).
     """
     ids = _unique(template_ids)
     params = {
@@ -284,7 +288,7 @@ async def read_snapshot(
         paused = parse_paused(settings_rows[0][0] if settings_rows else None)
         (now, server_clock), *_ = await clock.fetchall()
         return Snapshot(
-            assemble(preset_rows, schedule_rows, prebuild_rows, input_rows),
+            assemble(preset_rows, schedule_rows, prebuild_rows, input_rows, skip_idle=skip_idle),
             paused,
             now=now,
             clock=DatabaseClock(server_clock, arrived),
@@ -403,8 +407,16 @@ def assemble(
     schedule_rows: Iterable[Row],
     prebuild_rows: Iterable[Row],
     input_rows: Iterable[Row] = (),
+    *,
+    skip_idle: bool = False,
 ) -> tuple[PresetSnapshot, ...]:
-    """Build one PresetSnapshot per preset row from the result sets."""
+    """Build one PresetSnapshot per preset row from the result sets.
+
+    `skip_idle`: leave out the presets `plan.can_skip` would skip -- inactive (a retired
+    version, a deleted or deprecated template) with no running prebuild and nothing to
+    cancel -- before building anything for them. Most presets of a big fleet are such, and a
+    reconcile (not a dry run, which reports every preset) never plans them.
+    """
     # Keyed by the ids' 128-bit integers: UUID's __hash__ and __eq__ are Python code, and a
     # batched sweep looks ids up some 60,000 times.
     schedules: dict[int, list[Schedule]] = defaultdict(list)
@@ -417,6 +429,11 @@ def assemble(
     snapshots = []
     for row in preset_rows:
         key = row[0].int
+        if skip_idle and not (row[8] and not row[9] and not row[10]):
+            # Inactive (Preset.is_active, from the row): idle unless it has work left.
+            found = facts.get(key)
+            if found is None or (not found.running and found.cancelable <= 0):
+                continue
         preset = _preset(row)
         # Only presets that can be created for are checked (the read covers only those).
         checked = inputs.get(key) if preset.is_active else None
@@ -471,24 +488,12 @@ def _option_values(options: object) -> tuple[str, ...]:
 
 
 def _preset(row: Row) -> Preset:
+    # snapshot_presets returns Preset's fields in their order (positional: a sweep builds
+    # tens of thousands of these, and keyword arguments cost more).
     return Preset(
-        id=row[0],
-        name=row[1],
-        template_id=row[2],
-        template_name=row[3],
-        organization_id=row[4],
-        organization_name=row[5],
-        template_version_id=row[6],
-        template_version_name=row[7],
-        using_active_version=row[8],
-        template_deleted=row[9],
-        template_deprecated=row[10],
-        desired_instances=row[11],
-        invalidate_after_secs=row[12],
-        last_invalidated_at=row[13],
-        scheduling_timezone=row[14],
-        prebuild_status=_PREBUILD_STATUS[row[15]],
-    )
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+        row[10], row[11], row[12], row[13], row[14], _PREBUILD_STATUS[row[15]],
+    )  # fmt: skip
 
 
 def _add_fact(f: _Facts, row: Row) -> None:
