@@ -36,12 +36,14 @@ import psycopg
 
 from bench._server import BenchServer, bench_server, print_server
 from bench._sql import bench_query, file_text
+from prebuildd import seed as coder_rows
 from prebuildd.migrate import migrate
 from prebuildd.queries import read_sql_file
 
 Log = Callable[[str], None]
 
-# Statements of one chunk of templates, in order (named blocks of bench/sql/fleet.sql).
+# Statements of one chunk of templates, in order (named blocks of bench/sql/fleet.sql): which
+# rows the chunk holds, then the builder of Coder rows writes them, table by table.
 _CHUNK_STEPS = (
     "chunk_templates",
     "chunk_versions",
@@ -49,17 +51,12 @@ _CHUNK_STEPS = (
     "chunk_workspaces",
     "chunk_builds",
     "insert_templates",
-    "insert_import_jobs",
     "insert_versions",
     "insert_presets",
     "insert_preset_parameters",
     "insert_schedules",
     "insert_workspaces",
-    "insert_build_jobs",
     "insert_builds",
-    "insert_build_parameters",
-    "chunk_resources",
-    "insert_resources",
     "insert_agents",
 )
 
@@ -120,9 +117,11 @@ class FleetSpec:
         )
 
     def key(self) -> str:
-        """Fingerprint of what a seeded database holds: spec, seeding SQL and base schema."""
+        """Fingerprint of what a seeded database holds: spec, seeding SQL (the fleet's and the
+        builder's) and base schema."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         digest.update(file_text("fleet.sql").encode())
+        digest.update(read_sql_file("seed", "coder_rows.sql").encode())
         digest.update(read_sql_file("schema", "coder_subset.sql").encode())
         return digest.hexdigest()[:12]
 
@@ -206,8 +205,10 @@ def seed(url: str, spec: FleetSpec, *, chunk: int = 500, log: Log = print) -> Se
     params = _params(spec)
     with psycopg.connect(url) as conn:
         fast = _fast_path(conn)
-        conn.execute(bench_query("seed_organizations"), params)
-        conn.execute(bench_query("seed_users"), params)
+        conn.execute(bench_query("seeding_in_memory"))
+        coder_rows.install(conn)  # for this session: committed with the first chunk
+        conn.execute(bench_query("fleet_organizations"), params)
+        conn.execute(bench_query("fleet_users"), params)
         conn.commit()
         for first in range(1, spec.templates + 1, chunk):
             last = min(first + chunk - 1, spec.templates)

@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -62,12 +62,16 @@ SKIP_VARIABLE = "PREBUILDD_TEST_SKIP_TOOLS"
 
 
 def require_tool(name: str, hint: str = PROMETHEUS_HINT) -> str:
-    """Path of an external tool; when missing, fails (under CI=true always; locally unless
-    PREBUILDD_TEST_SKIP_TOOLS=1 asks for a skip) with the reason."""
+    """Path of an external tool; when missing, see `tool_missing`."""
     found = shutil.which(name)
     if found:
         return found
-    reason = f"`{name}` is not installed: {hint}"
+    tool_missing(f"`{name}` is not installed: {hint}")
+
+
+def tool_missing(reason: str) -> NoReturn:
+    """A test cannot run without an external tool: fail (under CI=true always; locally unless
+    PREBUILDD_TEST_SKIP_TOOLS=1 asks for a skip) with the reason."""
     if under_ci():
         pytest.fail(f"{reason}. CI=true: this test may not skip.")
     # Locally a missing tool skips only when asked to, so a green run never hides it.

@@ -1,5 +1,7 @@
--- A Coder-shaped fleet for the benchmarks (bench/fleet.py), written set-based: a few
--- INSERT ... SELECT over generate_series per chunk of templates, never a row at a time.
+-- A Coder-shaped fleet for the benchmarks (bench/fleet.py), written set-based: per chunk of
+-- templates, temporary tables say which rows the fleet holds (generate_series, never a row at
+-- a time), and the builder of Coder rows (sql/seed/coder_rows.sql, the one tests and the demo
+-- use) writes them, one call per table with arrays of the whole chunk.
 --
 -- Ids that benches need to find again are derived, not random: md5(label)::uuid with labels
 -- 'bench-template-<n>', 'bench-version-<n>-<v>', 'bench-preset-<n>-<v>-<p>', 'bench-org-<o>',
@@ -26,22 +28,28 @@
 -- read in Europe/Berlin.
 -- Every succeeded start build has one resource and one agent (the latest build's agent in
 -- its real state, older ones 'off').
+-- The prebuilds user is prebuildd.prebuilds_user_id() (the fleet's database is migrated; the
+-- function is inlined as the literal).
 --
 -- Statements without a `%(...)s` placeholder after the temp tables read only from them.
 
--- name: seed_organizations
-INSERT INTO organizations (id, name, description, created_at, updated_at, is_default, display_name)
-SELECT
-    md5('bench-org-' || o)::uuid, 'bench-org-' || o, '', now(), now(), o = 1, 'Bench org ' || o
+-- name: fleet_organizations
+SELECT pg_temp.seed_organizations(
+    id => array_agg(md5('bench-org-' || o)::uuid),
+    name => array_agg('bench-org-' || o),
+    display_name => array_agg('Bench org ' || o),
+    is_default => array_agg(o = 1)
+)
 FROM generate_series(1, %(organizations)s::int) AS o;
 
--- name: seed_users
-INSERT INTO users (
-    id, email, username, name, hashed_password, created_at, updated_at, status, login_type
+-- name: fleet_users
+SELECT pg_temp.seed_users(
+    id => array_agg(md5('bench-user-' || u)::uuid),
+    username => array_agg('user' || u),
+    email => array_agg('user' || u || '@bench.invalid'),
+    name => array_agg('User ' || u),
+    created_at => array_agg(now() - interval '500 days')
 )
-SELECT
-    md5('bench-user-' || u)::uuid, 'user' || u || '@bench.invalid', 'user' || u, 'User ' || u,
-    ''::bytea, now() - interval '500 days', now(), 'active', 'password'
 FROM generate_series(1, %(users)s::int) AS u;
 
 -- name: chunk_templates
@@ -124,7 +132,7 @@ SELECT
     CASE
         WHEN pb.kind = 'claimed'
             THEN md5('bench-user-' || (1 + mod(pb.n * 31 + pb.p * 7 + pb.k, %(users)s::int)))::uuid
-        ELSE 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+        ELSE prebuildd.prebuilds_user_id()
     END AS owner_id,
     pb.kind,
     pb.k,
@@ -171,20 +179,19 @@ SELECT
     w.kind,
     w.org_id,
     bn,
-    bn = w.builds AS latest,
     CASE
         WHEN w.kind = 'history' AND bn = 2 THEN 'delete'
         WHEN w.kind = 'claimed' AND bn > 2 AND mod(bn, 2) = 1 THEN 'stop'
         WHEN w.kind = 'user' AND mod(bn, 2) = 0 THEN 'stop'
         ELSE 'start'
-    END::workspace_transition AS transition,
+    END AS transition,
     CASE
         WHEN w.kind = 'user' OR (w.kind = 'claimed' AND bn > 1) THEN w.owner_id
-        ELSE 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+        ELSE prebuildd.prebuilds_user_id()
     END AS initiator_id,
-    md5('bench-version-' || w.n || '-' || ver.v)::uuid AS version_id,
+    bv.id AS version_id,
     -- The version's import job's file: what Coder's builder copies onto the build's job.
-    md5('bench-file-' || w.n || '-' || ver.v)::uuid AS file_id,
+    bv.file_id,
     CASE WHEN w.kind = 'user' OR (w.kind = 'claimed' AND bn > 2) THEN NULL ELSE w.preset_id END
         AS preset_id,
     CASE
@@ -208,153 +215,137 @@ CROSS JOIN LATERAL (
         WHEN w.kind = 'user' AND bn <= w.builds - 2 AND w.v > 1 THEN w.v - 1
         ELSE w.v
     END AS v
-) AS ver;
+) AS ver
+JOIN bench_ver AS bv ON bv.n = w.n AND bv.v = ver.v;
 
 -- name: insert_templates
-INSERT INTO templates (
-    id, created_at, updated_at, organization_id, name, provisioner, active_version_id,
-    created_by
+SELECT pg_temp.seed_templates(
+    id => array_agg(t.id),
+    organization_id => array_agg(t.org_id),
+    created_by => array_agg(md5('bench-user-1')::uuid),
+    active_version_id => array_agg(
+        md5('bench-version-' || t.n || '-' || %(versions)s::int)::uuid
+    ),
+    name => array_agg('template-' || t.n),
+    created_at => array_agg(now() - interval '400 days')
 )
-SELECT
-    t.id, now() - interval '400 days', now(), t.org_id, 'template-' || t.n, 'terraform',
-    md5('bench-version-' || t.n || '-' || %(versions)s::int)::uuid,
-    md5('bench-user-1')::uuid
 FROM bench_tpl AS t;
 
--- name: insert_import_jobs
-INSERT INTO provisioner_jobs (
-    id, created_at, updated_at, started_at, completed_at, organization_id, initiator_id,
-    provisioner, storage_method, type, input, worker_id, file_id, tags
-)
-SELECT
-    v.job_id, v.created_at, v.created_at, v.created_at, v.created_at + interval '1 minute',
-    v.org_id, md5('bench-user-1')::uuid, 'terraform', 'file', 'template_version_import',
-    jsonb_build_object('template_version_id', v.id), md5('bench-worker')::uuid, v.file_id,
-    '{"scope": "organization", "owner": ""}'
-FROM bench_ver AS v;
-
 -- name: insert_versions
-INSERT INTO template_versions (
-    id, template_id, organization_id, created_at, updated_at, name, readme, job_id, created_by
+-- With their import jobs.
+SELECT pg_temp.seed_versions(
+    id => array_agg(v.id),
+    template_id => array_agg(v.template_id),
+    created_by => array_agg(md5('bench-user-1')::uuid),
+    name => array_agg('v' || v.v),
+    created_at => array_agg(v.created_at),
+    job_id => array_agg(v.job_id),
+    file_id => array_agg(v.file_id),
+    organization_id => array_agg(v.org_id)
 )
-SELECT
-    v.id, v.template_id, v.org_id, v.created_at, v.created_at, 'v' || v.v, '', v.job_id,
-    md5('bench-user-1')::uuid
 FROM bench_ver AS v;
 
 -- name: insert_presets
-INSERT INTO template_version_presets (
-    id, template_version_id, name, created_at, desired_instances, invalidate_after_secs,
-    scheduling_timezone, is_default
+SELECT pg_temp.seed_presets(
+    id => array_agg(p.id),
+    template_version_id => array_agg(p.version_id),
+    desired_instances => array_agg(p.desired),
+    name => array_agg('preset-' || p.p),
+    invalidate_after_secs => array_agg(0),
+    scheduling_timezone => array_agg(CASE WHEN p.scheduled THEN 'Europe/Berlin' ELSE '' END),
+    is_default => array_agg(p.p = 1),
+    created_at => array_agg(p.created_at)
 )
-SELECT
-    p.id, p.version_id, 'preset-' || p.p, p.created_at, p.desired, 0,
-    CASE WHEN p.scheduled THEN 'Europe/Berlin' ELSE '' END, p.p = 1
 FROM bench_pre AS p;
 
 -- name: insert_preset_parameters
-INSERT INTO template_version_preset_parameters (template_version_preset_id, name, value)
-SELECT p.id, param.name, param.name || '-' || p.p
+SELECT pg_temp.seed_preset_parameters(
+    preset_id => array_agg(p.id),
+    name => array_agg(param.name),
+    value => array_agg(param.name || '-' || p.p)
+)
 FROM bench_pre AS p
 CROSS JOIN (VALUES ('region'), ('size')) AS param (name);
 
 -- name: insert_schedules
-INSERT INTO template_version_preset_prebuild_schedules (
-    preset_id, cron_expression, desired_instances
+SELECT pg_temp.seed_schedules(
+    preset_id => array_agg(p.id),
+    cron_expression => array_agg('* 9-17 * * 1-5'::text),
+    desired_instances => array_agg(p.desired)
 )
-SELECT p.id, '* 9-17 * * 1-5', p.desired
 FROM bench_pre AS p
 WHERE p.scheduled;
 
 -- name: insert_workspaces
-INSERT INTO workspaces (
-    id, created_at, updated_at, owner_id, organization_id, template_id, deleted, name,
-    last_used_at, automatic_updates
+SELECT pg_temp.seed_workspaces(
+    id => array_agg(w.id),
+    template_id => array_agg(w.template_id),
+    owner_id => array_agg(w.owner_id),
+    name => array_agg(
+        CASE WHEN w.kind = 'user' THEN 'ws-' ELSE 'prebuild-' END || left(md5(w.id::text), 16)
+    ),
+    created_at => array_agg(w.created_at),
+    deleted => array_agg(w.deleted),
+    organization_id => array_agg(w.org_id)
 )
-SELECT
-    w.id, w.created_at, w.created_at, w.owner_id, w.org_id, w.template_id, w.deleted,
-    CASE WHEN w.kind = 'user' THEN 'ws-' ELSE 'prebuild-' END || left(md5(w.id::text), 16),
-    w.created_at, 'never'
 FROM bench_ws AS w;
 
--- name: insert_build_jobs
-INSERT INTO provisioner_jobs (
-    id, created_at, updated_at, started_at, completed_at, error, organization_id, initiator_id,
-    provisioner, storage_method, type, input, worker_id, file_id, tags
-)
-SELECT
-    b.job_id,
-    b.created_at,
-    b.created_at + interval '2 minutes',
-    CASE WHEN b.status <> 'pending' THEN b.created_at + interval '5 seconds' END,
-    CASE WHEN b.status IN ('succeeded', 'failed') THEN b.created_at + interval '2 minutes' END,
-    CASE WHEN b.status = 'failed' THEN 'terraform apply failed' END,
-    b.org_id,
-    b.initiator_id,
-    'terraform',
-    'file',
-    'workspace_build',
-    CASE
-        WHEN b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
-            jsonb_build_object(
-                'workspace_build_id', b.id, 'dry_run', false, 'prebuilt_workspace_stage', 1
-            )
-        WHEN b.kind = 'claimed' AND b.bn = 2 THEN
-            jsonb_build_object(
-                'workspace_build_id', b.id, 'dry_run', false, 'prebuilt_workspace_stage', 2
-            )
-        ELSE jsonb_build_object('workspace_build_id', b.id, 'dry_run', false)
-    END,
-    CASE WHEN b.status <> 'pending' THEN md5('bench-worker')::uuid END,
-    b.file_id,
-    '{"scope": "organization", "owner": ""}'
-FROM bench_build AS b;
-
 -- name: insert_builds
-INSERT INTO workspace_builds (
-    id, created_at, updated_at, workspace_id, template_version_id, build_number, transition,
-    initiator_id, job_id, reason, template_version_preset_id
+-- With their jobs (input as Coder's builder writes it for prebuilds: marked by their stage;
+-- users' builds keep the builder's input, their build id alone) and their presets'
+-- parameters.
+SELECT pg_temp.seed_builds(
+    id => array_agg(b.id),
+    workspace_id => array_agg(b.workspace_id),
+    template_version_id => array_agg(b.version_id),
+    build_number => array_agg(b.bn),
+    transition => array_agg(b.transition),
+    initiator_id => array_agg(b.initiator_id),
+    preset_id => array_agg(b.preset_id),
+    job_status => array_agg(b.status),
+    created_at => array_agg(b.created_at),
+    job_id => array_agg(b.job_id),
+    job_input => array_agg(
+        CASE
+            WHEN b.initiator_id = prebuildd.prebuilds_user_id()
+                THEN '{"dry_run": false, "prebuilt_workspace_stage": 1}'::jsonb
+            WHEN b.kind = 'claimed' AND b.bn = 2
+                THEN '{"dry_run": false, "prebuilt_workspace_stage": 2}'::jsonb
+        END
+    ),
+    -- One worker ran every job (a new id per job would cost a random number each, and
+    -- scatter the index on worker_id).
+    worker_id => array_agg(CASE WHEN b.status <> 'pending' THEN md5('bench-worker')::uuid END),
+    organization_id => array_agg(b.org_id),
+    provisioner => array_agg('terraform'::text),
+    file_id => array_agg(b.file_id)
 )
-SELECT
-    b.id, b.created_at, b.created_at, b.workspace_id, b.version_id, b.bn, b.transition,
-    b.initiator_id, b.job_id, 'initiator', b.preset_id
 FROM bench_build AS b;
 
--- name: insert_build_parameters
-INSERT INTO workspace_build_parameters (workspace_build_id, name, value)
-SELECT b.id, pp.name, pp.value
-FROM bench_build AS b
-JOIN template_version_preset_parameters AS pp ON pp.template_version_preset_id = b.preset_id;
-
--- name: chunk_resources
-CREATE TEMP TABLE bench_res ON COMMIT DROP AS
-SELECT gen_random_uuid() AS id, b.job_id, b.created_at + interval '2 minutes' AS created_at,
-       b.agent_state
+-- name: insert_agents
+-- One agent (on a resource of its own) per succeeded start.
+SELECT pg_temp.seed_agents(
+    id => array_agg(gen_random_uuid()),
+    job_id => array_agg(b.job_id),
+    resource_id => array_agg(gen_random_uuid()),
+    lifecycle_state => array_agg(b.agent_state),
+    name => array_agg('main'::text),
+    created_at => array_agg(b.created_at + interval '2 minutes')
+)
 FROM bench_build AS b
 WHERE b.transition = 'start'
   AND b.status = 'succeeded';
-
--- name: insert_resources
-INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name)
-SELECT r.id, r.created_at, r.job_id, 'start', 'docker_container', 'main'
-FROM bench_res AS r;
-
--- name: insert_agents
-INSERT INTO workspace_agents (
-    id, created_at, updated_at, name, resource_id, auth_token, architecture,
-    operating_system, lifecycle_state, first_connected_at, last_connected_at, started_at,
-    ready_at
-)
-SELECT
-    gen_random_uuid(), r.created_at, r.created_at, 'main', r.id, gen_random_uuid(), 'amd64',
-    'linux', r.agent_state::workspace_agent_lifecycle_state, r.created_at, r.created_at,
-    r.created_at, CASE WHEN r.agent_state <> 'starting' THEN r.created_at END
-FROM bench_res AS r;
 
 -- name: seeding_without_triggers
 -- Superusers only: skips ordinary and foreign-key triggers while seeding (the rows are
 -- consistent by construction; `fleet_integrity` checks it), for this transaction only.
 SELECT set_config('session_replication_role', 'replica', true);
+
+-- name: seeding_in_memory
+-- Room in memory for a chunk's temporary tables (its builds alone are tens of MB) and sorts,
+-- which would otherwise spill to temporary files. For the session; temp_buffers only takes
+-- before its first temporary table.
+SELECT set_config('temp_buffers', '256MB', false), set_config('work_mem', '64MB', false);
 
 -- name: seeding_without_jit
 -- The seeding statements are big but simple: compiling them costs more than it saves.
@@ -370,7 +361,7 @@ UNION ALL SELECT 'presets on active versions', count(*)
 UNION ALL SELECT 'workspaces', count(*) FROM workspaces
 UNION ALL SELECT 'workspaces of the prebuilds user (live)', count(*)
     FROM workspaces
-    WHERE owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid AND NOT deleted
+    WHERE owner_id = prebuildd.prebuilds_user_id() AND NOT deleted
 UNION ALL SELECT 'workspace_builds', count(*) FROM workspace_builds
 UNION ALL SELECT 'provisioner_jobs', count(*) FROM provisioner_jobs
 UNION ALL SELECT 'workspace_resources', count(*) FROM workspace_resources

@@ -357,6 +357,75 @@ def lifecycle() -> list[cog.Builder[model.Panel]]:
     ]
 
 
+def demand() -> list[cog.Builder[model.Panel]]:
+    """Hits (claims) and misses, and the forecast's suggestion (docs/operations.md)."""
+
+    def per_hour(metric: str, what: str) -> tuple[str, str]:
+        return (
+            f"{BY_PRESET} (rate(prebuildd_prebuilt_workspaces_{metric}{{{PRESET}}}"
+            "[$__rate_interval])) * 3600",
+            f"{PRESET_LEGEND} {what}",
+        )
+
+    def last_hour(metric: str) -> str:
+        return f"{BY_PRESET} (increase(prebuildd_prebuilt_workspaces_{metric}{{{PRESET}}}[1h]))"
+
+    saved = "prebuildd_prebuilt_workspaces_claim_time_saved_seconds"
+    return [
+        graph(
+            "Claims vs misses / h",
+            "Claims: people who got a prebuild at once. Misses: people who created a "
+            "workspace from a preset with a pool and waited for a fresh build, because no "
+            "prebuild was ready. Misses that keep coming: the pool is too small for the "
+            "demand (prebuildd autoscale).",
+            [per_hour("claimed_total", "claims"), per_hour("claim_misses_total", "misses")],
+        ),
+        graph(
+            "Hit rate (last hour)",
+            "Share of the demand a prebuild served: claims / (claims + misses) over the last "
+            "hour. Empty while nobody asked.",
+            [
+                (
+                    f"{last_hour('claimed_total')} / ({last_hour('claimed_total')} + "
+                    f"{last_hour('claim_misses_total')})",
+                    PRESET_LEGEND,
+                )
+            ],
+            unit="percentunit",
+        ),
+        graph(
+            "Suggested vs desired",
+            "Suggested: the pool size the demand forecast asks for (presets with an autoscale "
+            "policy). Desired: what the pool aims for -- the template's count, or the "
+            "suggestion in auto mode.",
+            [
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_suggested{{{PRESET}}})",
+                    f"{PRESET_LEGEND} suggested",
+                ),
+                (
+                    f"{BY_PRESET} (prebuildd_prebuilt_workspaces_desired{{{PRESET}}})",
+                    f"{PRESET_LEGEND} desired",
+                ),
+            ],
+        ),
+        graph(
+            "Time saved per claim",
+            "What a claim spared a person on average: the prebuild's own build (queued to "
+            "done) minus the claim build, over claims where both succeeded.",
+            [
+                (
+                    f"{BY_PRESET} (rate({saved}_sum{{{PRESET}}}[$__rate_interval])) / "
+                    f"{BY_PRESET} (rate({saved}_count{{{PRESET}}}[$__rate_interval]))",
+                    PRESET_LEGEND,
+                )
+            ],
+            unit="s",
+            width=24,
+        ),
+    ]
+
+
 def reconciler() -> list[cog.Builder[model.Panel]]:
     def quantiles(metric: str) -> list[tuple[str, str]]:
         return [
@@ -521,8 +590,8 @@ def build() -> model.Dashboard:
         .uid(UID)
         .description(
             "Prebuilt Coder workspace pools kept warm by prebuildd: pools per preset, "
-            "reconciles, event lag, listener and errors. Alerts and runbooks: "
-            "deploy/prometheus/prebuildd-rules.yaml, docs/operations.md."
+            "demand (claims, misses, forecast), reconciles, event lag, listener and errors. "
+            "Alerts and runbooks: deploy/prometheus/prebuildd-rules.yaml, docs/operations.md."
         )
         .tags(["prebuildd", "coder", "prebuilds"])
         .time("now-1h", "now")
@@ -535,6 +604,7 @@ def build() -> model.Dashboard:
         ("Overview", overview()),
         ("Pools", pools()),
         ("Creates, failures, claims", lifecycle()),
+        ("Demand", demand()),
         ("Reconciler", reconciler()),
         ("Listener and errors", health()),
     ]

@@ -2,7 +2,7 @@
 --
 -- What it covers: `prebuildd run --no-migrate` (listener, reconcilers, sweeps, metrics, probes,
 -- hard-limit notifications) and the operator commands `reconcile`, `status`, `pause`,
--- `resume`, `invalidate`.
+-- `resume`, `invalidate`, `autoscale set|list`.
 -- What it does not cover, on purpose:
 --   * `prebuildd migrate [--uninstall]` creates and drops triggers, functions and indexes on
 --     Coder's tables: run it as the owner of those tables (Coder's database user).
@@ -24,10 +24,12 @@
 --   * call the SECURITY DEFINER functions of schema `prebuildd` (sql/functions/): create,
 --     delete and retire prebuilds, store a preset's prebuild status, invalidate a preset,
 --     notify template admins that a hard-limited preset is hard-limited, pause and resume
---     reconciliation. Those act only on workspaces owned by the prebuilds user and jobs it
---     initiated. So the worst a leaked credential does is to the prebuild pools: delete
---     unclaimed prebuilds, queue new ones (each costs what the template provisions; nothing
---     bounds how many), mark presets hard_limited or validation_failed, pause reconciliation;
+--     reconciliation, store a preset's autoscale policy (prebuildd's own table). Those act
+--     only on workspaces owned by the prebuilds user and jobs it initiated. So the worst a
+--     leaked credential does is to the prebuild pools: delete unclaimed prebuilds, queue new
+--     ones (each costs what the template provisions; nothing bounds how many), mark presets
+--     hard_limited or validation_failed, pause reconciliation, set autoscale policies (which
+--     grow pools up to the max they name);
 --   * take advisory locks, LISTEN and NOTIFY (not access-controlled in PostgreSQL), run
 --     functions PUBLIC may run.
 -- What the role CANNOT do: insert, update or delete any row of Coder's tables directly; touch
@@ -292,6 +294,11 @@ GRANT SELECT (id, preset_id, cron_expression, desired_instances)
 GRANT USAGE ON SCHEMA prebuildd TO prebuildd;
 GRANT EXECUTE ON FUNCTION prebuildd.prebuilds_settings() TO prebuildd;
 
+-- snapshot_policies (every reconcile), demand_events and demand_refill (the forecast's
+-- inputs), autoscale_list: the autoscale policies, prebuildd's own table
+-- (sql/schema/0007_autoscale_policies.sql). Written only through set_autoscale_policy below.
+GRANT SELECT ON prebuildd.autoscale_policies TO prebuildd;
+
 -- ---------------------------------------------------------------------------------------------
 -- Reads of prebuilds' state: workspaces, builds, jobs, agents
 -- ---------------------------------------------------------------------------------------------
@@ -327,7 +334,8 @@ GRANT SELECT (resource_id, lifecycle_state, parent_id, deleted) ON workspace_age
 -- create_prebuilds, delete_prebuilds, cancel_pending_prebuilds, set_preset_status and
 -- execute_actions, which calls them (actions.sql; sql/functions/prebuild_actions.sql);
 -- notify_hard_limited (notifications.sql); invalidate_preset, set_reconciliation_paused
--- (admin.sql).
+-- (admin.sql); set_autoscale_policy (demand.sql, autoscale_set: sql/functions/autoscale.sql
+-- checks the bounds, the mode and the preset, and writes only prebuildd's own table).
 GRANT EXECUTE ON FUNCTION
     prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb),
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
@@ -336,6 +344,7 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean),
+    prebuildd.set_autoscale_policy(uuid, text, integer, integer),
     -- every create, delete and cancel of a reconcile in one call (prebuild_actions.sql)
     prebuildd.execute_actions(jsonb, timestamptz, jsonb)
 TO prebuildd;

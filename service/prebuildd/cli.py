@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import anyio
@@ -39,6 +40,10 @@ from prebuildd.config import (
 from prebuildd.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from prebuildd.model import PlanConfig
 from prebuildd.queries import query
+
+if TYPE_CHECKING:
+    from prebuildd.demand import PresetDemand
+    from prebuildd.reconciler import Outcome
 
 log = logging.getLogger("prebuildd")
 
@@ -279,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inv)
     inv.add_argument("--preset", type=_uuid, required=True)
 
+    _autoscale_parser(sub)
+
     prov = sub.add_parser("provisioner", help="simulated provisioner (dev, demo, tests)")
     _common(prov)
     prov.add_argument("--build-time", type=_duration, default=_duration("1s"))
@@ -299,6 +306,41 @@ def build_parser() -> argparse.ArgumentParser:
         "at start), e.g. 0.0.0.0:2118 for Prometheus to scrape; empty disables",
     )
     return parser
+
+
+def _autoscale_parser(sub: Any) -> None:
+    """`prebuildd autoscale set|list`: opt-in, demand-driven pool sizing per preset."""
+    autoscale = sub.add_parser(
+        "autoscale", help="size a preset's pool from its demand (opt-in, per template + name)"
+    )
+    actions = autoscale.add_subparsers(dest="autoscale_command", required=True, metavar="ACTION")
+    set_ = actions.add_parser(
+        "set",
+        help="store the policy of a preset's (template, preset name); replaces an earlier one",
+    )
+    _common(set_)
+    set_.add_argument(
+        "--preset",
+        type=_uuid,
+        required=True,
+        help="a preset id; the policy applies to its template's presets of that name, on "
+        "every version (it survives promotions)",
+    )
+    set_.add_argument(
+        "--mode",
+        required=True,
+        choices=("off", "forecast", "auto"),
+        help="off: the template's count only; forecast: report the suggested size; "
+        "auto: aim for it (never below the template's count, never above --max)",
+    )
+    set_.add_argument("--min", type=int, default=0, help="least pool size (default 0)")
+    set_.add_argument(
+        "--max", type=int, default=None, help="largest pool size (required unless --mode off)"
+    )
+    set_.add_argument("--json", action="store_true", help="print the stored policy as JSON")
+    list_ = actions.add_parser("list", help="every autoscale policy")
+    _common(list_)
+    list_.add_argument("--json", action="store_true", help="a JSON array, for scripts")
 
 
 @contextlib.contextmanager
@@ -399,12 +441,32 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from prebuildd.report import print_status
-    from prebuildd.sweep import sweep_once
 
     with database(args, start_embedded=False) as url:
-        outcomes = anyio.run(sweep_once, url, plan_config(args), True)
-    print_status(outcomes, sys.stdout)
+        outcomes, demand = anyio.run(_status, url, plan_config(args))
+    print_status(outcomes, sys.stdout, demand)
     return EXIT_OK
+
+
+async def _status(
+    url: str, config: PlanConfig
+) -> tuple[list[Outcome], dict[UUID, PresetDemand]]:
+    """A dry sweep (the plans, with suggested sizes), then every shown preset's hits and
+    misses of the 24 hours before the sweep's database time."""
+    from prebuildd import store
+    from prebuildd.sweep import sweep_once
+
+    outcomes = await sweep_once(url, config, True)
+    templates = sorted({p.preset.template_id for o in outcomes for p in o.plans})
+    read_at = [o.now for o in outcomes if o.now is not None]
+    if not templates or not read_at:
+        return outcomes, {}
+    now = max(read_at)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        demand = await store.read_recent_demand(
+            conn, templates, since=now - timedelta(hours=24), until=now
+        )
+    return outcomes, demand
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
@@ -441,6 +503,109 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     print(f"preset {args.preset} invalidated: its current prebuilds will be replaced")
     return EXIT_OK
+
+
+def cmd_autoscale(args: argparse.Namespace) -> int:
+    from prebuildd.autoscale import PolicyError, check_bounds
+
+    if args.autoscale_command == "list":
+        with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
+            policies = _policies(conn)
+        _print_policies(policies, args.json)
+        return EXIT_OK
+    # `set`: every check that needs no database first; nothing is written when one fails.
+    maximum = args.max
+    if maximum is None:
+        if args.mode != "off":
+            message = f"--max is required with --mode {args.mode}"
+            print(f"prebuildd: autoscale set: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        maximum = max(args.min, 0)
+    try:
+        check_bounds(args.min, maximum)
+    except PolicyError as exc:
+        print(f"prebuildd: autoscale set: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    params = {
+        "preset_id": args.preset,
+        "mode": args.mode,
+        "min_instances": args.min,
+        "max_instances": maximum,
+    }
+    with database(args, start_embedded=False) as url, psycopg.connect(url) as conn:
+        try:
+            row = conn.execute(query("autoscale_set"), params).fetchone()
+        except psycopg.errors.InvalidParameterValue as exc:
+            # The function's checks: unknown preset, no desired_instances (and, redundantly,
+            # the bounds and the mode). The transaction is rolled back: nothing was stored.
+            conn.rollback()
+            message = exc.diag.message_primary or str(exc)
+            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+            print(f"prebuildd: autoscale set: {message}{hint}", file=sys.stderr)
+            return EXIT_USAGE
+        conn.commit()
+        if row is None:  # the function returns its key or raises
+            raise psycopg.DataError("set_autoscale_policy returned nothing")
+        key = (str(row[0]), row[1])
+        stored = [p for p in _policies(conn) if (p["template_id"], p["preset_name"]) == key]
+    _print_policies(stored, args.json, single=True)
+    return EXIT_OK
+
+
+# `autoscale list` columns, as the JSON output names them.
+_POLICY_FIELDS = (
+    "template_id",
+    "template_name",
+    "preset_name",
+    "active_preset_id",
+    "desired_instances",
+    "mode",
+    "min",
+    "max",
+    "updated_at",
+    "template_gone",
+)
+
+
+def _policies(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every policy (autoscale_list), JSON-ready: ids and times as strings."""
+    policies = []
+    for row in conn.execute(query("autoscale_list")).fetchall():
+        policy = dict(zip(_POLICY_FIELDS, row, strict=True))
+        for key in ("template_id", "active_preset_id"):
+            policy[key] = None if policy[key] is None else str(policy[key])
+        policy["updated_at"] = policy["updated_at"].isoformat()
+        policies.append(policy)
+    return policies
+
+
+def _print_policies(
+    policies: list[dict[str, Any]], as_json: bool, *, single: bool = False
+) -> None:
+    if as_json:
+        print(json.dumps(policies[0] if single and policies else policies, indent=2))
+        return
+    if not policies:
+        print("no autoscale policies")
+        return
+    header = ("TEMPLATE", "PRESET", "MODE", "MIN", "MAX", "CONFIGURED", "ACTIVE_PRESET_ID")
+    rows = [header]
+    for p in policies:
+        configured = p["desired_instances"]
+        rows.append(
+            (
+                "(deleted)" if p["template_gone"] else p["template_name"],
+                p["preset_name"],
+                p["mode"],
+                str(p["min"]),
+                str(p["max"]),
+                "-" if configured is None else str(configured),
+                p["active_preset_id"] or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 def cmd_provisioner(args: argparse.Namespace) -> int:
@@ -482,6 +647,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": _set_paused(True),
     "resume": _set_paused(False),
     "invalidate": cmd_invalidate,
+    "autoscale": cmd_autoscale,
     "provisioner": cmd_provisioner,
     "demo": cmd_demo,
 }

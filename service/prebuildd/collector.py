@@ -29,6 +29,7 @@ import psycopg
 
 from prebuildd import store
 from prebuildd.config import redact_dsn
+from prebuildd.demand import DemandTotals
 from prebuildd.event_source import TriggerCheck, UnannouncedWork
 from prebuildd.events import EventKind
 from prebuildd.http import Readiness
@@ -301,9 +302,10 @@ class MetricsCollector:
     async def refresh(self, conn: store.Conn) -> None:
         """Read the lifetime totals and the pause flag, and publish a new per-preset snapshot."""
         totals = await store.read_metrics_rows(conn)
+        demand = await store.read_demand_totals(conn)
         paused = await store.read_paused(conn)
         self.metrics.set_paused(paused)
-        self.metrics.set_preset_rows(self.preset_rows(totals), time.time())
+        self.metrics.set_preset_rows(self.preset_rows(totals, demand), time.time())
 
     async def refresh_periodically(self, interval: float, connect: store.Connect) -> None:
         while True:
@@ -314,7 +316,11 @@ class MetricsCollector:
             except psycopg.Error as exc:
                 self.database_error(exc, "database")
 
-    def preset_rows(self, totals: list[store.PresetMetricsTotals]) -> list[PresetMetricsRow]:
+    def preset_rows(
+        self,
+        totals: list[store.PresetMetricsTotals],
+        demand: Mapping[UUID, DemandTotals] | None = None,
+    ) -> list[PresetMetricsRow]:
         # One row per active preset this replica planned, built or not: a preset whose every
         # create is rejected (validation_failed) has no build to total, and is exactly the one
         # an operator must see. Presets without builds report zero totals.
@@ -329,6 +335,7 @@ class MetricsCollector:
                 continue
             seen.add(key)
             total = by_preset.get(plan.preset.id)
+            missed = (demand or {}).get(plan.preset.id)
             state = plan.state
             rows.append(
                 PresetMetricsRow(
@@ -346,6 +353,10 @@ class MetricsCollector:
                     validation_failed=state.validation_failed
                     or plan.preset.prebuild_status is PrebuildStatus.VALIDATION_FAILED,
                     creates_held=state.held,
+                    misses_total=missed.misses_total if missed else 0,
+                    claims_measured=missed.claims_measured if missed else 0,
+                    saved_seconds_total=missed.saved_seconds_total if missed else 0.0,
+                    suggested=state.suggested,
                 )
             )
         return rows

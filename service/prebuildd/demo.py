@@ -25,13 +25,13 @@ import psycopg
 from psycopg import sql
 from rich.table import Table
 
+from prebuildd import seed
 from prebuildd.claim import claim
 from prebuildd.config import Settings, redact_dsn
 from prebuildd.http import parse_addr
 from prebuildd.migrate import migrate
 from prebuildd.model import Plan
 from prebuildd.provisioner import ProvisionerConfig, SimulatedProvisioner
-from prebuildd.queries import query
 from prebuildd.reconciler import Outcome
 from prebuildd.service import Service
 from prebuildd.sweep import sweep_once
@@ -111,84 +111,46 @@ def recreate_database(admin_url: str) -> str:
     return make_conninfo("", **params)
 
 
-def seed(conn: psycopg.Connection[tuple[object, ...]], world: World, now: datetime) -> None:
+def seed_world(conn: psycopg.Connection[tuple[object, ...]], world: World, now: datetime) -> None:
     """Two templates: `python` (a scheduled preset and a plain one), `go` (a preset with a TTL)."""
-    ex = conn.execute
-    ex(query("demo_seed_org"), {"org_id": world.org, "name": "demo"})
+    seed.organization(
+        conn, id=world.org, name="demo", description="prebuildd demo organisation"
+    )
     for n, user in enumerate([world.admin, *world.users]):
         name = "admin" if n == 0 else f"user{n}"
-        ex(
-            query("demo_seed_user"),
-            {"user_id": user, "username": name, "email": f"{name}@demo.test"},
-        )
-    base = {"org_id": world.org, "user_id": world.admin}
-    python_v1 = uuid.uuid4()
-    ex(
-        query("demo_seed_template"),
-        {
-            **base,
-            "template_id": world.python_template,
-            "version_id": python_v1,
-            "version_name": "v1",
-            "name": "python",
-        },
+        seed.user(conn, id=user, username=name, email=f"{name}@demo.test", name=name)
+    _, python_v1 = seed.template(
+        conn, organization_id=world.org, created_by=world.admin, name="python",
+        display_name="python", version_name="v1", id=world.python_template,
     )
-    ex(
-        query("demo_add_version"),
-        {
-            **base,
-            "template_id": world.python_template,
-            "version_id": world.python_v2,
-            "version_name": "v2",
-        },
-    )
+    seed.version(conn, world.python_template, name="v2", id=world.python_v2)
     hour = now.hour
-    for version in (python_v1, world.python_v2):
-        small, large = uuid.uuid4(), uuid.uuid4()
-        _preset(conn, small, version, "small", desired=3, ttl=0)
-        _preset(conn, large, version, "large", desired=1, ttl=0)
+    for version in (python_v1.id, world.python_v2):
+        _preset(conn, version, "small", desired=3, ttl=0)
         # Business hours, here: the current and next hour in UTC carry two instances.
-        ex(
-            query("demo_add_schedule"),
-            {"preset_id": large, "cron": f"* {hour}-{min(hour + 1, 23)} * * *", "desired": 2},
-        )
-    go_v1 = uuid.uuid4()
-    ex(
-        query("demo_seed_template"),
-        {
-            **base,
-            "template_id": world.go_template,
-            "version_id": go_v1,
-            "version_name": "v1",
-            "name": "go",
-        },
+        business_hours = (f"* {hour}-{min(hour + 1, 23)} * * *", 2)
+        _preset(conn, version, "large", desired=1, ttl=0, schedules=[business_hours])
+    _, go_v1 = seed.template(
+        conn, organization_id=world.org, created_by=world.admin, name="go", display_name="go",
+        version_name="v1", id=world.go_template,
     )
     # A short TTL so the demo shows expiry and replacement.
-    _preset(conn, world.go_preset, go_v1, "default", desired=3, ttl=40)
+    _preset(conn, go_v1.id, "default", desired=3, ttl=40, id=world.go_preset)
 
 
 def _preset(
     conn: psycopg.Connection[tuple[object, ...]],
-    preset: UUID,
     version: UUID,
     name: str,
     *,
     desired: int,
     ttl: int,
+    schedules: list[tuple[str, int]] | None = None,
+    id: UUID | None = None,
 ) -> None:
-    conn.execute(
-        query("demo_add_preset"),
-        {
-            "preset_id": preset,
-            "version_id": version,
-            "name": name,
-            "desired": desired,
-            "ttl": ttl,
-            "timezone": "UTC",
-        },
-    )
-    conn.execute(
-        query("demo_add_preset_parameter"), {"preset_id": preset, "name": "size", "value": name}
+    seed.preset(
+        conn, version, desired=desired, name=name, ttl=ttl, timezone="UTC",
+        parameters={"size": name}, schedules=schedules or (), id=id,
     )
 
 
@@ -262,7 +224,7 @@ class Demo:
 
     async def run(self) -> bool:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            seed(conn, self.world, datetime.now(UTC))
+            seed_world(conn, self.world, datetime.now(UTC))
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope)
             await tg.start(partial(self.service.run, handle_signals=False))
@@ -304,10 +266,7 @@ class Demo:
     def _promote(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             self.summary.promotion_at = time.time()
-            conn.execute(
-                query("demo_promote"),
-                {"template_id": self.world.python_template, "version_id": self.world.python_v2},
-            )
+            seed.promote(conn, self.world.python_template, self.world.python_v2)
 
     def _claim(self, user: UUID) -> None:
         with psycopg.connect(self.url) as conn, conn.transaction():

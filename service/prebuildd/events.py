@@ -39,6 +39,9 @@ class EventKind(enum.StrEnum):
     JOB_STATUS = "job_status"  # a prebuild's provisioner job changed status
     BUILD_INSERTED = "build_inserted"  # the prebuilds user started a build
     CLAIMED = "claimed"  # a prebuild was handed to a user
+    # A person's new workspace was built from scratch although its preset keeps a pool (no
+    # prebuild was claimable): demand the pool did not meet (sql/queries/demand.sql).
+    MISSED = "missed"
     AGENT_READY = "agent_ready"  # an agent of a prebuild became, or stopped being, ready
     SETTINGS_CHANGED = "settings_changed"  # site_configs 'prebuilds_settings' (pause/resume)
     # A prebuild job of a tag set left the queue while creates wait for it under the cap on
@@ -68,6 +71,7 @@ _URGENT_KINDS = frozenset(
         EventKind.PRESET_CHANGED,
         EventKind.SCHEDULE_CHANGED,
         EventKind.CLAIMED,
+        EventKind.MISSED,
     }
 )
 

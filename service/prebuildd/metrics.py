@@ -7,7 +7,8 @@ declares them; prebuildd.collector turns what the service observes into their va
 Two kinds of data:
 
 * Per-preset series (desired, running, eligible, created/failed/claimed totals, hard-limited,
-  validation-failed) come from a *snapshot* the collector replaces wholesale with
+  validation-failed; claim misses, time saved by claims and the suggested pool size of
+  demand-aware pools) come from a *snapshot* the collector replaces wholesale with
   `set_preset_rows`. The collector renders whatever the latest snapshot holds, so the series
   of a deleted preset vanish on the next snapshot and cardinality stays bounded by the number
   of live presets. The created/failed/claimed totals are cumulative counts that the database
@@ -28,7 +29,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from prebuildd.model import ActionKind, InputErrorKind
@@ -71,6 +77,13 @@ class PresetMetricsRow:
     validation_failed: bool
     # Creates held back by the cap on pending prebuild jobs at the preset's latest reconcile.
     creates_held: int = 0
+    # Demand (sql/queries/demand.sql): lifetime misses; claims whose time saved was measurable
+    # and the seconds saved over them; the pool size the forecast suggests (None: the preset
+    # has no autoscale policy in force, and no series).
+    misses_total: int = 0
+    claims_measured: int = 0
+    saved_seconds_total: float = 0.0
+    suggested: int | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -97,6 +110,25 @@ _PRESET_COUNTERS: tuple[_PresetSeries, ...] = (
         "Prebuilt workspaces handed over to a user who created a workspace from the preset.",
         lambda r: r.claimed_total,
     ),
+    (
+        "prebuilt_workspaces_claim_misses_total",
+        "Workspaces people created from the preset that were built from scratch although the "
+        "preset keeps a pool (no prebuild was claimable).",
+        lambda r: r.misses_total,
+    ),
+)
+# The time a claim saved a person: the prebuild's create (queued to done) minus the claim
+# build (queued to done), for claims where both succeeded; rendered as a summary (count, sum).
+_SAVED = (
+    "prebuilt_workspaces_claim_time_saved_seconds",
+    "Time people did not wait thanks to a claim: the prebuild's create minus the claim build, "
+    "over the claims where both succeeded.",
+)
+# Rendered as a gauge, for the presets with an autoscale policy in force only.
+_SUGGESTED = (
+    "prebuilt_workspaces_suggested",
+    "Pool size the demand forecast suggests for presets with an autoscale policy (forecast "
+    "or auto mode); in auto mode the desired count follows it.",
 )
 # Rendered as gauges.
 _PRESET_GAUGES: tuple[_PresetSeries, ...] = (
@@ -160,6 +192,15 @@ class _PresetCollector(Collector):
             for row in rows:
                 gauge.add_metric(row.labels, value(row))
             yield gauge
+        saved = SummaryMetricFamily(PREFIX + _SAVED[0], _SAVED[1], labels=PRESET_LABELS)
+        for row in rows:
+            saved.add_metric(row.labels, row.claims_measured, row.saved_seconds_total)
+        yield saved
+        suggested = GaugeMetricFamily(PREFIX + _SUGGESTED[0], _SUGGESTED[1], labels=PRESET_LABELS)
+        for row in rows:
+            if row.suggested is not None:
+                suggested.add_metric(row.labels, row.suggested)
+        yield suggested
 
 
 class Metrics:

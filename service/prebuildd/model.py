@@ -121,6 +121,53 @@ class InProgress:
     deleting: int = 0
 
 
+# Hours in a week: demand is counted per hour of the week (0 = Monday 00:00-00:59 UTC).
+HOURS_PER_WEEK = 168
+
+
+class AutoscaleMode(enum.StrEnum):
+    """How a preset's pool follows demand (`prebuildd autoscale set --mode`)."""
+
+    OFF = "off"  # the template's desired count only; nothing is forecast
+    FORECAST = "forecast"  # forecast and report the suggested size; act on nothing
+    AUTO = "auto"  # aim for the suggested size (never below the template's count, never above max)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalePolicy:
+    """A row of `prebuildd.autoscale_policies`: opt-in sizing of one (template, preset name).
+
+    Keyed by the preset's *name* within its template, not by the preset's id, so it outlives
+    promotions: every version's preset of that name is the same pool to the people using it.
+    """
+
+    template_id: UUID
+    preset_name: str
+    mode: AutoscaleMode
+    min_instances: int
+    max_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class DemandHistory:
+    """Hits (claims) and misses of one (template, preset name) in [since, until), by hour of week.
+
+    `until` is an hour boundary and the current hour is never included, so the history read
+    at any instant of an hour is the history of the whole hour (prebuildd.demand caches it).
+    `since` is `until` minus the history window, or later when the preset name is younger.
+    """
+
+    since: datetime
+    until: datetime
+    # HOURS_PER_WEEK counts each; index 0 is Monday 00:00-00:59 UTC.
+    hits: tuple[int, ...]
+    misses: tuple[int, ...]
+    # Median seconds from queueing a prebuild's create to its job's success, over the latest
+    # successful creates of the window; None when there was none.
+    refill_seconds: float | None = None
+    refill_samples: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class TemplateParameter:
     """A row of `template_version_parameters`: a parameter of the version, as imported."""
@@ -175,6 +222,10 @@ class PresetSnapshot:
     # to check (no parameter, preset value or tag) or it was not read (inactive presets): no
     # check is made then, and creates carry no workspace tags.
     inputs: BuildInputs | None = None
+    # The autoscale policy of the preset's (template, name), if one exists and is not `off`,
+    # and the demand it is sized from (read only for such presets).
+    policy: AutoscalePolicy | None = None
+    demand: DemandHistory | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +352,11 @@ class PresetState:
     creates_refused: str | None = None
     # Creates wanted now but held back by the cap on pending prebuild jobs (prebuildd.throttle).
     held: int = 0
+    # With an autoscale policy (forecast or auto): the pool size the forecast suggests, and the
+    # desired count the template itself configured (`desired` is what the plan aims for:
+    # the suggested size in `auto` mode, the configured count otherwise). None without one.
+    suggested: int | None = None
+    configured: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

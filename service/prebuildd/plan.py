@@ -23,6 +23,11 @@ Coder's reconciler (coderd/prebuilds/preset_snapshot.go), with these deliberate 
 - Every plan says when it next needs attention (`next_attention`), so time-driven changes are
   scheduled instead of polled.
 
+Beyond Coder: a preset whose (template, name) has an autoscale policy is sized from demand
+(prebuildd.autoscale): in `auto` mode the desired count is the forecast's suggestion, never
+below the configured count; the suggestion changes at hour boundaries, so such plans ask to be
+looked at again at the next one.
+
 Order of work for an active preset: delete expired (oldest first), delete the oldest surplus
 among the non-expired, then create `max(desired - non_expired - starting, 0)`. Stopping and
 deleting prebuilds count for nothing; starting ones count toward desired.
@@ -36,6 +41,7 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from uuid import UUID
 
+from prebuildd.autoscale import Sizing, size_pool
 from prebuildd.model import (
     Action,
     BuildInputs,
@@ -229,8 +235,11 @@ def _plan_active(
     wanted = desired_instances(
         preset.desired_instances, snapshot.schedules, preset.scheduling_timezone, now
     )
+    # Demand-driven sizing (prebuildd.autoscale): the configured count unless the preset's
+    # (template, name) has an autoscale policy.
+    sizing = size_pool(wanted.desired, snapshot.policy, snapshot.demand, now)
     counts = _Counts(
-        desired=wanted.desired,
+        desired=sizing.desired,
         fresh=_without(running, expired),
         expired=expired,
         starting=snapshot.in_progress.starting,
@@ -250,14 +259,19 @@ def _plan_active(
         status = SetStatus(preset.id, PrebuildStatus.VALIDATION_FAILED)
         status_reason = None
     actions = (*((status,) if status else ()), *work.actions)
-    reasons = (*((status_reason,) if status_reason else ()), *work.reasons)
+    reasons = (
+        *((status_reason,) if status_reason else ()),
+        *sizing.reasons,
+        *work.reasons,
+    )
     attention = _earliest(
         wanted.next_change,
+        sizing.next_change,
         _next_expiry(counts.fresh, preset),
         hold.recheck if hold else None,
         now if work.capped else None,
     )
-    state = _state(snapshot, counts, work, hold, limited)
+    state = _state(snapshot, counts, work, hold, limited, sizing, wanted.desired)
     return Plan(preset, state, actions, attention, reasons, (*wanted.errors, *work.errors))
 
 
@@ -432,8 +446,11 @@ def _state(
     work: _Work,
     hold: _Hold | None,
     limited: bool,
+    sizing: Sizing,
+    configured: int,
 ) -> PresetState:
     progress = snapshot.in_progress
+    sized = sizing.suggested is not None
     return PresetState(
         desired=counts.desired,
         running=len(counts.fresh) + len(counts.expired),
@@ -450,6 +467,8 @@ def _state(
         or snapshot.preset.prebuild_status == PrebuildStatus.VALIDATION_FAILED,
         creates_refused=work.refused
         or _why_validation_failed(snapshot.preset, snapshot.inputs),
+        suggested=sizing.suggested,
+        configured=configured if sized else None,
     )
 
 

@@ -49,6 +49,7 @@ from psycopg import AsyncConnection
 from prebuildd import store, throttle
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
+from prebuildd.demand import HistoryCache
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import Action, ActionKind, Create, Plan, PlanConfig
 from prebuildd.plan import can_skip, plan_preset
@@ -147,6 +148,8 @@ class Reconciler:
         self._dry_run = dry_run
         # The latest reading of the database's clock (the lag of reconciles that read none).
         self._db_clock: DatabaseClock | None = None
+        # Demand histories of templates with autoscale policies, read once per hour.
+        self._histories = HistoryCache()
 
     async def reconcile(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], cause: Cause
@@ -184,7 +187,9 @@ class Reconciler:
         """A dry run: every template read and planned, no lock taken, nothing written."""
         wanted = tuple(dict.fromkeys(template_ids))
         with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(conn, wanted, config=self._config, read_only=True)
+            snapshot = await store.read_snapshot(
+                conn, wanted, config=self._config, read_only=True, histories=self._histories
+            )
             span.set_attribute("prebuildd.presets", len(snapshot.presets))
         outcome.locked = wanted
         if snapshot.locks is not None:
@@ -208,7 +213,11 @@ class Reconciler:
             read_span = _tracer.start_span("prebuildd.read_snapshot")
             try:
                 locked, snapshot = await store.lock_and_read_snapshot(
-                    conn, wanted, config=self._config, skip_idle=True
+                    conn,
+                    wanted,
+                    config=self._config,
+                    skip_idle=True,
+                    histories=self._histories,
                 )
                 read_span.set_attribute("prebuildd.presets", len(snapshot.presets))
             finally:
@@ -228,7 +237,7 @@ class Reconciler:
         if snapshot is None:
             with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
                 snapshot = await store.read_snapshot(
-                    conn, locked, config=self._config, skip_idle=True
+                    conn, locked, config=self._config, skip_idle=True, histories=self._histories
                 )
                 span.set_attribute("prebuildd.presets", len(snapshot.presets))
             stages.done("read")

@@ -8,9 +8,11 @@ read, and a line below the table says when Coder's own reconciliation loop is in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TextIO
 from uuid import UUID
 
+from prebuildd.demand import PresetDemand
 from prebuildd.model import CancelPending, Create, Delete, Plan, PrebuildStatus, SetStatus
 from prebuildd.reconciler import Outcome
 
@@ -40,21 +42,26 @@ _STATUS_COLUMNS = (
     "ACTIVE",
     "PRESET",
     "DESIRED",
+    "SUGGESTED",
     "RUNNING",
     "ELIGIBLE",
     "STARTING",
     "HELD",
     "EXPIRED",
-    "STATUS",
-    "BUSY",
 )
+# With demand (`prebuildd status`): hits and misses of the last 24 hours, and the share of
+# that demand a prebuild served.
+_DEMAND_COLUMNS = ("CLAIMS_24H", "MISSES_24H", "HIT_RATE")
+_LAST_COLUMNS = ("STATUS", "BUSY")
 
 
 def _reconciling(outcomes: list[Outcome]) -> frozenset[UUID]:
     return frozenset(t for o in outcomes for t in o.reconciling)
 
 
-def _status_row(plan: Plan, reconciling: frozenset[UUID]) -> tuple[str, ...]:
+def _status_row(
+    plan: Plan, reconciling: frozenset[UUID], demand: Mapping[UUID, PresetDemand] | None
+) -> tuple[str, ...]:
     p, s = plan.preset, plan.state
     status = str(p.prebuild_status)
     if s.validation_failed and p.prebuild_status is not PrebuildStatus.VALIDATION_FAILED:
@@ -64,20 +71,24 @@ def _status_row(plan: Plan, reconciling: frozenset[UUID]) -> tuple[str, ...]:
         status += " (creates held)"
     if s.backoff_until is not None:
         status += f" (backoff until {s.backoff_until:%H:%M:%S})"
-    return (
+    cells = [
         p.template_name,
         p.template_version_name,
         "yes" if p.is_active else "no",
         p.name,
         str(s.desired),
+        "-" if s.suggested is None else str(s.suggested),
         str(s.running),
         str(s.eligible),
         str(s.starting),
         str(s.held),
         str(s.expired),
-        status,
-        BUSY if p.template_id in reconciling else "-",
-    )
+    ]
+    if demand is not None:
+        seen = demand.get(p.id) or PresetDemand(p.id)
+        rate = seen.hit_rate
+        cells += [str(seen.hits), str(seen.misses), "-" if rate is None else f"{rate:.0%}"]
+    return (*cells, status, BUSY if p.template_id in reconciling else "-")
 
 
 def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
@@ -87,13 +98,23 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
         out.write("\n")
 
 
-def print_status(outcomes: list[Outcome], out: TextIO) -> None:
+def print_status(
+    outcomes: list[Outcome],
+    out: TextIO,
+    demand: Mapping[UUID, PresetDemand] | None = None,
+) -> None:
+    """The per-preset table; with `demand` (hits and misses per preset id), its columns too.
+
+    SUGGESTED is the pool size the demand forecast suggests for presets with an autoscale
+    policy in force (`-` otherwise); in `auto` mode DESIRED follows it.
+    """
     plans = _plans(outcomes)
     if not plans:
         out.write("no presets with prebuilds configured\n")
         return
     reconciling = _reconciling(outcomes)
-    _table([_STATUS_COLUMNS, *(_status_row(p, reconciling) for p in plans)], out)
+    header = (*_STATUS_COLUMNS, *(_DEMAND_COLUMNS if demand is not None else ()), *_LAST_COLUMNS)
+    _table([header, *(_status_row(p, reconciling, demand) for p in plans)], out)
     refused = [p for p in plans if p.state.creates_refused is not None]
     if refused:
         out.write("\nwhy no prebuilds are created:\n")

@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -46,10 +46,22 @@ from psycopg.types.json import Jsonb
 
 from prebuildd.clock import DatabaseClock
 from prebuildd.config import CODER_NOTIFICATION_DEFAULTS, NotificationDelivery
+from prebuildd.demand import (
+    DemandTotals,
+    HistoryCache,
+    HistoryKey,
+    PresetDemand,
+    assemble_histories,
+    policies_from_rows,
+    recent_from_rows,
+    totals_from_rows,
+)
+from prebuildd.forecast import history_window
 from prebuildd.gc_pause import deferred_collection
 from prebuildd.model import (
     Action,
     ActionKind,
+    AutoscalePolicy,
     BuildInputs,
     BuildRecord,
     CancelPending,
@@ -206,7 +218,12 @@ def parse_paused(value: str | None) -> bool:
 
 
 async def lock_and_read_snapshot(
-    conn: Conn, template_ids: Sequence[UUID], *, config: PlanConfig, skip_idle: bool = False
+    conn: Conn,
+    template_ids: Sequence[UUID],
+    *,
+    config: PlanConfig,
+    skip_idle: bool = False,
+    histories: HistoryCache | None = None,
 ) -> tuple[list[UUID], Snapshot]:
     """`lock_templates` and `read_snapshot` in one pipeline: one round trip instead of two.
 
@@ -219,7 +236,7 @@ async def lock_and_read_snapshot(
     wanted = _unique(template_ids)
     held: list[UUID] = []
     snapshot = await read_snapshot(
-        conn, wanted, config=config, lock_into=held, skip_idle=skip_idle
+        conn, wanted, config=config, lock_into=held, skip_idle=skip_idle, histories=histories
     )
     return held, snapshot
 
@@ -232,6 +249,7 @@ async def read_snapshot(
     read_only: bool = False,
     lock_into: list[UUID] | None = None,
     skip_idle: bool = False,
+    histories: HistoryCache | None = None,
 ) -> Snapshot:
     """Presets, schedules, prebuild facts, the pause flag and the database's clock, set-based.
 
@@ -241,6 +259,10 @@ async def read_snapshot(
     the same pipeline, the templates it locked are appended to that list (in input order),
     and the snapshot has only their presets. `skip_idle`: without the presets that can
     produce no action (`assemble`).
+
+    Presets whose (template, name) has an autoscale policy in force also get the policy and
+    the demand history it is sized from: read once per template and hour, kept in
+    `histories` (a fresh cache when None, as for a one-off CLI sweep).
     """
     ids = _unique(template_ids)
     params = {
@@ -265,6 +287,7 @@ async def read_snapshot(
         prebuilds = await _start(conn, "snapshot_prebuilds", params)
         inputs = await _start(conn, "snapshot_build_inputs", params)
         settings = await _start(conn, "prebuilds_settings", params)
+        policies = await _start(conn, "snapshot_policies", params)
         if read_only:
             locks = await _start(conn, "lock_status", params)
         # Last, so that its clock_timestamp() is as close as can be to the moment below.
@@ -285,20 +308,89 @@ async def read_snapshot(
         prebuild_rows = await prebuilds.fetchall()
         input_rows = await inputs.fetchall()
         settings_rows = await settings.fetchall()
+        policy_rows = await policies.fetchall()
         paused = parse_paused(settings_rows[0][0] if settings_rows else None)
         (now, server_clock), *_ = await clock.fetchall()
-        return Snapshot(
-            assemble(preset_rows, schedule_rows, prebuild_rows, input_rows, skip_idle=skip_idle),
-            paused,
-            now=now,
-            clock=DatabaseClock(server_clock, arrived),
-            locks=None if locks is None else _lock_status(await locks.fetchall()),
+        snapshots = assemble(
+            preset_rows, schedule_rows, prebuild_rows, input_rows, skip_idle=skip_idle
         )
+        lock_status = None if locks is None else _lock_status(await locks.fetchall())
+    if policy_rows:
+        in_force = policies_from_rows(policy_rows)
+        snapshots = await _with_demand(conn, snapshots, in_force, now, histories)
+    return Snapshot(
+        snapshots,
+        paused,
+        now=now,
+        clock=DatabaseClock(server_clock, arrived),
+        locks=lock_status,
+    )
 
 
 def _lock_status(rows: Sequence[Row]) -> LockStatus:
     (reconciling, coder), *_ = rows
     return LockStatus(frozenset(reconciling), bool(coder))
+
+
+async def _with_demand(
+    conn: Conn,
+    snapshots: tuple[PresetSnapshot, ...],
+    policies: Mapping[HistoryKey, AutoscalePolicy],
+    now: datetime,
+    histories: HistoryCache | None,
+) -> tuple[PresetSnapshot, ...]:
+    """Attach policies and demand histories; read the histories the cache lacks (one round
+    trip, at most once per template and hour)."""
+    cache = histories if histories is not None else HistoryCache()
+    since, until = history_window(now)
+    wanted: dict[UUID, set[str]] = defaultdict(set)
+    for template_id, name in policies:
+        wanted[template_id].add(name)
+    names = {template_id: frozenset(found) for template_id, found in wanted.items()}
+    stale = cache.stale(names, until)
+    if stale:
+        params = {
+            "template_ids": stale,
+            "window_since": since,
+            "window_end_at": until,
+            "policies_only": True,
+        }
+        async with conn.pipeline():
+            events = await _start(conn, "demand_events", params)
+            refill = await _start(conn, "demand_refill", params)
+        read = assemble_histories(
+            await events.fetchall(), await refill.fetchall(), since=since, until=until
+        )
+        cache.put(until, {t: names[t] for t in stale}, read)
+    attached = []
+    for snapshot in snapshots:
+        key = (snapshot.preset.template_id, snapshot.preset.name)
+        policy = policies.get(key)
+        if policy is not None:
+            snapshot = replace(snapshot, policy=policy, demand=cache.get(key, until))
+        attached.append(snapshot)
+    return tuple(attached)
+
+
+async def read_recent_demand(
+    conn: Conn, template_ids: Sequence[UUID], *, since: datetime, until: datetime
+) -> dict[UUID, PresetDemand]:
+    """Hits and misses per preset (every preset of the templates) in [since, until)."""
+    ids = _unique(template_ids)
+    if not ids:
+        return {}
+    params = {
+        "template_ids": ids,
+        "window_since": since,
+        "window_end_at": until,
+        "policies_only": False,
+    }
+    return recent_from_rows(await _fetch(conn, "demand_events", params))
+
+
+async def read_demand_totals(conn: Conn) -> dict[UUID, DemandTotals]:
+    """Lifetime misses and time saved by claims, per preset of an active version."""
+    return totals_from_rows(await _fetch(conn, "demand_totals", {}))
 
 
 async def read_metrics_rows(conn: Conn) -> list[PresetMetricsTotals]:
@@ -437,9 +529,7 @@ def assemble(
         preset = _preset(row)
         # Only presets that can be created for are checked (the read covers only those).
         checked = inputs.get(key) if preset.is_active else None
-        snapshots.append(
-            _preset_snapshot(preset, schedules.get(key, ()), facts.get(key), checked)
-        )
+        snapshots.append(_preset_snapshot(preset, schedules.get(key, ()), facts.get(key), checked))
     return tuple(snapshots)
 
 
@@ -460,8 +550,20 @@ def _build_inputs(rows: Iterable[Row]) -> dict[int, BuildInputs]:
 
 
 def _parameter(row: list[Any]) -> TemplateParameter:
-    (name, display_name, type_, form_type, required, default, options, regex, minimum, maximum,
-     error, monotonic) = row
+    (
+        name,
+        display_name,
+        type_,
+        form_type,
+        required,
+        default,
+        options,
+        regex,
+        minimum,
+        maximum,
+        error,
+        monotonic,
+    ) = row
     return TemplateParameter(
         name=name,
         type=type_,
@@ -482,9 +584,7 @@ def _option_values(options: object) -> tuple[str, ...]:
     """Coder stores options as a JSON list of objects; a value left out is the empty string."""
     if not isinstance(options, list):
         return ()
-    return tuple(
-        str(option.get("value", "")) for option in options if isinstance(option, dict)
-    )
+    return tuple(str(option.get("value", "")) for option in options if isinstance(option, dict))
 
 
 def _preset(row: Row) -> Preset:

@@ -281,28 +281,46 @@ END;
 $fn$;
 
 -- ---------------------------------------------------------------------------------------------
--- workspace_builds, AFTER INSERT: the prebuilds user started a build
+-- workspace_builds, AFTER INSERT: the prebuilds user started a build, or a person missed a pool
 -- ---------------------------------------------------------------------------------------------
 
--- prebuildd's creates and deletes; Coder's builds of users' workspaces leave at the first test.
+-- prebuildd's creates and deletes (build_inserted); and a *miss* (missed, issue 16): a person's
+-- first build (build 1, `start`) naming a preset that keeps a pool -- someone who wanted a
+-- prebuild and waited for a fresh build instead (sql/queries/demand.sql has the definition).
+-- Most of Coder's builds are people's later builds: they leave at the second test, after
+-- reading two columns of the row. A claim is not a miss: its build is not build 1 (the
+-- workspaces trigger announces it). The preset lookup goes through the preset's version to its
+-- template: two primary-key probes, once per workspace a person creates from a preset.
 CREATE OR REPLACE FUNCTION prebuildd.notify_build_inserted() RETURNS trigger
     LANGUAGE plpgsql
 AS $fn$
 DECLARE
+    -- Only constants here: a DECLARE initialiser runs outside the guarded block below.
+    kind    text := 'build_inserted';
     tpl     uuid;
     failure text;
 BEGIN
     BEGIN
-        IF NEW.initiator_id IS DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
+        IF NEW.initiator_id IS NOT DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
+            -- The service's own writes (prebuildd.execute_actions) are not echoed back.
+            IF pg_catalog.current_setting('prebuildd.own_writes', true) = 'on' THEN
+                RETURN NULL;
+            END IF;
+            SELECT w.template_id INTO tpl
+            FROM workspaces w
+            WHERE w.id = NEW.workspace_id;
+        ELSIF NEW.build_number IS DISTINCT FROM 1
+              OR NEW.template_version_preset_id IS NULL
+              OR NEW.transition IS DISTINCT FROM 'start' THEN
             RETURN NULL;
+        ELSE
+            kind := 'missed';
+            SELECT v.template_id INTO tpl
+            FROM template_version_presets p
+            JOIN template_versions v ON v.id = p.template_version_id
+            WHERE p.id = NEW.template_version_preset_id
+              AND p.desired_instances IS NOT NULL;
         END IF;
-        -- The service's own writes (prebuildd.execute_actions) are not echoed back.
-        IF pg_catalog.current_setting('prebuildd.own_writes', true) = 'on' THEN
-            RETURN NULL;
-        END IF;
-        SELECT w.template_id INTO tpl
-        FROM workspaces w
-        WHERE w.id = NEW.workspace_id;
         IF tpl IS NULL THEN
             RETURN NULL;
         END IF;
@@ -310,11 +328,11 @@ BEGIN
                NULLIF(pg_catalog.current_setting('prebuildd.max_notify_queue_usage', true), '')
                    ::float8,
                0.5) THEN
-            RAISE WARNING 'prebuildd: build_inserted event not sent: notification queue too full';
+            RAISE WARNING 'prebuildd: % event not sent: notification queue too full', kind;
             RETURN NULL;
         END IF;
         PERFORM pg_catalog.pg_notify('prebuildd_events', pg_catalog.format(
-            '{"v":1,"k":"build_inserted","t":"%s","at":%s}', tpl,
+            '{"v":1,"k":"%s","t":"%s","at":%s}', kind, tpl,
             extract(epoch FROM pg_catalog.now())));
     EXCEPTION WHEN OTHERS THEN
         -- Nothing in here may raise: an error escaping this handler would fail Coder's write.
@@ -326,8 +344,8 @@ BEGIN
                 NULL;
             END;
         END IF;
-        RAISE WARNING 'prebuildd: build_inserted event on % not sent (SQLSTATE %)%',
-            TG_TABLE_NAME, failure,
+        RAISE WARNING 'prebuildd: % event on % not sent (SQLSTATE %)%',
+            kind, TG_TABLE_NAME, failure,
             CASE WHEN failure IN ('42703', '42804') THEN ': ' || SQLERRM ELSE '' END
             USING HINT = 'The periodic sweep catches up. After a Coder upgrade, check that '
                          'this prebuildd release supports it and run prebuildd migrate.';
@@ -471,6 +489,7 @@ COMMENT ON FUNCTION prebuildd.notify_agent_ready() IS
 COMMENT ON FUNCTION prebuildd.notify_claimed() IS
     'prebuildd: NOTIFY prebuildd_events when a prebuild is handed to a user';
 COMMENT ON FUNCTION prebuildd.notify_build_inserted() IS
-    'prebuildd: NOTIFY prebuildd_events when the prebuilds user starts a build';
+    'prebuildd: NOTIFY prebuildd_events when the prebuilds user starts a build, or a person '
+    'builds a workspace from scratch although its preset keeps a pool (a miss)';
 COMMENT ON FUNCTION prebuildd.notify_event() IS
     'prebuildd: NOTIFY prebuildd_events with {"v":1,"k":kind,"t":template,"at":epoch}';

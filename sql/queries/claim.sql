@@ -2,6 +2,9 @@
 -- Hands one eligible prebuild of a preset to a user and queues the user's `start` build, in
 -- the caller's transaction, in one statement.
 --
+-- The prebuilds user is prebuildd.prebuilds_user_id(), which the planner inlines as the
+-- literal (the owner runs this; the least-privilege role may not call it).
+--
 -- Eligible: owned by the prebuilds user, not deleted, template not deleted, latest build a
 -- succeeded `start` of this preset on the template's active version, and every top-level,
 -- non-deleted agent of that build `ready` (a build without agents is not ready, as in Coder).
@@ -54,7 +57,7 @@ candidate AS (
      AND NOT t.deleted
     JOIN workspaces w
       ON w.template_id = t.id
-     AND w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+     AND w.owner_id = prebuildd.prebuilds_user_id()
      AND NOT w.deleted
     CROSS JOIN LATERAL (
         SELECT b.id, b.build_number, b.transition, b.job_id, b.template_version_id,

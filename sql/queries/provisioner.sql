@@ -9,14 +9,15 @@ LISTEN provisioner_job_posted;
 -- Takes one job that nobody started, canceled or finished. Jobs initiated by people go before
 -- prebuild jobs (a human is waiting; a pool refill is not), then oldest first. SKIP LOCKED lets
 -- any number of provisioners acquire at once without ever sharing a job. Returns the build the
--- job executes (NULL columns for template imports and dry runs).
+-- job executes (NULL columns for template imports and dry runs). The prebuilds user is
+-- prebuildd.prebuilds_user_id(), inlined by the planner as the literal.
 WITH picked AS (
     SELECT j.id
     FROM provisioner_jobs j
     WHERE j.started_at IS NULL
       AND j.canceled_at IS NULL
       AND j.completed_at IS NULL
-    ORDER BY j.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid, j.created_at, j.id
+    ORDER BY j.initiator_id = prebuildd.prebuilds_user_id(), j.created_at, j.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),

@@ -7,8 +7,9 @@
 -- DROP IF EXISTS + CREATE (CREATE OR REPLACE TRIGGER needs PostgreSQL 14): the names are
 -- those of every earlier release, so an upgraded database ends up with exactly this set.
 
--- The prebuilds user started a build (prebuildd's creates and deletes). Coder's builds of
--- users' workspaces leave the function at its first test.
+-- The prebuilds user started a build (prebuildd's creates and deletes), or a person's first
+-- build names a preset that keeps a pool (a miss, event `missed`). People's later builds leave
+-- the function at its second test.
 DROP TRIGGER IF EXISTS prebuildd_build_inserted ON workspace_builds;
 CREATE TRIGGER prebuildd_build_inserted
     AFTER INSERT ON workspace_builds

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from _db import eligible, pools
@@ -40,6 +39,7 @@ from _prometheus import (
     scrape_job_of_rules,
     without_grafana_variables,
 )
+from _psql import run_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -49,8 +49,8 @@ WAIT = 90.0
 
 
 def _seed(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SEED.read_text(encoding="utf-8"))
+    # With psql, as compose runs it (the seed includes the builder of Coder rows with \ir).
+    run_file(url, SEED)
 
 
 def _config(metrics_port: int) -> dict[str, Any]:

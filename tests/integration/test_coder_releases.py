@@ -18,14 +18,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import psycopg
 import pytest
 from _coder_schemas import EventInbox, absent_in, coder_like
 from psycopg import sql
 
-from factories import make_org, make_prebuild, make_template, make_version, promote
+from factories import (
+    make_org,
+    make_prebuild,
+    make_preset,
+    make_template,
+    make_version,
+    promote,
+)
 from prebuildd.cli import EXIT_ERROR, EXIT_OK, main
 from prebuildd.migrate import (
     OLDEST_CODER_RELEASE,
@@ -81,18 +88,6 @@ def _own_objects(url: str) -> set[str]:
 
 def _cli(url: str, *args: str) -> int:
     return main([args[0], "--database-url", url, "--log-level", "warning", *args[1:]])
-
-
-def _preset(conn: Conn, version: UUID, *, desired: int) -> UUID:
-    """A preset as every supported release can store it (factories.make_preset also names
-    last_invalidated_at, which releases before v2.29.0 lack)."""
-    preset = uuid4()
-    conn.execute(
-        "INSERT INTO template_version_presets (id, template_version_id, name, desired_instances)"
-        " VALUES (%s, %s, %s, %s)",
-        (preset, version, f"preset-{preset.hex[:6]}", desired),
-    )
-    return preset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +181,7 @@ def test_reconcile_status_and_events_on_the_release(
     try:
         with psycopg.connect(release_url) as conn:
             tpl = make_template(conn, make_org(conn), name="release-tpl")
-            p1 = _preset(conn, tpl.version_id, desired=2)
+            p1 = make_preset(conn, tpl.version_id, desired=2)
             running = make_prebuild(conn, p1, created_at=datetime.now(UTC) - timedelta(hours=1))
             conn.commit()
 
@@ -205,7 +200,7 @@ def test_reconcile_status_and_events_on_the_release(
         # canceled, and the new version's preset filled.
         with psycopg.connect(release_url) as conn:
             v2 = make_version(conn, tpl, active=False)
-            p2 = _preset(conn, v2, desired=1)
+            p2 = make_preset(conn, v2, desired=1)
             promote(conn, tpl.id, v2)
             conn.commit()
         assert _cli(release_url, "reconcile", "--once") == EXIT_OK
@@ -242,7 +237,7 @@ def test_invalidate_works_where_the_release_has_it_and_fails_cleanly_where_not(
     migrate(release_url)
     with psycopg.connect(release_url) as conn:
         tpl = make_template(conn, make_org(conn))
-        preset = _preset(conn, tpl.version_id, desired=1)
+        preset = make_preset(conn, tpl.version_id, desired=1)
         old = make_prebuild(conn, preset, created_at=datetime.now(UTC) - timedelta(hours=1))
         conn.commit()
     assert _cli(release_url, "reconcile", "--once") == EXIT_OK

@@ -406,7 +406,9 @@ def test_the_only_column_dependencies_are_prebuildds_indexes_on_their_own_tables
         "prebuildd_preset_parameters_preset",
         "prebuildd_preset_schedules_preset",
         "prebuildd_preset_schedules_preset_desired",
-        "prebuildd_workspace_builds_preset",
+        # sql/schema/0008_demand_index.sql: they replace 0001's prebuildd_workspace_builds_preset.
+        "prebuildd_workspace_builds_preset_created",
+        "prebuildd_workspace_builds_first_preset",
         "prebuildd_provisioner_jobs_prebuild_queue",
     }
     assert all(on_own_table for _, _, on_own_table in found), found
@@ -547,6 +549,19 @@ def _second_prebuild_build(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, lis
     return statement, [workspace_id, tpl.version_id, PREBUILDS_USER_ID, job_id]
 
 
+def _persons_first_build(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
+    """A person's workspace built from scratch from the preset (a miss)."""
+    workspace_id = rows.workspace(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
+    statement = (
+        "INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, "
+        "template_version_id, build_number, transition, initiator_id, job_id, "
+        "template_version_preset_id) "
+        "VALUES (gen_random_uuid(), now(), now(), %s, %s, 1, 'start', %s, %s, %s)"
+    )
+    return statement, [workspace_id, tpl.version_id, tpl.owner_id, job_id, tpl.preset_id]
+
+
 def _new_version_to_promote(conn: Conn, tpl: rows.TemplateRows) -> tuple[str, list[object]]:
     version_id = rows.version(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
     return "UPDATE templates SET renamed = %s WHERE id = %s", [version_id, tpl.template_id]
@@ -572,6 +587,7 @@ RENAMES = [
     Rename("claimed", "workspaces", "owner_id", _prebuild_to_claim),
     # Read by the function's lookup, not from the row: the lookup's error is caught too.
     Rename("build_inserted", "workspaces", "template_id", _second_prebuild_build),
+    Rename("missed", "template_version_presets", "desired_instances", _persons_first_build),
     Rename("version_promoted", "templates", "active_version_id", _new_version_to_promote),
     Rename("preset_changed", "template_version_presets", "desired_instances", _preset),
     Rename(
@@ -762,10 +778,9 @@ def _prebuild_build_started(
     setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox
 ) -> Events:
     workspace_id = rows.workspace(setup, tpl.org_id, tpl.template_id, PREBUILDS_USER_ID)
-    job_id = rows.job(setup, tpl.org_id, PREBUILDS_USER_ID)
     setup.commit()
     inbox.drain()
-    rows.build(actor, workspace_id, tpl.version_id, job_id, PREBUILDS_USER_ID)
+    rows.build(actor, workspace_id, tpl.version_id, PREBUILDS_USER_ID)
     return [(EventKind.BUILD_INSERTED, tpl.template_id)]
 
 

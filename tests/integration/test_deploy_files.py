@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,7 @@ from _prometheus import (
     require_tool,
     scrape_job_of_rules,
 )
+from _psql import run_file
 from prebuildd.cli import build_parser, settings_from
 from prebuildd.config import parse_duration
 
@@ -635,6 +637,23 @@ def test_compose_example_pools_seed_runs_as_the_owner_after_migrate(
     assert seed["restart"] == "no"
 
 
+def test_compose_example_pools_seed_finds_the_files_it_includes(
+    services: dict[str, Doc],
+) -> None:
+    """The seed includes the builder of Coder rows with `\\ir` (a path relative to itself):
+    that path leads to the same file in the repository and in the one-shot's container."""
+    seed = services["example-pools"]
+    command = seed["command"]
+    inside = posixpath.dirname(command[command.index("-f") + 1])
+    text = SEED.read_text(encoding="utf-8")
+    includes = re.findall(r"^\\ir\s+(\S+)\s*$", text, re.MULTILINE)
+    assert includes, "the seed includes the builder of Coder rows"
+    for include in includes:
+        in_repo = (SEED.parent / include).resolve()
+        assert in_repo.is_file(), include
+        assert _host_path(seed, posixpath.normpath(posixpath.join(inside, include))) == in_repo
+
+
 def test_example_pools_seed_is_idempotent_on_a_migrated_database(db_url: str) -> None:
     counts = """
         SELECT (SELECT count(*) FROM templates),
@@ -642,10 +661,11 @@ def test_example_pools_seed_is_idempotent_on_a_migrated_database(db_url: str) ->
                (SELECT count(*) FROM template_version_preset_parameters),
                (SELECT count(*) FROM provisioner_jobs)
     """
+    # With psql, as compose runs it (the seed includes the builder of Coder rows with \ir).
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(SEED.read_text(encoding="utf-8"))
+        run_file(db_url, SEED)
         first = conn.execute(counts).fetchone()
-        conn.execute(SEED.read_text(encoding="utf-8"))
+        run_file(db_url, SEED)
         second = conn.execute(counts).fetchone()
         active = conn.execute(
             "SELECT count(*) FROM template_version_presets p"

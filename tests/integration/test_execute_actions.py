@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from _inbox import Inbox
+
 from factories import make_org, make_prebuild, make_preset, make_template, make_version, promote
 from prebuildd import store
 from prebuildd.events import EventKind
@@ -63,7 +63,9 @@ PENDING_STARTS = (
     " WHERE b.template_version_preset_id = %s AND b.transition = 'start'"
     " AND j.job_status = 'pending'"
 )
-DELETE_BUILDS = "SELECT count(*) FROM workspace_builds WHERE workspace_id = %s AND transition = 'delete'"
+DELETE_BUILDS = (
+    "SELECT count(*) FROM workspace_builds WHERE workspace_id = %s AND transition = 'delete'"
+)
 CANCELED = (
     "SELECT count(*) FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id"
     " WHERE b.template_version_preset_id = %s AND j.job_status = 'canceled'"

@@ -77,6 +77,7 @@ SKIP_VARIABLE = "PREBUILDD_TEST_SKIP_ROLE_TESTS"
 # `pause`, `resume`, `invalidate`).
 ROLE_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
@@ -89,7 +90,7 @@ OWNER_FILES = {
     "migrate.sql": "`prebuildd migrate` changes the schema",
     "claim.sql": "claims are Coder's; `prebuildd claim` is a development tool",
     "provisioner.sql": "the simulated provisioner stands in for Coder's provisioners",
-    "demo.sql": "`prebuildd demo` seeds its own database",
+    "seed.sql": "Coder rows for tests and `prebuildd demo`, built as the owner of Coder's tables",
 }
 # The functions the role may execute (sql/functions/prebuild_writes.sql).
 ENTRY_POINTS = {
@@ -108,6 +109,8 @@ ENTRY_POINTS = {
     "throttle_lines",
     "create_prebuilds_capped",
     "record_throttle_waits",
+    # sql/functions/autoscale.sql
+    "set_autoscale_policy",
 }
 
 PENDING_CREATES: LiteralString = """
@@ -618,6 +621,7 @@ WRITES_DONE: Mapping[str, int] = {
     "create_prebuilds_capped": 1,  # one prebuild, well under the cap
     "record_throttle_waits": 1,  # the count of the template's entries: the one recorded
     "execute_actions": 3,  # a create, the running prebuild's delete, the old preset's cancel
+    "autoscale_set": 1,  # the active preset's (template, name)
 }
 # Which preset a query acts on, when not the active one.
 PRESET_OF: Mapping[str, str] = {"cancel_pending_prebuilds": "old", "notify_hard_limited": "limited"}
@@ -654,12 +658,26 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         # execute_actions: one action of each kind it runs, on the seeded rows.
         "actions": Jsonb(
             [
-                {"kind": "create", "preset": str(seed.active), "version": str(seed.version),
-                 "count": 1, "workspace_tags": {}, "max_pending": 0},
+                {
+                    "kind": "create",
+                    "preset": str(seed.active),
+                    "version": str(seed.version),
+                    "count": 1,
+                    "workspace_tags": {},
+                    "max_pending": 0,
+                },
                 {"kind": "delete", "workspaces": [str(seed.running)]},
                 {"kind": "cancel", "preset": str(seed.old)},
             ]
         ),
+        # Demand: every preset of the template (the seed's user workspace is a miss), over a
+        # window around now.
+        "policies_only": False,
+        "window_since": datetime.now(UTC) - timedelta(days=1),
+        "window_end_at": datetime.now(UTC) + timedelta(hours=1),
+        "mode": "auto",
+        "min_instances": 1,
+        "max_instances": 3,
     }
     if param not in values:
         raise LookupError(f"no valid value for %({param})s of {name}: teach _valid() its meaning")
@@ -1144,7 +1162,10 @@ def test_hard_limit_notification_as_the_role_on_coders_schema(
 
     with psycopg.connect(role_url) as role:
         tables = (
-            "notification_preferences", "notification_messages", "users", "organization_members"
+            "notification_preferences",
+            "notification_messages",
+            "users",
+            "organization_members",
         )
         for table in tables:
             held = role.execute(

@@ -299,6 +299,7 @@ def _exported_sample_names() -> set[str]:
         "counter": ("_total",),
         "gauge": ("",),
         "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
     }
     names = set()
     for family in text_string_to_metric_families(Metrics().render().decode()):

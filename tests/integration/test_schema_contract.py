@@ -615,6 +615,7 @@ def test_required_enum_labels_are_in_the_subset_and_cover_what_the_service_write
 # `invalidate`), and files only `migrate` or the development tools run, with why.
 PRODUCTION_FILES = {
     "snapshot.sql",
+    "demand.sql",
     "actions.sql",
     "admin.sql",
     "health.sql",
@@ -626,7 +627,7 @@ NOT_PRODUCTION_FILES = {
     "migrate.sql": "catalog queries of `migrate` itself (they name no Coder column)",
     "claim.sql": "`prebuildd claim` is a development tool: Coder claims prebuilds",
     "provisioner.sql": "the simulated provisioner stands in for Coder's provisioners",
-    "demo.sql": "`prebuildd demo` seeds its own database",
+    "seed.sql": "Coder rows for tests and `prebuildd demo` (the builder in sql/seed/)",
 }
 # Production queries that write an OPTIONAL_COLUMNS column, so they cannot work without it:
 # on such a schema they must fail on that column, not on any other.
@@ -662,6 +663,10 @@ def _sample(name: str) -> object:
         "backoff_lookback": timedelta(hours=1),
         "paused": True,
         "status": "healthy",
+        "policies_only": False,
+        "mode": "forecast",
+        "min_instances": 0,
+        "max_instances": 1,
         "trace_metadata": Jsonb({}),
         "workspace_tags": Jsonb({}),
         "default_method": "smtp",

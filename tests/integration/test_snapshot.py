@@ -38,8 +38,8 @@ from prebuildd.model import (
     RunningPrebuild,
     Schedule,
 )
-from prebuildd.queries import query
 from prebuildd.plan import can_skip
+from prebuildd.queries import query
 
 pytestmark = pytest.mark.anyio
 

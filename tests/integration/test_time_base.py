@@ -12,14 +12,13 @@ written as a TZif file, found through zoneinfo's search path like any IANA zone.
 
 from __future__ import annotations
 
-import struct
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import anyio
 import psycopg
@@ -33,6 +32,7 @@ from _live import (
     running_service,
 )
 
+from _zones import zone_with_an_hour_starting_at
 from factories import make_org, make_prebuild, make_preset, make_template, make_user
 from prebuildd.model import PlanConfig
 from prebuildd.reconciler import Cause, Reconciler
@@ -158,20 +158,6 @@ async def test_event_lag_is_measured_on_the_databases_clock(
 # ---- schedules ------------------------------------------------------------------------------
 
 
-def _tzif(offset_seconds: int) -> bytes:
-    """A TZif (version 2) file for a zone at a constant UTC offset, in whole seconds."""
-    abbr = b"PBT\0"
-
-    def block() -> bytes:
-        counts = struct.pack(">6l", 0, 0, 0, 0, 1, len(abbr))  # one type, no transitions
-        return b"TZif2" + bytes(15) + counts + struct.pack(">lBB", offset_seconds, 0, 0) + abbr
-
-    # The footer is a POSIX TZ string, whose offsets count west of Greenwich.
-    hours, rest = divmod(abs(offset_seconds), 3600)
-    west = f"{'-' if offset_seconds >= 0 else '+'}{hours}:{rest // 60:02d}:{rest % 60:02d}"
-    return block() + block() + f"\n<PBT>{west}\n".encode()
-
-
 @pytest.fixture
 def zone_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory searched for time zones first (restored afterwards)."""
@@ -185,15 +171,10 @@ def zone_dir(tmp_path: Path) -> Iterator[Path]:
 
 def _zone_with_an_hour_starting_at(folder: Path, boundary: datetime) -> tuple[str, int]:
     """A new zone in which a local hour starts at `boundary` (whole seconds), and that hour."""
-    epoch = int(boundary.timestamp())
-    offset = -epoch % 3600
-    name = f"PrebuilddTest/Boundary_{uuid4().hex[:12]}"
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_tzif(offset))
+    name, hour = zone_with_an_hour_starting_at(folder, boundary)
     local = boundary.astimezone(resolve_timezone(name))
-    assert (local.minute, local.second) == (0, 0)
-    return name, local.hour
+    assert (local.minute, local.second, local.hour) == (0, 0, hour)
+    return name, hour
 
 
 @pytest.mark.parametrize("skew", SKEWS)

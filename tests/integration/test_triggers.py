@@ -235,8 +235,24 @@ def test_prebuild_build_insert(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows)
     assert commit_and_read(conn, inbox) == [(EventKind.BUILD_INSERTED, tpl.template_id)]
 
 
-def test_user_build_insert_is_silent(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows) -> None:
-    rows.prebuild(conn, tpl, owner_id=tpl.owner_id)
+def test_user_build_insert_is_silent_unless_it_is_a_miss(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows
+) -> None:
+    poolless = rows.preset(conn, tpl.version_id, desired=None)
+    conn.commit()
+    inbox.drain()
+    # A person's first build naming a preset that keeps a pool: a miss (issue 16).
+    workspace_id, _ = rows.prebuild(conn, tpl, owner_id=tpl.owner_id)
+    assert commit_and_read(conn, inbox) == [(EventKind.MISSED, tpl.template_id)]
+    # Everything else people build: their later builds, a first build naming a preset
+    # without a pool, or no preset.
+    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
+    rows.build(conn, workspace_id, tpl.version_id, job_id, tpl.owner_id,
+               preset_id=tpl.preset_id, number=2)  # fmt: skip
+    for preset_id in (poolless, None):
+        other = rows.workspace(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+        job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
+        rows.build(conn, other, tpl.version_id, job_id, tpl.owner_id, preset_id=preset_id)
     assert commit_and_read(conn, inbox) == []
 
 
@@ -299,6 +315,7 @@ def test_running_prebuild_job_without_status_change_is_silent(
 def test_user_workspace_job_is_silent(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows) -> None:
     _, job_id = rows.prebuild(conn, tpl, owner_id=tpl.owner_id, started=True)
     conn.commit()
+    inbox.drain()  # its first build was a miss
     conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
     assert commit_and_read(conn, inbox) == []
 
@@ -318,8 +335,7 @@ def test_job_of_a_prebuild_started_by_someone_else_is_left_to_the_sweep(
     # never call the trigger function; an admin's build on a prebuild is rare and the
     # periodic sweep notices it.
     workspace_id, _ = rows.prebuild(conn, tpl, started=True)
-    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
-    rows.build(conn, workspace_id, tpl.version_id, job_id, tpl.owner_id, number=2)
+    _, job_id = rows.build(conn, workspace_id, tpl.version_id, tpl.owner_id, number=2)
     conn.commit()
     inbox.drain()
     conn.execute(JOB_UPDATE.format("started_at = now()"), [job_id])
@@ -421,6 +437,8 @@ def test_prebuild_agent_inserted_ready(conn: Conn, inbox: Inbox, tpl: rows.Templ
 
 def test_user_workspace_agent_is_silent(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows) -> None:
     _, job_id = rows.prebuild(conn, tpl, owner_id=tpl.owner_id, started=True)
+    conn.commit()
+    inbox.drain()  # its first build was a miss
     agent_id = rows.agent(conn, job_id)
     rows.agent(conn, job_id, lifecycle="ready")
     conn.execute(AGENT_UPDATE.format("lifecycle_state = 'ready'"), [agent_id])

@@ -164,4 +164,5 @@ def test_changes_people_make_are_urgent_provisioner_progress_is_not() -> None:
         EventKind.PRESET_CHANGED,
         EventKind.SCHEDULE_CHANGED,
         EventKind.CLAIMED,
+        EventKind.MISSED,
     }
