@@ -246,13 +246,11 @@ def test_user_build_insert_is_silent_unless_it_is_a_miss(
     assert commit_and_read(conn, inbox) == [(EventKind.MISSED, tpl.template_id)]
     # Everything else people build: their later builds, a first build naming a preset
     # without a pool, or no preset.
-    job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
-    rows.build(conn, workspace_id, tpl.version_id, job_id, tpl.owner_id,
+    rows.build(conn, workspace_id, tpl.version_id, tpl.owner_id,
                preset_id=tpl.preset_id, number=2)  # fmt: skip
     for preset_id in (poolless, None):
         other = rows.workspace(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
-        job_id = rows.job(conn, tpl.org_id, tpl.owner_id)
-        rows.build(conn, other, tpl.version_id, job_id, tpl.owner_id, preset_id=preset_id)
+        rows.build(conn, other, tpl.version_id, tpl.owner_id, preset_id=preset_id)
     assert commit_and_read(conn, inbox) == []
 
 
