@@ -467,6 +467,10 @@ def _apply(conn: Connection, file: SqlFile, policy: LockPolicy) -> None:
 def _apply_in_transaction(conn: Connection, file: SqlFile, policy: LockPolicy) -> None:
     with conn.transaction():
         conn.execute(query("set_local_lock_timeout"), {"timeout": policy.timeout_setting})
+        if file.path.startswith("functions/"):
+            # One pin for every function file, so each SECURITY DEFINER function captures
+            # the same search_path (FROM CURRENT) without each file repeating the rule.
+            conn.execute(query("pin_function_search_path"))
         conn.execute(_as_sql(file.text))
         _record(conn, file)
 

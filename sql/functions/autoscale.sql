@@ -21,17 +21,8 @@
 -- Repeatable file: re-applied by `prebuildd migrate` when it changes (CREATE OR REPLACE keeps
 -- the role's grant).
 
-DO $pin$
-BEGIN
-    IF current_schema() IS NULL THEN
-        RAISE EXCEPTION 'no schema of the search_path exists'
-            USING HINT = 'Run `prebuildd migrate` with the search_path that finds Coder''s tables.';
-    END IF;
-    -- Transaction-local: captured by SET search_path FROM CURRENT below, gone at commit.
-    PERFORM pg_catalog.set_config(
-        'search_path', pg_catalog.format('%I, pg_temp', current_schema()), true);
-END
-$pin$;
+-- The search_path is pinned by `prebuildd migrate` before this file runs
+-- (sql/queries/migrate.sql, pin_function_search_path).
 
 CREATE OR REPLACE FUNCTION prebuildd.set_autoscale_policy(
     preset_id uuid,

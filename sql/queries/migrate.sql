@@ -87,6 +87,23 @@ SET checksum = EXCLUDED.checksum,
 -- behind us; migrate.py retries the transaction with backoff (LockNotAvailable).
 SELECT set_config('lock_timeout', %(timeout)s, true);
 
+-- name: pin_function_search_path
+-- Before each file of sql/functions/: the transaction's search_path becomes the schema that
+-- holds Coder's tables, then pg_temp, explicitly last. The files' SECURITY DEFINER functions
+-- capture it (`SET search_path FROM CURRENT`), so a caller's search_path (or a temporary
+-- object shadowing a Coder table) can never change what they touch. Transaction-local: gone
+-- at commit. Run without parameters (the %I below is format()'s, not a placeholder).
+DO $pin$
+BEGIN
+    IF current_schema() IS NULL THEN
+        RAISE EXCEPTION 'no schema of the search_path exists'
+            USING HINT = 'Run `prebuildd migrate` with the search_path that finds Coder''s tables.';
+    END IF;
+    PERFORM pg_catalog.set_config(
+        'search_path', pg_catalog.format('%I, pg_temp', current_schema()), true);
+END
+$pin$;
+
 -- name: set_session_lock_timeout
 -- For the statements of a no-transaction file (CREATE / DROP INDEX CONCURRENTLY), which run
 -- in autocommit, so a transaction-local setting would not outlive its own statement.
