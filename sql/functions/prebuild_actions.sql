@@ -41,16 +41,8 @@
 
 CREATE SCHEMA IF NOT EXISTS prebuildd;
 
-DO $pin$
-BEGIN
-    IF current_schema() IS NULL THEN
-        RAISE EXCEPTION 'no schema of the search_path exists'
-            USING HINT = 'Run `prebuildd migrate` with the search_path that finds Coder''s tables.';
-    END IF;
-    PERFORM pg_catalog.set_config(
-        'search_path', pg_catalog.format('%I, pg_temp', current_schema()), true);
-END
-$pin$;
+-- The search_path is pinned by `prebuildd migrate` before this file runs
+-- (sql/queries/migrate.sql, pin_function_search_path).
 
 CREATE OR REPLACE FUNCTION prebuildd.execute_actions(
     actions jsonb,
