@@ -721,6 +721,7 @@ def run_round(
     version: int,
     variant: Variant,
     touch: float | None,
+    log_dir: Path | None = None,
 ) -> Round:
     extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", *variant.flags()]
     service = ServiceProcess(url, extra)
@@ -737,6 +738,8 @@ def run_round(
         code = service.stop()
         print(f"service stopped (exit code {code})")
     lines = list(service.lines)
+    if log_dir is not None:
+        save_log(log_dir, variant, lines)
     errors = ServiceErrors().scan(line.fields for line in lines)
     if code != 0:
         errors.lines.append(f"the service exited with code {code} on SIGTERM")
@@ -744,6 +747,18 @@ def run_round(
         variant.label, variant.default, startup, measured, verify(url, measured), lines,
         new_presets_of(spec, numbers, version), errors,
     )  # fmt: skip
+
+
+def save_log(log_dir: Path, variant: Variant, lines: Sequence[LogLine]) -> None:
+    """The service's log lines of one round, each with this process's monotonic arrival time
+    (`_at`, the clock of the promotions' stamps), for looking into a tail afterwards."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() else "-" for c in variant.label).strip("-")
+    path = log_dir / f"service-{name}.jsonl"
+    with path.open("w") as out:
+        for line in lines:
+            out.write(json.dumps({"_at": line.at, **line.fields}) + "\n")
+    print(f"{variant.label} service log: {len(lines):,} lines in {path}")
 
 
 def run(server: BenchServer, args: argparse.Namespace) -> bool:
@@ -770,7 +785,9 @@ def run(server: BenchServer, args: argparse.Namespace) -> bool:
             + ("" if touch is None else f", each {touch * 1000:.0f} ms after a job of it changed")
         )
         rounds = [
-            run_round(url, spec, everyone[r :: len(variants)], version, variant, touch)
+            run_round(
+                url, spec, everyone[r :: len(variants)], version, variant, touch, args.service_log
+            )
             for r, variant in enumerate(variants)
         ]
         met = report(rounds)
@@ -788,6 +805,13 @@ def main() -> None:
     common_args(parser)
     parser.add_argument(
         "--promotions", type=int, default=0, help="per variant; default 200 (20 quick)"
+    )
+    parser.add_argument(
+        "--service-log",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each service's log lines (JSON, with arrival times) to DIR",
     )
     parser.add_argument(
         "--fleet",
