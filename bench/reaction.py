@@ -47,6 +47,7 @@ promotion arrives and the promotion waits for the rest of the cooldown.
     PYTHONPATH=service python -m bench.reaction [--quick] [--reuse] [--promotions N]
                                                 [--settle 2ms,10ms] [--cooldown 1s,0]
                                                 [--touch 300ms] [--fleet spec-5k]
+                                                [--service-log DIR]
 
 `--fleet spec-5k` runs the same measurement on the 5,000-template fleet (60,000 presets,
 ~495,000 workspaces; 4 active presets per template, so a promotion's reconcile writes more
