@@ -135,6 +135,8 @@ SCALES: Mapping[str, FleetSpec] = {
     "quick": FleetSpec(templates=50, workspaces=3_000),
     "reaction": FleetSpec(templates=1_000, workspaces=50_000, active_presets=3, old_presets=1),
     "spec": FleetSpec(templates=1_000, workspaces=124_000),
+    # Issue 11: 5,000 templates / 60,000 presets / ~495,000 workspaces (Coder's cycle: ~10 min).
+    "spec-5k": FleetSpec(templates=5_000, workspaces=495_000, active_presets=4, old_presets=4),
     "scale-10": replace(_SCALE_SHAPE, templates=10, workspaces=10 * 40),
     "scale-10k": replace(_SCALE_SHAPE, templates=10_000, workspaces=10_000 * 40),
     "scale-quick-10": replace(_SCALE_SHAPE, templates=10, workspaces=10 * 40),

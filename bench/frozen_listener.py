@@ -166,8 +166,9 @@ async def _until(check: Any, timeout: float, interval: float = 0.005) -> bool:
 async def one_round(variant: Variant, service: Service, org: uuid.UUID, admin: uuid.UUID) -> None:
     url = variant.url
     r = seed_round(url, org, admin, len(variant.seconds) + variant.lost)
-    # The template's insert is announced: its v1 create follows; then wait for quiet (the
-    # echo of that create reconciled, nothing queued), so only the sweep can find what comes.
+    # The template's insert is announced: its v1 create follows; then wait for quiet (nothing
+    # queued), so only the sweep can find what comes. (The create is the service's own write:
+    # no event echoes it back since prebuildd.execute_actions.)
     def created() -> bool:
         return bool(_scalar(url, "frozen_listener_pending", {"preset": r.old})[0] == 1)
 
@@ -176,7 +177,7 @@ async def one_round(variant: Variant, service: Service, org: uuid.UUID, admin: u
 
     if not await _until(created, 20):
         raise RuntimeError("the round's first create never came")
-    await anyio.sleep(0.3)  # its build_inserted event is queued by now (cooldown: 1 s)
+    await anyio.sleep(0.3)  # anything the create could still cause is queued by now
     if not await _until(quiet, 20):
         raise RuntimeError("the queue never went quiet")
     pids = [row[0] for row in _rows(url, "frozen_listener_pids")]

@@ -13,6 +13,10 @@ and interleaved in one run (alternating which side goes first):
   one cancel per drifting template, one call per action), in one transaction that is rolled
   back: the functions as the role vs the previous direct statements as the owner. Both must
   report the same workspaces created, deleted and retired.
+* actions in one call -- the same writes as the reconciler sends them since issue 11: all of
+  them in one `prebuildd.execute_actions` call (`store.execute_actions`, a subtransaction per
+  action) as the role vs the previous direct statements as the owner; same work check, and
+  no action may fail.
 * targeted -- a real, committed reconcile of one template whose preset wants 2 more
   prebuilds (`Reconciler.reconcile`, undone untimed), as the role vs as the owner; each must
   create 2.
@@ -307,7 +311,9 @@ class Tally:
         return self.created, self.deleted, self.retired
 
 
-async def run_actions(clone: Clone, login: Login, spec: FleetSpec, rounds: int) -> Figure:
+async def run_actions(
+    clone: Clone, login: Login, spec: FleetSpec, rounds: int, *, one_call: bool = False
+) -> Figure:
     drifting = [template_id(n) for n in range(1, spec.templates + 1) if is_drifting(spec, n)]
     async with (
         await AsyncConnection.connect(clone.owner_url, autocommit=True) as owner,
@@ -323,19 +329,26 @@ async def run_actions(clone: Clone, login: Login, spec: FleetSpec, rounds: int) 
         ]
         kinds = Counter(type(action).__name__ for _, action in work)
         print(
-            f"\n-- actions: the drift of {len(drifting)} templates, {dict(kinds)}, one call per "
-            f"action, in one rolled-back transaction, {rounds} rounds (+1)"
+            f"\n-- actions: the drift of {len(drifting)} templates, {dict(kinds)}, "
+            + ("all in one execute_actions call" if one_call else "one call per action")
+            + f", in one rolled-back transaction, {rounds} rounds (+1)"
         )
         role_cpu, owner_cpu = CpuMeter(role.info.backend_pid), CpuMeter(owner.info.backend_pid)
         tallies: dict[str, set[tuple[int, int, int]]] = {"new": set(), "old": set()}
 
         async def through_functions() -> None:
-            tallies["new"].add(await _functions(role, work))
+            run = _one_call if one_call else _functions
+            tallies["new"].add(await run(role, work))
 
         async def baseline() -> None:
             tallies["old"].add(await _baseline_statements(owner, work))
 
-        figure = Figure("actions", "functions, as the role", "previous statements, as the owner",
+        label, new = (
+            ("actions in one call", "execute_actions, as the role")
+            if one_call
+            else ("actions", "functions, as the role")
+        )
+        figure = Figure(label, new, "previous statements, as the owner",
                         [], [], [], [], "", True)  # fmt: skip
         for i in range(rounds + 1):
             sides = [("new", through_functions, role_cpu), ("old", baseline, owner_cpu)]
@@ -364,6 +377,24 @@ async def _functions(conn: AConn, work: Sequence[tuple[Plan, Action]]) -> tuple[
                 tally.deleted += len(result.deleted)
             elif isinstance(action, CancelPending):
                 tally.retired += len(result.deleted)
+    return tally.key()
+
+
+async def _one_call(conn: AConn, work: Sequence[tuple[Plan, Action]]) -> tuple[int, int, int]:
+    """All of the work in one `execute_actions` call, as the reconciler sends a plan's actions;
+    a failed action is an error here (the baseline's statements would have raised)."""
+    tally = Tally()
+    actions = [action for _, action in work]
+    async with conn.transaction(force_rollback=True):
+        results = await store.execute_actions(conn, actions, now=datetime.now(UTC))
+    for action, result in zip(actions, results, strict=True):
+        if isinstance(result, store.ActionFailure):
+            raise RuntimeError(f"execute_actions: {action} failed: {result.message}")
+        tally.created += len(result.created)
+        if isinstance(action, Delete):
+            tally.deleted += len(result.deleted)
+        elif isinstance(action, CancelPending):
+            tally.retired += len(result.deleted)
     return tally.key()
 
 
@@ -619,6 +650,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     figures.append(await run_bulk(clone, login, spec, rounds))
                 if "actions" in parts:
                     figures.append(await run_actions(clone, login, spec, rounds))
+                    figures.append(await run_actions(clone, login, spec, rounds, one_call=True))
                 if "targeted" in parts:
                     figures.append(await run_targeted(clone, login, spec, rounds))
                 for figure in figures:

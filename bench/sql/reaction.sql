@@ -22,7 +22,9 @@ SELECT
     ),
     md5('bench-worker')::uuid,
     md5('bench-file-' || n || '-' || %(version)s::int)::uuid,
-    '{"scope": "organization", "owner": ""}'
+    -- A tag of its own per template: the jobs of the new version's creates carry it, and so
+    -- does their provisioner_job_posted wake-up, which tells the bench whose actions committed.
+    jsonb_build_object('scope', 'organization', 'owner', '', 'bench_template', n::text)
 FROM unnest(%(numbers)s::int[]) AS n
 JOIN templates AS t ON t.id = md5('bench-template-' || n)::uuid;
 
@@ -87,8 +89,8 @@ SELECT clock_timestamp();
 -- name: reaction_ping
 SELECT pg_notify('bench_ping', %(payload)s::text);
 
--- name: reaction_listen_events
-LISTEN prebuildd_events;
+-- name: reaction_listen_postings
+LISTEN provisioner_job_posted;
 
 -- name: reaction_listen_ping
 LISTEN bench_ping;

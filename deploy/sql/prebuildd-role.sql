@@ -331,11 +331,11 @@ GRANT SELECT (resource_id, lifecycle_state, parent_id, deleted) ON workspace_age
 -- Writes: the security-definer functions of sql/functions/prebuild_writes.sql
 -- ---------------------------------------------------------------------------------------------
 
--- create_prebuilds, delete_prebuilds, cancel_pending_prebuilds, set_preset_status
--- (actions.sql); notify_hard_limited (notifications.sql); invalidate_preset,
--- set_reconciliation_paused (admin.sql); set_autoscale_policy (demand.sql, autoscale_set:
--- sql/functions/autoscale.sql checks the bounds, the mode and the preset, and writes only
--- prebuildd's own table).
+-- create_prebuilds, delete_prebuilds, cancel_pending_prebuilds, set_preset_status and
+-- execute_actions, which calls them (actions.sql; sql/functions/prebuild_actions.sql);
+-- notify_hard_limited (notifications.sql); invalidate_preset, set_reconciliation_paused
+-- (admin.sql); set_autoscale_policy (demand.sql, autoscale_set: sql/functions/autoscale.sql
+-- checks the bounds, the mode and the preset, and writes only prebuildd's own table).
 GRANT EXECUTE ON FUNCTION
     prebuildd.create_prebuilds(uuid, uuid, integer, timestamptz, jsonb, jsonb),
     prebuildd.delete_prebuilds(uuid[], timestamptz, jsonb),
@@ -344,7 +344,9 @@ GRANT EXECUTE ON FUNCTION
     prebuildd.notify_hard_limited(uuid, text, boolean),
     prebuildd.invalidate_preset(uuid, timestamptz),
     prebuildd.set_reconciliation_paused(boolean),
-    prebuildd.set_autoscale_policy(uuid, text, integer, integer)
+    prebuildd.set_autoscale_policy(uuid, text, integer, integer),
+    -- every create, delete and cancel of a reconcile in one call (prebuild_actions.sql)
+    prebuildd.execute_actions(jsonb, timestamptz, jsonb)
 TO prebuildd;
 
 -- The cap on pending prebuild create jobs, --max-pending-prebuild-jobs (throttle.sql of

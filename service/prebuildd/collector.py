@@ -386,6 +386,8 @@ def _log_outcome(outcome: Outcome) -> None:
             "actions": outcome.actions_by_kind(),
             "failed_presets": len(outcome.failed_presets),
             "duration_ms": round(outcome.duration * 1000, 2),
+            # Where the duration went (Outcome.stages), milliseconds per stage.
+            "stages_ms": {k: round(v * 1000, 2) for k, v in outcome.stages.items()},
             "lag_ms": None if outcome.lag is None else round(outcome.lag * 1000, 2),
             "paused": outcome.paused,
             # Creates waiting under --max-pending-prebuild-jobs (0 without the cap).

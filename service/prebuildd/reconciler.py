@@ -58,6 +58,11 @@ from prebuildd.trigger import Trigger
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("prebuildd.reconciler")
 
+# Up to this many templates, a reconcile takes its locks and reads its snapshot in one round
+# trip (store.lock_and_read_snapshot); a busy template's rows are then read for nothing, so a
+# sweep's batches (up to 200) lock first and read only what they hold.
+LOCK_WITH_READS_MAX = 8
+
 
 def utc_now() -> datetime:
     """This host's wall clock: only a fallback (see Reconciler), never a plan's `now`."""
@@ -108,6 +113,11 @@ class Outcome:
     wake: tuple[UUID, ...] = ()
     duration: float = 0.0
     lag: float | None = None
+    # Where the duration went, seconds per stage, in the order they ran: "lock_read" (the
+    # locks and the snapshot in one round trip) or "lock" and "read", "plan", "throttle",
+    # "status" (SetStatus actions), "actions" (every create, delete and cancel in one call),
+    # "commit". Logged with the reconcile (bench/reaction.py reads them).
+    stages: dict[str, float] = field(default_factory=dict)
 
     def actions_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -154,7 +164,10 @@ class Reconciler:
                     await self._read_only_cycle(conn, template_ids, outcome)
                 else:
                     await self._locked_cycle(conn, template_ids, outcome)
-            outcome.duration = time.monotonic() - started
+                committing = time.monotonic()
+            ended = time.monotonic()
+            outcome.stages["commit"] = ended - committing
+            outcome.duration = ended - started
             outcome.lag = self._lag(cause, started)
             _annotate_end(span, outcome)
         return outcome
@@ -190,29 +203,56 @@ class Reconciler:
     async def _locked_cycle(
         self, conn: AsyncConnection[object], template_ids: Sequence[UUID], outcome: Outcome
     ) -> None:
-        with _tracer.start_as_current_span("prebuildd.lock_templates"):
-            locked = await store.lock_templates(conn, template_ids)
+        stages = _Stages(outcome.stages)
+        wanted = tuple(dict.fromkeys(template_ids))
+        if len(wanted) <= LOCK_WITH_READS_MAX:
+            # An event's few templates: the locks and the reads in one round trip (busy
+            # templates are read for nothing, rarely).
+            # Two sibling spans over the one round trip, as the two steps are traced apart.
+            lock_span = _tracer.start_span("prebuildd.lock_templates")
+            read_span = _tracer.start_span("prebuildd.read_snapshot")
+            try:
+                locked, snapshot = await store.lock_and_read_snapshot(
+                    conn,
+                    wanted,
+                    config=self._config,
+                    skip_idle=True,
+                    histories=self._histories,
+                )
+                read_span.set_attribute("prebuildd.presets", len(snapshot.presets))
+            finally:
+                read_span.end()
+                lock_span.end()
+            stages.done("lock_read")
+        else:
+            with _tracer.start_as_current_span("prebuildd.lock_templates"):
+                locked = await store.lock_templates(conn, wanted)
+            stages.done("lock")
+            snapshot = None
         outcome.locked = tuple(locked)
         held = set(locked)
-        outcome.busy = tuple(t for t in dict.fromkeys(template_ids) if t not in held)
+        outcome.busy = tuple(t for t in wanted if t not in held)
         if not locked:
             return
-        with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
-            snapshot = await store.read_snapshot(
-                conn, locked, config=self._config, histories=self._histories
-            )
-            span.set_attribute("prebuildd.presets", len(snapshot.presets))
+        if snapshot is None:
+            with _tracer.start_as_current_span("prebuildd.read_snapshot") as span:
+                snapshot = await store.read_snapshot(
+                    conn, locked, config=self._config, skip_idle=True, histories=self._histories
+                )
+                span.set_attribute("prebuildd.presets", len(snapshot.presets))
+            stages.done("read")
         # Presets of retired versions with nothing left to clean up are most of a big fleet
         # and can produce no action: skip them (dry runs, whose plans are the product, don't).
+        # The store already left them out (`skip_idle`); `can_skip` stays the rule.
         self._plan(snapshot, outcome, every_preset=False)
+        stages.done("plan")
         if snapshot.paused:
             return
         verdict = None
         if self._config.max_pending_prebuild_jobs > 0:
             verdict = await self._share_room(conn, locked, outcome, snapshot.now, lock=True)
-        for plan in outcome.plans:
-            if plan.actions:
-                await self._execute_plan(conn, plan, snapshot.now, outcome)
+            stages.done("throttle")
+        await self._execute(conn, snapshot.now, outcome, stages)
         if verdict is not None:
             if verdict.changed:
                 with _tracer.start_as_current_span("prebuildd.throttle_record"):
@@ -266,11 +306,62 @@ class Reconciler:
         _collect_next_attention(outcome)
         return verdict
 
-    async def _execute_plan(
-        self, conn: AsyncConnection[object], plan: Plan, now: datetime, outcome: Outcome
+    async def _execute(
+        self, conn: AsyncConnection[object], now: datetime, outcome: Outcome, stages: _Stages
     ) -> None:
-        for action in plan.actions:
-            await self._execute_action(conn, plan, action, now, outcome)
+        """Every plan's actions: status changes one by one, the rest in one call.
+
+        A plan lists its SetStatus first (plan.plan_preset), so running the status changes
+        before the batch keeps each preset's order. Each action is isolated in both paths: a
+        failure rolls back that action alone (store.execute_actions).
+        """
+        batch: list[tuple[Plan, Action]] = []
+        statuses = 0
+        for plan in outcome.plans:
+            for action in plan.actions:
+                if action.kind in store.BATCHED_KINDS:
+                    batch.append((plan, action))
+                else:
+                    await self._execute_action(conn, plan, action, now, outcome)
+                    statuses += 1
+        if statuses:
+            stages.done("status")
+        if batch:
+            await self._execute_batch(conn, batch, now, outcome)
+            stages.done("actions")
+
+    async def _execute_batch(
+        self,
+        conn: AsyncConnection[object],
+        batch: Sequence[tuple[Plan, Action]],
+        now: datetime,
+        outcome: Outcome,
+    ) -> None:
+        started = time.time_ns()
+        try:
+            with _tracer.start_as_current_span("prebuildd.actions") as span:
+                span.set_attribute("prebuildd.actions", len(batch))
+                results = await store.execute_actions(conn, [a for _, a in batch], now=now)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the connection is gone: nothing else in this cycle can succeed
+            # Nothing of the call was written (rolled back to its savepoint). Typically a
+            # statement timeout, which the per-action blocks do not catch: replay one action
+            # per statement, so that only the slow action fails.
+            log.warning(
+                "actions could not run in one call; running them one at a time",
+                extra={"actions": len(batch), "error": _one_line(exc)},
+            )
+            for plan, action in batch:
+                await self._execute_action(conn, plan, action, now, outcome)
+            return
+        ended = time.time_ns()
+        for (plan, action), result in zip(batch, results, strict=True):
+            _action_span(action, plan, result, started, ended)
+            if isinstance(result, store.ActionFailure):
+                await self._failed(conn, plan, action, result.sqlstate, result.message, outcome)
+            else:
+                outcome.results.append(result)
 
     async def _execute_action(
         self,
@@ -292,19 +383,31 @@ class Reconciler:
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 raise  # the connection is gone: nothing else in this cycle can succeed
-            outcome.failed_presets.append((plan.preset.id, _one_line(exc)))
-            extra = {"preset_id": preset_id, "action": str(action.kind), "error": _one_line(exc)}
-            if action.kind is ActionKind.CREATE and store.is_invalid_preset(exc):
-                # Refused before anything was written, for a reason only a new template
-                # version cures (Coder's `validation_failed`): stop retrying it.
-                log.error("preset rejected as invalid input", extra=extra)
-                await _mark_validation_failed(conn, plan)
-            elif isinstance(exc, psycopg.errors.QueryCanceled):
-                log.error("preset action timed out; retried next reconcile", extra=extra)
-            else:
-                log.error("preset action failed; retried next reconcile", extra=extra)
+            await self._failed(conn, plan, action, exc.sqlstate, _one_line(exc), outcome)
             return
         outcome.results.append(result)
+
+    async def _failed(
+        self,
+        conn: AsyncConnection[object],
+        plan: Plan,
+        action: Action,
+        sqlstate: str | None,
+        message: str,
+        outcome: Outcome,
+    ) -> None:
+        """An action failed and was rolled back alone: record, log, and judge the preset."""
+        outcome.failed_presets.append((plan.preset.id, message))
+        extra = {"preset_id": str(plan.preset.id), "action": str(action.kind), "error": message}
+        if action.kind is ActionKind.CREATE and sqlstate == store.INVALID_PRESET:
+            # Refused before anything was written, for a reason only a new template
+            # version cures (Coder's `validation_failed`): stop retrying it.
+            log.error("preset rejected as invalid input", extra=extra)
+            await _mark_validation_failed(conn, plan)
+        elif sqlstate == store.QUERY_CANCELED:
+            log.error("preset action timed out; retried next reconcile", extra=extra)
+        else:
+            log.error("preset action failed; retried next reconcile", extra=extra)
 
 
 async def _mark_validation_failed(conn: AsyncConnection[object], plan: Plan) -> None:
@@ -313,6 +416,39 @@ async def _mark_validation_failed(conn: AsyncConnection[object], plan: Plan) -> 
             await store.mark_validation_failed(conn, plan.preset.id)
     except psycopg.Error:
         log.exception("could not store validation_failed", extra={"preset_id": str(plan.preset.id)})
+
+
+class _Stages:
+    """Times the stages of one reconcile into `Outcome.stages` (each from the previous one's
+    end, so the stages add up to the reconcile up to its commit)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self._into = into
+        self._last = time.monotonic()
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self._into[stage] = self._into.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def _action_span(
+    action: Action,
+    plan: Plan,
+    result: store.ActionResult | store.ActionFailure,
+    started_ns: int,
+    ended_ns: int,
+) -> None:
+    """A span per action of the one call, as the per-statement path records them; its times
+    are the call's (the actions ran inside it, one after the other)."""
+    span = _tracer.start_span(f"prebuildd.action.{action.kind}", start_time=started_ns)
+    span.set_attribute("prebuildd.preset_id", str(plan.preset.id))
+    span.set_attribute("prebuildd.batched", True)
+    if isinstance(result, store.ActionFailure):
+        span.set_status(trace.Status(trace.StatusCode.ERROR, result.message))
+    else:
+        _annotate_result(span, result)
+    span.end(end_time=ended_ns)
 
 
 def _collect_next_attention(outcome: Outcome) -> None:

@@ -217,19 +217,48 @@ def parse_paused(value: str | None) -> bool:
     return settings.get("reconciliation_paused") is True
 
 
+async def lock_and_read_snapshot(
+    conn: Conn,
+    template_ids: Sequence[UUID],
+    *,
+    config: PlanConfig,
+    skip_idle: bool = False,
+    histories: HistoryCache | None = None,
+) -> tuple[list[UUID], Snapshot]:
+    """`lock_templates` and `read_snapshot` in one pipeline: one round trip instead of two.
+
+    The server runs the statements in order, so every read runs after the locks were taken
+    (a create is still decided only from state read under its template's lock). The reads
+    cover every template asked for; the snapshot keeps only the presets of the templates
+    locked: a busy template's rows are read for nothing, which is why the reconciler uses
+    this for the few templates of an event, not for a sweep's batches.
+    """
+    wanted = _unique(template_ids)
+    held: list[UUID] = []
+    snapshot = await read_snapshot(
+        conn, wanted, config=config, lock_into=held, skip_idle=skip_idle, histories=histories
+    )
+    return held, snapshot
+
+
 async def read_snapshot(
     conn: Conn,
     template_ids: Sequence[UUID],
     *,
     config: PlanConfig,
     read_only: bool = False,
+    lock_into: list[UUID] | None = None,
+    skip_idle: bool = False,
     histories: HistoryCache | None = None,
 ) -> Snapshot:
     """Presets, schedules, prebuild facts, the pause flag and the database's clock, set-based.
 
     `read_only` (the CLI's `status` and dry runs): the transaction is switched to READ ONLY
     first, and the snapshot says who holds which locks (`Snapshot.locks`, from pg_locks): the
-    caller takes none.
+    caller takes none. `lock_into` (`lock_and_read_snapshot`): `lock_templates` runs first in
+    the same pipeline, the templates it locked are appended to that list (in input order),
+    and the snapshot has only their presets. `skip_idle`: without the presets that can
+    produce no action (`assemble`).
 
     Presets whose (template, name) has an autoscale policy in force also get the policy and
     the demand history it is sized from: read once per template and hour, kept in
@@ -245,7 +274,10 @@ async def read_snapshot(
     # connection always opens one; an autocommit one has one inside `conn.transaction()`.
     generic = not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE
     locks = None
+    lock = None
     async with conn.pipeline():
+        if lock_into is not None and ids:
+            lock = await _start(conn, "lock_templates", {"template_ids": ids})
         if read_only:
             await _start(conn, "read_only_transaction", {})
         if generic:
@@ -267,6 +299,11 @@ async def read_snapshot(
     # and parsing plus assembling is where a batch allocates most.
     with deferred_collection():
         preset_rows = await presets.fetchall()
+        if lock_into is not None:
+            held = {row[0] for row in await lock.fetchall()} if lock is not None else set()
+            lock_into.extend(t for t in ids if t in held)
+            if len(held) < len(ids):
+                preset_rows = [row for row in preset_rows if row[2] in held]
         schedule_rows = await schedules.fetchall()
         prebuild_rows = await prebuilds.fetchall()
         input_rows = await inputs.fetchall()
@@ -274,7 +311,9 @@ async def read_snapshot(
         policy_rows = await policies.fetchall()
         paused = parse_paused(settings_rows[0][0] if settings_rows else None)
         (now, server_clock), *_ = await clock.fetchall()
-        snapshots = assemble(preset_rows, schedule_rows, prebuild_rows, input_rows)
+        snapshots = assemble(
+            preset_rows, schedule_rows, prebuild_rows, input_rows, skip_idle=skip_idle
+        )
         lock_status = None if locks is None else _lock_status(await locks.fetchall())
     if policy_rows:
         in_force = policies_from_rows(policy_rows)
@@ -460,8 +499,16 @@ def assemble(
     schedule_rows: Iterable[Row],
     prebuild_rows: Iterable[Row],
     input_rows: Iterable[Row] = (),
+    *,
+    skip_idle: bool = False,
 ) -> tuple[PresetSnapshot, ...]:
-    """Build one PresetSnapshot per preset row from the result sets."""
+    """Build one PresetSnapshot per preset row from the result sets.
+
+    `skip_idle`: leave out the presets `plan.can_skip` would skip -- inactive (a retired
+    version, a deleted or deprecated template) with no running prebuild and nothing to
+    cancel -- before building anything for them. Most presets of a big fleet are such, and a
+    reconcile (not a dry run, which reports every preset) never plans them.
+    """
     # Keyed by the ids' 128-bit integers: UUID's __hash__ and __eq__ are Python code, and a
     # batched sweep looks ids up some 60,000 times.
     schedules: dict[int, list[Schedule]] = defaultdict(list)
@@ -474,12 +521,15 @@ def assemble(
     snapshots = []
     for row in preset_rows:
         key = row[0].int
+        if skip_idle and not (row[8] and not row[9] and not row[10]):
+            # Inactive (Preset.is_active, from the row): idle unless it has work left.
+            found = facts.get(key)
+            if found is None or (not found.running and found.cancelable <= 0):
+                continue
         preset = _preset(row)
         # Only presets that can be created for are checked (the read covers only those).
         checked = inputs.get(key) if preset.is_active else None
-        snapshots.append(
-            _preset_snapshot(preset, schedules.get(key, ()), facts.get(key), checked)
-        )
+        snapshots.append(_preset_snapshot(preset, schedules.get(key, ()), facts.get(key), checked))
     return tuple(snapshots)
 
 
@@ -500,8 +550,20 @@ def _build_inputs(rows: Iterable[Row]) -> dict[int, BuildInputs]:
 
 
 def _parameter(row: list[Any]) -> TemplateParameter:
-    (name, display_name, type_, form_type, required, default, options, regex, minimum, maximum,
-     error, monotonic) = row
+    (
+        name,
+        display_name,
+        type_,
+        form_type,
+        required,
+        default,
+        options,
+        regex,
+        minimum,
+        maximum,
+        error,
+        monotonic,
+    ) = row
     return TemplateParameter(
         name=name,
         type=type_,
@@ -522,30 +584,16 @@ def _option_values(options: object) -> tuple[str, ...]:
     """Coder stores options as a JSON list of objects; a value left out is the empty string."""
     if not isinstance(options, list):
         return ()
-    return tuple(
-        str(option.get("value", "")) for option in options if isinstance(option, dict)
-    )
+    return tuple(str(option.get("value", "")) for option in options if isinstance(option, dict))
 
 
 def _preset(row: Row) -> Preset:
+    # snapshot_presets returns Preset's fields in their order (positional: a sweep builds
+    # tens of thousands of these, and keyword arguments cost more).
     return Preset(
-        id=row[0],
-        name=row[1],
-        template_id=row[2],
-        template_name=row[3],
-        organization_id=row[4],
-        organization_name=row[5],
-        template_version_id=row[6],
-        template_version_name=row[7],
-        using_active_version=row[8],
-        template_deleted=row[9],
-        template_deprecated=row[10],
-        desired_instances=row[11],
-        invalidate_after_secs=row[12],
-        last_invalidated_at=row[13],
-        scheduling_timezone=row[14],
-        prebuild_status=_PREBUILD_STATUS[row[15]],
-    )
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+        row[10], row[11], row[12], row[13], row[14], _PREBUILD_STATUS[row[15]],
+    )  # fmt: skip
 
 
 def _add_fact(f: _Facts, row: Row) -> None:
@@ -635,6 +683,107 @@ async def execute(
     return await _set_status(conn, action, notifications)
 
 
+# SQLSTATE query_canceled: a statement_timeout (or a cancel request) stopped an action.
+QUERY_CANCELED = "57014"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailure:
+    """An action of `execute_actions` that failed and was rolled back alone."""
+
+    kind: ActionKind
+    preset_id: UUID
+    sqlstate: str | None
+    message: str
+
+    @property
+    def invalid_preset(self) -> bool:
+        """A create refused as invalid input (INVALID_PRESET): the one failure that condemns
+        the preset (validation_failed); anything else is retried by the next reconcile."""
+        return self.kind is ActionKind.CREATE and self.sqlstate == INVALID_PRESET
+
+    @property
+    def timed_out(self) -> bool:
+        return self.sqlstate == QUERY_CANCELED
+
+
+# The actions `execute_actions` runs in one call; SetStatus (rare: a status transition, with
+# its best-effort notification) keeps its own statement (`execute`).
+BATCHED_KINDS = frozenset({ActionKind.CREATE, ActionKind.DELETE, ActionKind.CANCEL_PENDING})
+
+
+async def execute_actions(
+    conn: Conn,
+    actions: Sequence[Action],
+    *,
+    now: datetime,
+    trace_metadata: Mapping[str, str] | None = None,
+) -> list[ActionResult | ActionFailure]:
+    """Carry out creates, deletes and cancels in one call, each in a subtransaction of its own.
+
+    One round trip for any number of actions (sql/functions/prebuild_actions.sql), inside the
+    caller's transaction: a failing action is rolled back alone and comes back as an
+    `ActionFailure` with its SQLSTATE, in the position of the action; the others stand, as
+    with one savepoint per action. The writes are not announced back to the service as
+    events (the triggers skip `prebuildd.own_writes`).
+
+    A call that fails as a whole -- a statement timeout, which the per-action blocks let
+    through, or the connection -- raises psycopg.Error after rolling the call back to its own
+    savepoint (unless the connection is gone): nothing of it was written, and the caller can
+    replay the actions one at a time with `execute`.
+    """
+    if not actions:
+        return []
+    for action in actions:
+        if action.kind not in BATCHED_KINDS:
+            raise ValueError(f"execute_actions runs creates, deletes and cancels, not {action}")
+    params = {
+        "actions": Jsonb([_action_json(a) for a in actions]),
+        "now": now,
+        "trace_metadata": Jsonb(dict(trace_metadata or {})),
+    }
+    # A savepoint of its own (rolled back if the call fails as a whole), sent with the call
+    # and its release in one pipeline: one round trip.
+    async with conn.pipeline(), conn.transaction():
+        cursor = await _start(conn, "execute_actions", params)
+    rows = await cursor.fetchall()
+    if len(rows) != len(actions):
+        raise RuntimeError(f"execute_actions returned {len(rows)} rows for {len(actions)} actions")
+    return [_action_outcome(a, row) for a, row in zip(actions, rows, strict=True)]
+
+
+def _action_json(action: Action) -> dict[str, object]:
+    if isinstance(action, Create):
+        return {
+            "kind": "create",
+            "preset": str(action.preset_id),
+            "version": str(action.template_version_id),
+            "count": action.count,
+            "workspace_tags": dict(action.workspace_tags),
+            "max_pending": action.max_pending,
+        }
+    if isinstance(action, Delete):
+        return {"kind": "delete", "workspaces": [str(w) for w in _unique(action.workspace_ids)]}
+    if isinstance(action, CancelPending):
+        return {"kind": "cancel", "preset": str(action.preset_id)}
+    raise ValueError(f"not an action execute_actions runs: {action}")
+
+
+def _action_outcome(action: Action, row: Row) -> ActionResult | ActionFailure:
+    _ordinal, ids, code, message = row
+    if ids is None:
+        text = str(message or "").strip().splitlines()
+        return ActionFailure(action.kind, action.preset_id, code, text[0] if text else str(code))
+    if isinstance(action, Create):
+        _log_short_create(action, len(ids))
+        return ActionResult(ActionKind.CREATE, action.preset_id, created=tuple(ids))
+    if isinstance(action, Delete):
+        return _delete_result(action, ids)
+    return ActionResult(
+        ActionKind.CANCEL_PENDING, action.preset_id, deleted=tuple(ids), canceled=len(ids)
+    )
+
+
 def is_invalid_preset(exc: BaseException) -> bool:
     """The database refused a create as invalid input (INVALID_PRESET), nothing else."""
     return isinstance(exc, psycopg.Error) and exc.sqlstate == INVALID_PRESET
@@ -672,7 +821,12 @@ async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> A
             f"(version {action.template_version_id}) was rejected by the database"
         )
         raise
-    if len(rows) < action.count and action.max_pending > 0:
+    _log_short_create(action, len(rows))
+    return ActionResult(ActionKind.CREATE, action.preset_id, created=tuple(r[0] for r in rows))
+
+
+def _log_short_create(action: Create, created: int) -> None:
+    if created < action.count and action.max_pending > 0:
         # The reconciler dealt this create under the same lock, so the database's own count
         # cutting it means something else creates prebuilds for that tag set (Coder's loop,
         # a replica with another cap) or the version was retired meanwhile.
@@ -681,16 +835,15 @@ async def _create(conn: Conn, action: Create, now: datetime, traced: Jsonb) -> A
             extra={
                 "preset_id": str(action.preset_id),
                 "asked": action.count,
-                "created": len(rows),
+                "created": created,
                 "max_pending": action.max_pending,
             },
         )
-    elif not rows:
+    elif not created and action.count > 0:
         log.warning(
             "create skipped: the version is no longer the active one of a live template",
             extra={"preset_id": str(action.preset_id)},
         )
-    return ActionResult(ActionKind.CREATE, action.preset_id, created=tuple(r[0] for r in rows))
 
 
 async def _delete(conn: Conn, action: Delete, now: datetime, traced: Jsonb) -> ActionResult:
@@ -699,7 +852,12 @@ async def _delete(conn: Conn, action: Delete, now: datetime, traced: Jsonb) -> A
         return ActionResult(ActionKind.DELETE, action.preset_id)
     params = {"workspace_ids": wanted, "now": now, "trace_metadata": traced}
     rows = await _fetch(conn, "delete_prebuilds", params)
-    done = {r[0] for r in rows}
+    return _delete_result(action, [r[0] for r in rows])
+
+
+def _delete_result(action: Delete, done_ids: Iterable[UUID]) -> ActionResult:
+    wanted = _unique(action.workspace_ids)
+    done = set(done_ids)
     return ActionResult(
         ActionKind.DELETE,
         action.preset_id,

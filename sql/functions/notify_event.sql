@@ -56,6 +56,13 @@
 -- own queries. A NULL template means "not ours" (a user's workspace, a version not yet
 -- attached to a template): nothing is sent.
 
+-- The service's own writes. prebuildd.execute_actions (prebuild_actions.sql) sets the
+-- transaction-local `prebuildd.own_writes` to 'on' while it runs a reconcile's creates,
+-- deletes and cancels: their build_inserted and job_status events are not sent, since the
+-- reconcile that wrote them already saw everything they would announce and an echo only costs
+-- a follow-up reconcile with nothing to do (issue 11). A throttle_turn (another template's
+-- turn) still is. The test costs a setting lookup, only on prebuild rows.
+
 -- ---------------------------------------------------------------------------------------------
 -- provisioner_jobs, AFTER UPDATE: a prebuild's job changed status
 -- ---------------------------------------------------------------------------------------------
@@ -111,6 +118,10 @@ BEGIN
             IF NEW.job_status = 'running' THEN
                 RETURN NULL;
             END IF;
+        END IF;
+        -- The service's own writes (prebuildd.execute_actions) are not echoed back.
+        IF pg_catalog.current_setting('prebuildd.own_writes', true) = 'on' THEN
+            RETURN NULL;
         END IF;
         SELECT w.template_id INTO tpl
         FROM workspace_builds b
@@ -291,6 +302,10 @@ DECLARE
 BEGIN
     BEGIN
         IF NEW.initiator_id IS NOT DISTINCT FROM 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid THEN
+            -- The service's own writes (prebuildd.execute_actions) are not echoed back.
+            IF pg_catalog.current_setting('prebuildd.own_writes', true) = 'on' THEN
+                RETURN NULL;
+            END IF;
             SELECT w.template_id INTO tpl
             FROM workspaces w
             WHERE w.id = NEW.workspace_id;

@@ -51,3 +51,18 @@ FROM prebuildd.cancel_pending_prebuilds(%(preset_id)s::uuid, %(now)s::timestampt
 -- The status stored (text), no row when the preset does not exist.
 SELECT s.status
 FROM prebuildd.set_preset_status(%(preset_id)s::uuid, %(status)s::text) AS s (status);
+
+-- name: execute_actions
+-- Every create, delete and cancel of one reconcile in one call (sql/functions/
+-- prebuild_actions.sql), each in a subtransaction of its own: one row per action, in order,
+-- with the workspaces it created / deleted / retired, or the SQLSTATE and message of its
+-- failure (that action rolled back alone). The service's own writes are not echoed back as
+-- events.
+SELECT a.ordinal, a.workspace_ids, a.error_code, a.error_message
+FROM prebuildd.execute_actions(
+    %(actions)s::jsonb,
+    %(now)s::timestamptz,
+    %(trace_metadata)s::jsonb
+) AS a
+ORDER BY a.ordinal;
+

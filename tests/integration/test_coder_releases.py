@@ -208,6 +208,16 @@ def test_reconcile_status_and_events_on_the_release(
         assert (running.workspace_id, "delete", "pending") in old
         assert sorted(s for _, t, s in old if t == "start") == ["canceled", "succeeded"]
         assert [(t, s) for _, t, s in _builds(release_url, p2)] == [("start", "pending")]
+        # A provisioner finishing the new create's job (the reconcile's own writes are not
+        # echoed back as events: prebuildd.execute_actions).
+        with psycopg.connect(release_url) as conn:
+            conn.execute(
+                "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(),"
+                " updated_at = now() WHERE id IN (SELECT job_id FROM workspace_builds"
+                " WHERE template_version_preset_id = %s)",
+                (p2,),
+            )
+            conn.commit()
 
         assert inbox.kinds() >= {"build_inserted", "job_status", "version_promoted"}
         # Coder's own update of a preset still works on this schema and is announced.

@@ -101,6 +101,8 @@ ENTRY_POINTS = {
     "notify_hard_limited",
     "invalidate_preset",
     "set_reconciliation_paused",
+    # Every create, delete and cancel of a reconcile in one call (prebuild_actions.sql).
+    "execute_actions",
     # The pause switch's read (sql/functions/pause_switch.sql): one row of site_configs.
     "prebuilds_settings",
     # sql/functions/throttle.sql
@@ -618,6 +620,7 @@ WRITES_DONE: Mapping[str, int] = {
     "set_reconciliation_paused": 1,
     "create_prebuilds_capped": 1,  # one prebuild, well under the cap
     "record_throttle_waits": 1,  # the count of the template's entries: the one recorded
+    "execute_actions": 3,  # a create, the running prebuild's delete, the old preset's cancel
     "autoscale_set": 1,  # the active preset's (template, name)
 }
 # Which preset a query acts on, when not the active one.
@@ -652,6 +655,21 @@ def _valid(name: str, param: str, seed: Seed) -> object:
         "tag_sets": ['{"owner": "", "scope": "organization"}'],
         "held": [2],
         "waiting_since": [datetime.now(UTC)],
+        # execute_actions: one action of each kind it runs, on the seeded rows.
+        "actions": Jsonb(
+            [
+                {
+                    "kind": "create",
+                    "preset": str(seed.active),
+                    "version": str(seed.version),
+                    "count": 1,
+                    "workspace_tags": {},
+                    "max_pending": 0,
+                },
+                {"kind": "delete", "workspaces": [str(seed.running)]},
+                {"kind": "cancel", "preset": str(seed.old)},
+            ]
+        ),
         # Demand: every preset of the template (the seed's user workspace is a miss), over a
         # window around now.
         "policies_only": False,
@@ -1144,7 +1162,10 @@ def test_hard_limit_notification_as_the_role_on_coders_schema(
 
     with psycopg.connect(role_url) as role:
         tables = (
-            "notification_preferences", "notification_messages", "users", "organization_members"
+            "notification_preferences",
+            "notification_messages",
+            "users",
+            "organization_members",
         )
         for table in tables:
             held = role.execute(

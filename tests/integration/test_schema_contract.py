@@ -679,6 +679,8 @@ def _sample(name: str) -> object:
         "tag_sets": ['{"scope": "organization", "owner": ""}'],
         "held": [1],
         "waiting_since": [datetime.now(UTC)],
+        # execute_actions (actions.sql): the plan's actions as one JSON array.
+        "actions": Jsonb([]),
     }
     if name in fixed:
         return fixed[name]

@@ -38,6 +38,7 @@ from prebuildd.model import (
     RunningPrebuild,
     Schedule,
 )
+from prebuildd.plan import can_skip
 from prebuildd.queries import query
 
 pytestmark = pytest.mark.anyio
@@ -521,3 +522,24 @@ def test_one_template_read_uses_indexes(conn: Conn) -> None:
         scans = _scanned_tables(row[0][0]["Plan"])
         seq = {table for node, table in scans if node == "Seq Scan"}
         assert not seq & FLEET_TABLES, f"{name} scans {seq & FLEET_TABLES}: {scans}"
+
+
+async def test_skip_idle_leaves_out_exactly_what_the_planner_would_skip(
+    aconn: AConn, seed: Seed, conn: Conn
+) -> None:
+    """A reconcile's snapshot (`skip_idle`) drops the inactive presets with nothing to do,
+    before building them: exactly those `plan.can_skip` skips, nothing else."""
+    # An idle retired preset (no prebuild at all) and a retired one with only a cancelable job.
+    idle = make_preset(conn, seed.old_version, name="idle", desired=1)
+    queued = make_preset(conn, seed.old_version, name="queued", desired=1)
+    make_prebuild(conn, queued, job_status="pending")
+    conn.commit()
+    async with aconn.transaction():
+        every = await store.read_snapshot(aconn, [seed.tpl.id], config=CONFIG)
+        kept = await store.read_snapshot(aconn, [seed.tpl.id], config=CONFIG, skip_idle=True)
+    assert {ps.preset.id for ps in every.presets} == {
+        seed.active, seed.limited, seed.inactive, idle, queued
+    }
+    assert [ps for ps in every.presets if not can_skip(ps)] == list(kept.presets)
+    assert {ps.preset.id for ps in kept.presets} == {seed.active, seed.limited, seed.inactive,
+                                                     queued}
