@@ -310,6 +310,14 @@ class Tally:
     def key(self) -> tuple[int, int, int]:
         return self.created, self.deleted, self.retired
 
+    def count(self, action: Action, result: store.ActionResult) -> None:
+        """What one action wrote: created, given a delete build, or retired (canceled)."""
+        self.created += len(result.created)
+        if isinstance(action, Delete):
+            self.deleted += len(result.deleted)
+        elif isinstance(action, CancelPending):
+            self.retired += len(result.deleted)
+
 
 async def run_actions(
     clone: Clone, login: Login, spec: FleetSpec, rounds: int, *, one_call: bool = False
@@ -371,12 +379,7 @@ async def _functions(conn: AConn, work: Sequence[tuple[Plan, Action]]) -> tuple[
     now = datetime.now(UTC)
     async with conn.transaction(force_rollback=True):
         for plan, action in work:
-            result = await store.execute(conn, plan, action, now=now)
-            tally.created += len(result.created)
-            if isinstance(action, Delete):
-                tally.deleted += len(result.deleted)
-            elif isinstance(action, CancelPending):
-                tally.retired += len(result.deleted)
+            tally.count(action, await store.execute(conn, plan, action, now=now))
     return tally.key()
 
 
@@ -390,11 +393,7 @@ async def _one_call(conn: AConn, work: Sequence[tuple[Plan, Action]]) -> tuple[i
     for action, result in zip(actions, results, strict=True):
         if isinstance(result, store.ActionFailure):
             raise RuntimeError(f"execute_actions: {action} failed: {result.message}")
-        tally.created += len(result.created)
-        if isinstance(action, Delete):
-            tally.deleted += len(result.deleted)
-        elif isinstance(action, CancelPending):
-            tally.retired += len(result.deleted)
+        tally.count(action, result)
     return tally.key()
 
 
