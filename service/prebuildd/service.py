@@ -95,6 +95,11 @@ class Service:
             name="prebuildd",
             kwargs={"application_name": "prebuildd"},
             timeout=10.0,
+            # After a database restart every pooled connection is dead, and the first
+            # reconciles (the promotion that woke us, the reconnect sweep's batches) would each
+            # fail on one and wait for a retry. Checking a connection as it is handed out costs
+            # one empty round trip (tens of microseconds) and hands out only live ones.
+            check=AsyncConnectionPool.check_connection,
         )
         self._http: HttpServerHandle | None = None
         self._connected_before = False
