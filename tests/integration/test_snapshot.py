@@ -40,6 +40,7 @@ from prebuildd.model import (
 )
 from prebuildd.plan import can_skip
 from prebuildd.queries import query
+from prebuildd.store import snapshot as snapshot_reads
 
 pytestmark = pytest.mark.anyio
 
@@ -391,13 +392,14 @@ async def test_generic_plans_inside_an_autocommit_connections_transaction(
     # The reconciler wraps its reads in conn.transaction(), autocommit or not: the reads get
     # their generic plans there too, and the caller's setting is back afterwards.
     sent: list[str] = []
-    real_start = store._start
+    # read_snapshot's own module: patching the package's name would not reach its calls.
+    real_start = snapshot_reads.start
 
     async def spy(conn: AConn, name: str, params: Any) -> Any:
         sent.append(name)
         return await real_start(conn, name, params)
 
-    monkeypatch.setattr(store, "_start", spy)
+    monkeypatch.setattr(snapshot_reads, "start", spy)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         plain = await store.read_snapshot(conn, [seed.tpl.id], config=CONFIG)
         assert "generic_plans_begin" not in sent
