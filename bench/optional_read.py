@@ -4,7 +4,7 @@
 inside a LATERAL subquery, so that it falls back to a NULL on Coder releases that lack the
 column (sql/queries/snapshot.sql). This bench runs, side by side in one run and interleaved
 round by round, the whole read of a targeted reconcile (the four snapshot statements, with
-the generic plans and prepared statements store.py uses) with the current `snapshot_presets`
+the generic plans and prepared statements prebuildd.store uses) with the current `snapshot_presets`
 and with the statement as it was before (bench/sql/optional_read.sql), each on its own
 connection, for the same templates of the SPEC fleet (15 presets per template).
 

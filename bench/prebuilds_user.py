@@ -6,7 +6,7 @@ as a bound parameter (model.PREBUILDS_USER_ID). The reads run under generic plan
 runs, side by side in one run and interleaved round by round, `snapshot_prebuilds` as shipped
 and the same statement with the literal replaced by a parameter (derived from the shipped
 text, so the two differ in exactly that), each on its own connection with the generic plans
-and prepared statements store.py uses, for the same templates of a fleet.
+and prepared statements prebuildd.store uses, for the same templates of a fleet.
 
 Verdict: both variants return identical rows (else MISSED: nothing comparable was measured),
 and the parameter costs at least `TARGET_RATIO` times the literal (median of the per-round

@@ -28,7 +28,7 @@ Parts, each printing figures measured side by side in this run:
   every template was reconciled, whichever sweep's batch did it) and is reported; one that
   never covered every template, or saw a template busy or failed, is a miss.
 * explain -- EXPLAIN (ANALYZE, BUFFERS) of every state query for one template with the
-  parameters store.py passes, and of the action queries (rolled back); any Seq Scan on a
+  parameters prebuildd.store passes, and of the action queries (rolled back); any Seq Scan on a
   big table is flagged.
 * plan-cache (only with `--part plan-cache`) -- the targeted reconcile on the big fleet under
   each `plan_cache_mode`: how much of it is query planning, and which generic plans are bad.
@@ -116,7 +116,7 @@ BIG_TABLES = (
 )
 _SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
 
-# The reads of one reconcile, in the order store.py sends them.
+# The reads of one reconcile, in the order prebuildd.store sends them.
 STATE_QUERIES = (
     "lock_templates",
     "snapshot_presets",

@@ -1,4 +1,4 @@
--- Writes that carry out the planner's actions (service/prebuildd/store.py `execute`).
+-- Writes that carry out the planner's actions (service/prebuildd/store/actions.py `execute`).
 --
 -- Each action is one call of a SECURITY DEFINER function of schema `prebuildd`
 -- (sql/functions/prebuild_writes.sql), run inside the caller's transaction: the service role

@@ -1,4 +1,4 @@
--- Reads of reconciliation state (service/prebuildd/store.py).
+-- Reads of reconciliation state (service/prebuildd/store/snapshot.py).
 --
 -- Every per-template read takes `template_ids uuid[]` and starts from rows filtered by
 -- template id, so its cost depends on the templates asked for, never on the size of the fleet.

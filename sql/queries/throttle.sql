@@ -1,5 +1,5 @@
 -- The cap on pending prebuild create jobs (`--max-pending-prebuild-jobs`), as the reconciler
--- runs it (service/prebuildd/store.py, reconciler.py): calls of the SECURITY DEFINER
+-- runs it (service/prebuildd/store/throttle_lines.py, reconciler): calls of the SECURITY DEFINER
 -- functions of sql/functions/throttle.sql, inside the reconcile's transaction.
 
 -- name: throttle_lines
