@@ -235,9 +235,10 @@ def test_invalidate_records_the_databases_time(
 ) -> None:
     """`prebuildd invalidate` expires the prebuilds created before *the database's* now: a
     host an hour fast must not also expire the replacements of the next hour."""
-    from prebuildd import cli
+    from prebuildd import cli, cli_commands
 
-    monkeypatch.setattr(cli, "datetime", _HostAnHourFast, raising=False)
+    # The module of the `invalidate` handler (prebuildd.cli only dispatches to it).
+    monkeypatch.setattr(cli_commands, "datetime", _HostAnHourFast, raising=False)
     with psycopg.connect(db_url) as conn:
         tpl = make_template(conn, make_org(conn))
         preset = make_preset(conn, tpl.version_id, desired=1)
