@@ -1,4 +1,4 @@
--- Queries of `prebuildd migrate` (service/prebuildd/migrate.py): locking, introspection of the
+-- Queries of `prebuildd migrate` (service/prebuildd/migrate/): locking, introspection of the
 -- database it is pointed at, bookkeeping, and the listing behind `--uninstall`.
 --
 -- Blocks run without parameters (no %(name)s placeholder) are sent verbatim, so a single `%`
@@ -84,7 +84,7 @@ SET checksum = EXCLUDED.checksum,
 -- name: set_local_lock_timeout
 -- DDL on a live Coder table queues behind running queries, and every query after it queues
 -- behind the DDL: a short timeout per attempt means Coder's writes wait at most that long
--- behind us; migrate.py retries the transaction with backoff (LockNotAvailable).
+-- behind us; migrate/locks.py retries the transaction with backoff (LockNotAvailable).
 SELECT set_config('lock_timeout', %(timeout)s, true);
 
 -- name: pin_function_search_path
