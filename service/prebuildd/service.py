@@ -20,7 +20,6 @@ from uuid import UUID
 import anyio
 import psycopg
 from anyio.abc import TaskStatus
-from psycopg_pool import AsyncConnectionPool
 
 from prebuildd.collector import MetricsCollector, describe_error
 from prebuildd.config import Settings
@@ -29,6 +28,7 @@ from prebuildd.events import Event
 from prebuildd.http import HttpServerHandle, Readiness, start_http_server
 from prebuildd.listener import Listener
 from prebuildd.metrics import Metrics
+from prebuildd.pool import make_pool
 from prebuildd.queries import query
 from prebuildd.queue import WorkQueue
 from prebuildd.reconciler import Reconciler
@@ -87,19 +87,8 @@ class Service:
             max_batch=settings.max_batch,
             collector=self.collector,
         )
-        self.pool = AsyncConnectionPool(
-            conninfo,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            open=False,
-            name="prebuildd",
-            kwargs={"application_name": "prebuildd"},
-            timeout=10.0,
-            # After a database restart every pooled connection is dead, and the first
-            # reconciles (the promotion that woke us, the reconnect sweep's batches) would each
-            # fail on one and wait for a retry. Checking a connection as it is handed out costs
-            # one empty round trip (tens of microseconds) and hands out only live ones.
-            check=AsyncConnectionPool.check_connection,
+        self.pool = make_pool(
+            conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size
         )
         self._http: HttpServerHandle | None = None
         self._connected_before = False
