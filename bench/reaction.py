@@ -50,8 +50,9 @@ promotion arrives and the promotion waits for the rest of the cooldown.
                                                 [--service-log DIR] [--baseline CHECKOUT]
 
 `--baseline /work/main` runs every variant twice, first with the service code of that
-checkout, then with this one's, each on its own templates: a before/after of a change in the
-service's Python side by side (the SQL functions are this checkout's for both).
+checkout, then with this one's, each on its own templates: a before/after side by side. Each
+round first runs `prebuildd migrate` with its own code, so the baseline's rounds run with the
+baseline's SQL functions too (repeatable files are re-applied when their text differs).
 
 `--fleet spec-5k` runs the same measurement on the 5,000-template fleet (60,000 presets,
 ~495,000 workspaces; 4 active presets per template, so a promotion's reconcile writes more
@@ -737,8 +738,13 @@ def run_round(
     variant: Variant,
     touch: float | None,
     log_dir: Path | None = None,
+    baselined: bool = False,
 ) -> Round:
     extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", *variant.flags()]
+    if baselined:
+        # The SQL functions of the code this round runs (prebuildd migrate re-applies the
+        # repeatable files whose checksum differs): a baseline round gets its own.
+        migrate_with(url, variant.code)
     service = ServiceProcess(url, extra, code=variant.code)
     print(f"service: {service.command(url)}")
     service.start()
@@ -762,6 +768,18 @@ def run_round(
         variant.label, variant.default, startup, measured, verify(url, measured), lines,
         new_presets_of(spec, numbers, version), errors,
     )  # fmt: skip
+
+
+def migrate_with(url: str, code: Path | None) -> None:
+    """`prebuildd migrate` with the service code of `code` (None: this checkout's)."""
+    argv = [sys.executable, "-m", "prebuildd.cli", "migrate", "--database-url", url]
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, env=service_env(code), cwd=str(REPO), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"migrate with {code or 'this checkout'} failed:\n{done.stderr[-2000:]}")
+    print(f"migrated with {code or 'this checkout'} in {time.monotonic() - started:.1f} s")
 
 
 def save_log(log_dir: Path, variant: Variant, lines: Sequence[LogLine]) -> None:
@@ -809,7 +827,8 @@ def run(server: BenchServer, args: argparse.Namespace) -> bool:
         )
         rounds = [
             run_round(
-                url, spec, everyone[r :: len(variants)], version, variant, touch, args.service_log
+                url, spec, everyone[r :: len(variants)], version, variant, touch,
+                args.service_log, baselined=args.baseline is not None,
             )
             for r, variant in enumerate(variants)
         ]
@@ -862,8 +881,8 @@ def main() -> None:
         metavar="CHECKOUT",
         help="also run every variant with the service code of another checkout (its "
         "service/ directory; e.g. the main branch's worktree), just before this checkout's: "
-        "a before/after of a Python change side by side in one run. The database's SQL "
-        "functions are this checkout's either way",
+        "a before/after side by side in one run (each round migrates with its code first, "
+        "so the SQL functions are its own too)",
     )
     parser.add_argument(
         "--settle",
