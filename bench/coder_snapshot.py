@@ -5,8 +5,8 @@ Issue 11, target 2: a full sweep of the `spec` fleet (1,000 templates / 15,000 p
 
 1. builds (or, with `--reuse`, finds) a database holding **Coder's real schema** -- its
    `coderd/database/dump.sql`, read with `git show REF:...` from a Coder checkout at run time,
-   never copied -- with the `spec` fleet seeded by bench/fleet.py on it, then `prebuildd
-   migrate`; cached across runs, keyed by the fleet spec, the seeding SQL and the dump;
+   never copied -- then `prebuildd migrate`, then the `spec` fleet seeded by bench/fleet.py;
+   cached across runs, keyed by the fleet spec, the seeding SQL and the dump;
 2. on a clone of it (the first real sweep there fixes the fleet's drift, untimed), runs after
    a warm-up, interleaved round by round:
    * Coder's snapshot: the seven reads `StoreReconciler.SnapshotState` makes
