@@ -366,7 +366,7 @@ async def coder_snapshot(
     return rows, seconds
 
 
-async def _coder_connection(url: str) -> AsyncConnection[Any]:
+async def coder_connection(url: str) -> AsyncConnection[Any]:
     # Coder talks to PostgreSQL through lib/pq (go.mod at the ref): a query with arguments is
     # an unnamed statement parsed and planned at every execution (custom plans), one without
     # goes as a simple query. prepare_threshold=None keeps psycopg from preparing likewise.
@@ -457,7 +457,7 @@ async def measure(
 ) -> Samples:
     """One warm-up round, then `rounds` rounds; the order of the four rotates each round."""
     samples = Samples()
-    coder_conn = await _coder_connection(url)
+    coder_conn = await coder_connection(url)
     try:
 
         async def coder(record: bool) -> None:
