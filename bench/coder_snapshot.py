@@ -263,7 +263,10 @@ def find_statements(files: Mapping[str, str], names: Sequence[str]) -> dict[str,
     missing = [n for n in names if n not in blocks]
     if missing:
         raise QueryNotFound(f"not in the query files: {', '.join(missing)}")
-    return {name: to_psycopg(blocks[name][1]) for name in names}
+    try:
+        return {name: to_psycopg(blocks[name][1]) for name in names}
+    except ValueError as exc:
+        raise QueryNotFound(f"cannot read a query: {exc}") from None
 
 
 def bind(statement: Statement, arguments: Mapping[str, object]) -> dict[str, object]:
@@ -576,6 +579,7 @@ async def run(args: argparse.Namespace) -> bool:
         fleet = _fleet(server, args.fleet, spec, checkout, args.reuse)
         print(format_counts(counts(fleet.url)))
         if args.build_only:
+            print("--build-only: the database is ready; nothing measured, no verdict")
             return True
         with errors.watching():
             summary = await _compare(server, fleet, checkout, args.rounds)

@@ -111,6 +111,8 @@ def test_a_missing_or_duplicated_query_is_not_found() -> None:
         find_statements(files, ["CountThings", "GetRunningPrebuiltWorkspaces"])
     with pytest.raises(QueryNotFound, match=r"defined in a\.sql and in b\.sql"):
         find_statements({"a.sql": QUERY_FILE, "b.sql": QUERY_FILE}, ["CountThings"])
+    with pytest.raises(QueryNotFound, match="unterminated quote"):
+        find_statements({"a.sql": "-- name: Broken :one\nSELECT 'open;\n"}, ["Broken"])
 
 
 def test_bind_refuses_a_parameter_it_was_not_given_or_one_the_query_lacks() -> None:
