@@ -47,7 +47,12 @@ promotion arrives and the promotion waits for the rest of the cooldown.
     PYTHONPATH=service python -m bench.reaction [--quick] [--reuse] [--promotions N]
                                                 [--settle 2ms,10ms] [--cooldown 1s,0]
                                                 [--touch 300ms] [--fleet spec-5k]
-                                                [--service-log DIR]
+                                                [--service-log DIR] [--baseline CHECKOUT]
+
+`--baseline /work/main` runs every variant twice, first with the service code of that
+checkout, then with this one's, each on its own templates: a before/after side by side. Each
+round first runs `prebuildd migrate` with its own code, so the baseline's rounds run with the
+baseline's SQL functions too (repeatable files are re-applied when their text differs).
 
 `--fleet spec-5k` runs the same measurement on the 5,000-template fleet (60,000 presets,
 ~495,000 workspaces; 4 active presets per template, so a promotion's reconcile writes more
@@ -146,10 +151,11 @@ class LogLine:
         return self.fields.get("msg") == "reconciled"
 
 
-def service_env() -> dict[str, str]:
-    """The environment of a service subprocess: the package importable, no trace export."""
+def service_env(code: Path | None = None) -> dict[str, str]:
+    """The environment of a service subprocess: the package importable (this checkout's, or
+    the one in `code`, another checkout's service/ directory), no trace export."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PREBUILDD_"))}
-    path = str(REPO / "service")
+    path = str(code or REPO / "service")
     env["PYTHONPATH"] = f"{path}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else path
     return env
 
@@ -161,9 +167,14 @@ class ServiceProcess:
     """`python -m prebuildd.cli run ...`; its stderr (JSON logs) parsed by a reader thread."""
 
     def __init__(
-        self, url: str, extra: Sequence[str], entry: Sequence[str] = SERVICE_ENTRY
+        self,
+        url: str,
+        extra: Sequence[str],
+        entry: Sequence[str] = SERVICE_ENTRY,
+        code: Path | None = None,
     ) -> None:
         self.argv = [sys.executable, *entry, "--database-url", url, *extra]
+        self.code = code
         self.lines: list[LogLine] = []
         self.started_at = 0.0  # time.monotonic() at start()
         self._proc: subprocess.Popen[str] | None = None
@@ -188,7 +199,7 @@ class ServiceProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=service_env(),
+            env=service_env(self.code),
             cwd=str(REPO),
         )
         assert self._proc.stderr is not None
@@ -687,15 +698,19 @@ def _print_writes(r: Round) -> None:
 class Variant:
     settle: str
     cooldown: str | None  # None: the service's default
+    code: Path | None = None  # another checkout's service/ (--baseline); None: this one's
 
     @property
     def label(self) -> str:
         cooldown = "" if self.cooldown is None else f", cooldown {self.cooldown}"
-        return f"[settle {self.settle}{cooldown}]"
+        code = "" if self.code is None else f", code {self.code.parent.name}"
+        return f"[settle {self.settle}{cooldown}{code}]"
 
     @property
     def default(self) -> bool:
         """The service's own settings (what operators get, what decides the verdict)."""
+        if self.code is not None:
+            return False  # a baseline to compare with, never the verdict
         defaults = Settings()
         settle_is = parse_duration(self.settle) == defaults.settle
         cooldown_is = self.cooldown is None or parse_duration(self.cooldown) == defaults.cooldown
@@ -723,9 +738,14 @@ def run_round(
     variant: Variant,
     touch: float | None,
     log_dir: Path | None = None,
+    baselined: bool = False,
 ) -> Round:
     extra = ["--sweep-interval", "1h", "--metrics-addr", "", "--no-migrate", *variant.flags()]
-    service = ServiceProcess(url, extra)
+    if baselined:
+        # The SQL functions of the code this round runs (prebuildd migrate re-applies the
+        # repeatable files whose checksum differs): a baseline round gets its own.
+        migrate_with(url, variant.code)
+    service = ServiceProcess(url, extra, code=variant.code)
     print(f"service: {service.command(url)}")
     service.start()
     try:
@@ -750,6 +770,18 @@ def run_round(
     )  # fmt: skip
 
 
+def migrate_with(url: str, code: Path | None) -> None:
+    """`prebuildd migrate` with the service code of `code` (None: this checkout's)."""
+    argv = [sys.executable, "-m", "prebuildd.cli", "migrate", "--database-url", url]
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, env=service_env(code), cwd=str(REPO), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"migrate with {code or 'this checkout'} failed:\n{done.stderr[-2000:]}")
+    print(f"migrated with {code or 'this checkout'} in {time.monotonic() - started:.1f} s")
+
+
 def save_log(log_dir: Path, variant: Variant, lines: Sequence[LogLine]) -> None:
     """The service's log lines of one round, each with this process's monotonic arrival time
     (`_at`, the clock of the promotions' stamps), for looking into a tail afterwards."""
@@ -769,7 +801,15 @@ def run(server: BenchServer, args: argparse.Namespace) -> bool:
     count = args.promotions or (20 if args.quick else 200)
     settles = [s.strip() for s in args.settle.split(",") if s.strip()]
     cooldowns: list[str | None] = [c.strip() for c in args.cooldown.split(",") if c.strip()]
-    variants = [Variant(s, c) for s in settles for c in cooldowns or [None]]
+    codes: list[Path | None] = [None]
+    if args.baseline is not None:
+        baseline = args.baseline.resolve() / "service"
+        if not (baseline / "prebuildd").is_dir():
+            raise SystemExit(f"--baseline {args.baseline}: no service/prebuildd there")
+        codes = [baseline, None]  # the baseline first, then this checkout, per setting
+    variants = [
+        Variant(s, c, code) for s in settles for c in cooldowns or [None] for code in codes
+    ]
     touch = parse_duration(args.touch).total_seconds() if args.touch else None
     dbname = ensure_fleet(server, name, spec, reuse=args.reuse)
     started = time.monotonic()
@@ -787,7 +827,8 @@ def run(server: BenchServer, args: argparse.Namespace) -> bool:
         )
         rounds = [
             run_round(
-                url, spec, everyone[r :: len(variants)], version, variant, touch, args.service_log
+                url, spec, everyone[r :: len(variants)], version, variant, touch,
+                args.service_log, baselined=args.baseline is not None,
             )
             for r, variant in enumerate(variants)
         ]
@@ -832,6 +873,16 @@ def main() -> None:
         default="",
         help="change a job of each template this long before promoting it (e.g. 300ms): "
         "the cost of the cooldown",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also run every variant with the service code of another checkout (its "
+        "service/ directory; e.g. the main branch's worktree), just before this checkout's: "
+        "a before/after side by side in one run (each round migrates with its code first, "
+        "so the SQL functions are its own too)",
     )
     parser.add_argument(
         "--settle",

@@ -26,6 +26,13 @@ Contract (what `service.py` relies on):
   immediately drops us is not hammered.
 * `on_state` reports edges only (connected <-> disconnected); failed attempts while already
   disconnected are logged, not reported again.
+* Batches: the notifications of one transaction are sent together at its commit and arrive
+  in one read; psycopg yields them one after another without waiting in between, and
+  `on_event` is synchronous, so all of them are handed on before any other task runs (no
+  await between two `_dispatch` calls of one read). The queue relies on this: its leading
+  edge (G5, prebuildd.queue.settle) hands the first event on an idle queue out at once, and
+  the others of the same commit are added before a consumer can take it, so they leave in
+  the same batch (tests/integration/test_listener.py, one transaction's notifications).
 * Garbage on the channel goes to `on_invalid(payload, reason)`; an exception raised by any
   callback is logged and swallowed. Only cancellation ends `run()`.
 * Nothing logged carries a password: every exception text passes through `redact_dsn`.
@@ -166,6 +173,7 @@ class Listener:
             # notifies() returns when the wait is over, however busy the channel is.
             generator = conn.notifies(timeout=self._liveness_interval - silent_for)
             async with contextlib.aclosing(generator) as notifies:
+                # No await in this body: a read's notifications go on in one turn (Batches).
                 async for notify in notifies:
                     last_sign = time.monotonic()  # the connection is alive: no probe needed
                     self._backoff.reset()

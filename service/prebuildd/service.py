@@ -25,6 +25,7 @@ from prebuildd.collector import MetricsCollector, describe_error
 from prebuildd.config import Settings
 from prebuildd.dispatcher import Dispatcher
 from prebuildd.events import Event
+from prebuildd.gc_pause import SweepFreezer
 from prebuildd.http import HttpServerHandle, Readiness, start_http_server
 from prebuildd.listener import Listener
 from prebuildd.metrics import Metrics
@@ -86,6 +87,12 @@ class Service:
             self.sweeper,
             max_batch=settings.max_batch,
             collector=self.collector,
+        )
+        # The fleet's state leaves the collected generations once a sweep is reconciled.
+        freezer = SweepFreezer()
+        self.sweeper.on_sweep.append(lambda swept: freezer.swept(swept.templates))
+        self.dispatcher.on_outcome.append(
+            lambda outcome: freezer.reconciled((*outcome.locked, *outcome.reconciling))
         )
         self.pool = make_pool(
             conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size

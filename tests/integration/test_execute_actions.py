@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from _inbox import Inbox
+from psycopg import sql
 
 from factories import make_org, make_prebuild, make_preset, make_template, make_version, promote
 from prebuildd import store
@@ -209,3 +210,67 @@ def _shell(preset: Any) -> Any:
         desired_instances=0,
     )
     return Plan(shell, PresetState(0, 0, 0, 0, 0, 0, 0, 0, 0, None, False), (), None)
+
+
+class TwoOldPresets:
+    """A template promoted from v1 to v2, with a running prebuild in each of v1's two presets."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.tpl = make_template(conn, make_org(conn))
+        self.old = (
+            make_preset(conn, self.tpl.version_id, desired=1),
+            make_preset(conn, self.tpl.version_id, desired=1),
+        )
+        self.running = tuple(make_prebuild(conn, p).workspace_id for p in self.old)
+        self.v2 = make_version(conn, self.tpl, active=False)
+        promote(conn, self.tpl.id, self.v2)
+
+
+async def test_deletes_run_together_and_each_reports_its_own(aconn: AConn, conn: Conn) -> None:
+    world = TwoOldPresets(conn)
+    stranger = make_prebuild(conn, world.old[0], job_status="pending").workspace_id
+    conn.commit()
+    (a, b), (wa, wb) = world.old, world.running
+    actions = [
+        Delete(a, (wa, stranger), DeleteReason.INACTIVE),  # stranger: not deletable, skipped
+        Delete(b, (wb,), DeleteReason.INACTIVE),
+    ]
+    async with aconn.transaction():
+        results = await store.execute_actions(aconn, actions, now=NOW)
+    first, second = results
+    assert isinstance(first, store.ActionResult) and isinstance(second, store.ActionResult)
+    assert (first.deleted, first.skipped) == ((wa,), (stranger,))
+    assert (second.deleted, second.skipped) == ((wb,), ())
+    assert [_count(conn, DELETE_BUILDS, w) for w in (wa, wb, stranger)] == [1, 1, 0]
+
+
+async def test_a_failing_delete_among_others_fails_alone(aconn: AConn, conn: Conn) -> None:
+    """The deletes' joint call fails as a whole; each then runs alone, so only the failing
+    one fails and the other's delete build stands."""
+    world = TwoOldPresets(conn)
+    (a, b), (wa, wb) = world.old, world.running
+    # A trigger, committed (the call runs on another connection), only for wb's delete build.
+    conn.execute(
+        "CREATE FUNCTION public.refuse_one_build() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'P0001'; END$$"
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER refuse_one_build BEFORE INSERT ON workspace_builds FOR EACH ROW"
+            " WHEN (NEW.workspace_id = {}::uuid) EXECUTE FUNCTION public.refuse_one_build()"
+        ).format(sql.Literal(str(wb)))
+    )
+    conn.commit()
+    try:
+        actions = [Delete(a, (wa,), DeleteReason.INACTIVE), Delete(b, (wb,), DeleteReason.INACTIVE)]
+        async with aconn.transaction():
+            results = await store.execute_actions(aconn, actions, now=NOW)
+    finally:
+        conn.execute("DROP TRIGGER refuse_one_build ON workspace_builds")
+        conn.execute("DROP FUNCTION public.refuse_one_build()")
+        conn.commit()
+    first, second = results
+    assert isinstance(first, store.ActionResult) and first.deleted == (wa,)
+    assert isinstance(second, store.ActionFailure) and second.preset_id == b
+    assert second.sqlstate == "P0001" and "refused for the test" in second.message
+    assert [_count(conn, DELETE_BUILDS, w) for w in (wa, wb)] == [1, 0]

@@ -22,6 +22,7 @@ from psycopg.rows import TupleRow
 
 from prebuildd.events import CHANNEL, Event, EventKind, format_payload
 from prebuildd.listener import APPLICATION_NAME, Backoff, Listener
+from prebuildd.queue import WorkQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -117,6 +118,34 @@ async def test_connects_then_delivers_trigger_and_sent_events(db_url: str) -> No
     assert rec.invalid == []
     # Leaving the task group cancelled run(): the service's readiness sees the listener go.
     assert rec.states == [True, False]
+
+
+async def test_one_transactions_notifications_leave_the_queue_as_one_batch(db_url: str) -> None:
+    # The queue's leading edge (G5, prebuildd.queue.settle) hands the first event on an idle
+    # queue out at once; the listener must have added every notification of the same commit
+    # before a waiting consumer gets to run, or the transaction would cost two reconciles.
+    # The window is long: anything that missed the first batch would wait 30 s for it.
+    queue: WorkQueue[UUID] = WorkQueue(settle=30.0)
+    templates = [uuid4() for _ in range(20)]
+    rec = Recorder()
+    listener = Listener(
+        db_url,
+        on_event=lambda e: queue.add(e.template_id or uuid4(), event_at=e.event_at),
+        on_connected=rec._on_connected,
+        on_invalid=lambda payload, reason: rec.invalid.append((payload, reason)),
+        on_state=rec.states.append,
+        **FAST,
+    )
+    async with running(listener), sender(db_url) as conn:
+        await rec.until(lambda: rec.connected == 1)
+        async with conn.transaction():
+            for template_id in templates:
+                await notify(conn, claimed(template_id))
+        with anyio.fail_after(WAIT):
+            work = await queue.get(max_batch=100)
+    assert sorted(work.keys) == sorted(templates)
+    assert queue.depth() == 0
+    assert rec.invalid == []
 
 
 async def test_garbage_is_reported_and_the_loop_goes_on(db_url: str) -> None:

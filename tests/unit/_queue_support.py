@@ -74,6 +74,21 @@ def make_queue(
     )
 
 
+BUSY = "busy"
+
+
+def busy(q: WorkQueue[str]) -> Work[str]:
+    """Make `q` busy: hand out a key of its own (`BUSY`) and keep it processing.
+
+    A busy queue's settle window is trailing (G5): events wait for its end. The caller may
+    `done` the returned work; until then the queue stays busy.
+    """
+    q.add(BUSY, delay=0)
+    work = q.get_nowait(1)
+    assert work is not None and work.keys == (BUSY,), "the queue was not empty"
+    return work
+
+
 def take(q: WorkQueue[str], max_batch: int = 100) -> Work[str]:
     work = q.get_nowait(max_batch)
     assert work is not None, "expected ready work"

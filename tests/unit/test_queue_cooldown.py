@@ -8,7 +8,7 @@ import random
 
 import anyio
 import pytest
-from _queue_support import FakeClock, Getter, make_queue, take, take_int
+from _queue_support import FakeClock, Getter, busy, make_queue, take, take_int
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +33,7 @@ async def test_g10_first_event_after_a_quiet_spell_waits_only_for_settle(
     clock: FakeClock,
 ) -> None:
     q = make_queue(clock, settle=0.5, cooldown=4)
+    busy(q)  # the settle window is trailing (G5)
     q.add("a")  # never handed out: no cooldown
     await clock.advance(0.5)
     q.done(take(q))
@@ -153,6 +154,7 @@ async def test_g10_ready_time_moves_earlier_only_within_the_cooldown(clock: Fake
 @pytest.mark.anyio
 async def test_g10_a_two_second_burst_is_handed_out_three_times(clock: FakeClock) -> None:
     q = make_queue(clock, settle=0.125, cooldown=1)
+    busy(q)  # the settle window is trailing (G5)
     starts: list[float] = []
     for _ in range(17):  # an event every 1/8 s from 0 to 2
         q.add("k")
@@ -166,6 +168,28 @@ async def test_g10_a_two_second_burst_is_handed_out_three_times(clock: FakeClock
             q.done(work)
         await clock.advance(0.125)
     assert starts == [0.125, 1.125, 2.125]
+
+
+@pytest.mark.anyio
+async def test_g10_g5_the_burst_on_an_idle_queue_still_leaves_three_times(
+    clock: FakeClock,
+) -> None:
+    # The same burst without other work: each window opens with a leading edge (G5), so the
+    # first hand-out is at once and the cooldown spaces the others as before.
+    q = make_queue(clock, settle=0.125, cooldown=1)
+    starts: list[float] = []
+    for _ in range(17):
+        q.add("k")
+        if (work := q.get_nowait()) is not None:
+            starts.append(clock.now)
+            q.done(work)
+        await clock.advance(0.125)
+    while clock.now < 5:
+        if (work := q.get_nowait()) is not None:
+            starts.append(clock.now)
+            q.done(work)
+        await clock.advance(0.125)
+    assert starts == [0, 1, 2]
 
 
 def _simulate_burst(

@@ -14,7 +14,7 @@ import time
 import anyio
 import anyio.lowlevel
 import pytest
-from _queue_support import FakeClock, Getter, all_blocked, make_queue, take
+from _queue_support import FakeClock, Getter, all_blocked, busy, make_queue, take
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -299,6 +299,7 @@ async def test_g7_ties_leave_in_the_order_they_were_queued(clock: FakeClock) -> 
 @pytest.mark.anyio
 async def test_g7_get_does_not_wait_to_fill_a_batch(clock: FakeClock) -> None:
     q = make_queue(clock)
+    busy(q)  # "a" waits for the settle window's end (G5)
     q.add("a")
     q.add("b", delay=10)
     getter = Getter(q, clock, max_batch=10)
@@ -461,6 +462,7 @@ async def test_scale_many_keys_leave_in_order(clock: FakeClock) -> None:
 @pytest.mark.anyio
 async def test_defaults_work_with_the_real_clock() -> None:
     q: WorkQueue[str] = WorkQueue(settle=0.005)
+    held = busy(q)  # "a" waits for the settle window's end (G5)
     started = time.monotonic()
     q.add("a")
     with anyio.fail_after(60):  # generous: only reached when something is wrong
@@ -468,6 +470,7 @@ async def test_defaults_work_with_the_real_clock() -> None:
     assert work.keys == ("a",)
     assert time.monotonic() - started >= 0.005
     q.done(work)
+    q.done(held)
     q.add("b", delay=0.01)
     with anyio.fail_after(60):
         assert (await q.get()).keys == ("b",)

@@ -104,13 +104,20 @@ class WorkQueue(Generic[K]):
         event_at: float | None = None,
         urgent: bool = False,
     ) -> None:
-        """Queue `key`: at the end of the settle window (G5), or after `delay` seconds (G6).
+        """Queue `key`: at once or at the end of the settle window (G5), or after `delay`
+        seconds (G6).
 
         `urgent` exempts this add from the key's cooldown (G10) and puts the key in the urgent
         band (G11).
         """
         now = self._clock()
-        self._offer(key, self._settle.ready_at(now, delay), now, trigger, event_at, urgent)
+        ready_at = self._settle.ready_at(now, delay, idle=self._idle())
+        self._offer(key, ready_at, now, trigger, event_at, urgent)
+
+    def _idle(self) -> bool:
+        # Only an idle queue opens a settle window with a leading edge (G5): under a burst
+        # something is processing, and the burst keeps leaving one window at a time.
+        return not (self._core.processing() or self._sweep_running or self._sweep is not None)
 
     def request_sweep(
         self, *, trigger: Trigger = Trigger.SWEEP, event_at: float | None = None
@@ -181,6 +188,7 @@ class WorkQueue(Generic[K]):
         self._sweep = None
         self._sweep_running = True
         self._sweeps += 1
+        self._settle.handed_out()
         return Work((), MappingProxyType({}), meta)
 
     def _take_keys(self, max_batch: int) -> Work[K] | None:
@@ -189,6 +197,7 @@ class WorkQueue(Generic[K]):
         work = self._core.take(max_batch)
         if work is not None:
             self._cooldown.started(work.keys, self._clock())
+            self._settle.handed_out()
         return work
 
     def _next_ready(self) -> float | None:
