@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import LiteralString
 from uuid import UUID
 
 import _trigger_rows as rows
@@ -338,14 +339,18 @@ def test_success_of_a_stale_version_start_build_is_announced(
 
 
 @pytest.mark.parametrize(
-    "change", ["deleted = true", "deprecated = 'use another template'"]
+    "change",
+    [
+        "UPDATE templates SET deleted = true WHERE id = %s",
+        "UPDATE templates SET deprecated = 'use another template' WHERE id = %s",
+    ],
 )
 def test_success_on_a_deleted_or_deprecated_template_is_announced(
-    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows, change: str
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows, change: LiteralString
 ) -> None:
     # Its presets are inactive (prebuildd.plan.inactive_reason): the new prebuild is deleted.
     _, job_id = rows.prebuild(conn, tpl, started=True)
-    conn.execute(f"UPDATE templates SET {change} WHERE id = %s", [tpl.template_id])
+    conn.execute(change, [tpl.template_id])
     conn.commit()
     inbox.drain()
     conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
