@@ -81,11 +81,13 @@
 -- do. The exception is a start build whose preset has become inactive while it ran: its
 -- version is no longer the template's active one (a promotion), or the template was deleted
 -- or deprecated. Such a prebuild must be deleted promptly (the reaction promise), so its
--- success is announced; the test is one more primary-key probe (templates), only on a
--- success. What a success still changes waits for the prebuild's agent_ready event, or for
--- the periodic sweep on templates without agents: a surplus after `desired` was lowered
--- during the build, a hard-limited preset's return to healthy, the gauges. Failures and
--- cancels feed the backoff and the hard limit, and stay announced.
+-- success is announced. The test is the lookup a success makes (the build by its job, its
+-- workspace, the template), ~25-35 us of server CPU per success: what keeps one writer under
+-- the 90 % target of bench/trigger_overhead.py (docs/benchmarks.md has it side by side).
+-- What a success still changes waits for the prebuild's agent_ready event, or for the
+-- periodic sweep on templates without agents: a surplus after `desired` was lowered, or an
+-- invalidation, during the build; a hard-limited preset's return to healthy; the gauges.
+-- Failures and cancels feed the backoff and the hard limit, and stay announced.
 -- A job leaving the queue (pending -> anything) does make room under the cap on pending
 -- prebuild jobs (--max-pending-prebuild-jobs, sql/functions/throttle.sql): when creates wait
 -- in its organization and tag set's line (prebuildd.throttle_waits), the first template in
