@@ -11,12 +11,18 @@ write:
 * provisioner heartbeat: `updated_at` only, on prebuilds' running jobs (must send nothing);
 * agent connection update: an agent's connection bookkeeping (must send nothing);
 * users' job status: pending -> running -> succeeded for ordinary users' jobs (nothing);
-* prebuild job status: the same for jobs the prebuilds user initiated -- the event prebuildd
-  exists to receive (at least one notification per completed job).
+* prebuild job status: the same for prebuilds' creates of their template's active version,
+  the realistic lifecycle of a prebuild's job (nothing: a success that leaves nothing to do
+  at once is not announced, sql/functions/notify_event.sql);
+* prebuild job failures: pending -> running -> failed for the same jobs (one notification
+  per job; information, no target: it is the cost of one NOTIFY, and failures are rare);
+* prebuild job success, stale version: the success of creates whose version is no longer the
+  template's active one (one notification per job; information). Those jobs are made stale
+  by an untimed update of their builds on every side before measuring.
 
 Client part (the targets): each workload with 1 writer and with 16 concurrent writers
-(prebuild job status also with 64): NOTIFY serialises committing transactions on a
-cluster-wide lock, so concurrency is where it costs. The sides alternate in slices (the order
+(prebuild job status and failures also with 64): NOTIFY serialises committing transactions
+on a cluster-wide lock, so concurrency is where it costs. The sides alternate in slices (the order
 rotating every slice) so that every side of a slice sees the same machine; a side's ratio is
 the median over slices of (B time / its time), i.e. its throughput relative to B's. The CPU
 each side spent (this process's threads, the writing backends and the listening backend) is
@@ -30,12 +36,15 @@ without the machine's noise.
 Positive controls, so that a verdict cannot be vacuous: every side with triggers must carry
 them (enabled, without WHEN or UPDATE OF) and B none; every write must have updated its row;
 a LISTEN session on each side with triggers must receive at least one notification per
-completed prebuild job (counted exactly, with a sentinel after each slice), and none for the
-other workloads. Any failed control prints MISSED, and any MISSED of side A makes the exit
-status 1 (C is for comparison only).
+announced status change (counted exactly, with a sentinel after each slice), and none for the
+silent workloads; and after every slice, untimed, a control job on each side with triggers
+is failed once and must send exactly one notification (so a silent workload's zero comes
+from triggers that run and a listener that counts). Any failed control prints MISSED, and
+any MISSED of side A makes the exit status 1 (C is for comparison only).
 
 Targets: heartbeats, agent connection updates, users' job status >= 95 % of trigger-free;
-prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64.
+prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64. The failure and
+stale-version workloads have none (their rows say "info"): their verdict is the controls'.
 
     PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse]
         [--synchronous-commit on|off] [--rows N] [--rounds N] [--case TEXT]
@@ -91,7 +100,8 @@ class Workload:
 class Case:
     workload: Workload
     writers: int
-    target: float
+    # None: measured for information; only the controls decide its verdict.
+    target: float | None
 
     @property
     def label(self) -> str:
@@ -115,8 +125,22 @@ USER_STATUS = Workload(
 )
 PREBUILD_STATUS = Workload(
     "prebuild job status",
-    "pick_prebuild_jobs",
-    # pending -> running need not be announced: the planner counts both as in progress.
+    "pick_prebuild_active_starts",
+    # pending -> running need not be announced: the planner counts both as in progress; nor a
+    # success on the active version: the create already counted toward desired.
+    (Step("job_acquired", False), Step("job_completed", False)),
+    reset=True,
+)
+PREBUILD_FAILURES = Workload(
+    "prebuild job failures",
+    "pick_prebuild_active_starts",
+    (Step("job_acquired", False), Step("job_failed", True)),
+    reset=True,
+)
+PREBUILD_STALE = Workload(
+    "prebuild job success, stale version",
+    "pick_prebuild_stale_starts",
+    # The prebuild must be deleted promptly (its version was promoted away): announced.
     (Step("job_acquired", False), Step("job_completed", True)),
     reset=True,
 )
@@ -131,6 +155,11 @@ CASES = (
     Case(PREBUILD_STATUS, 1, 0.90),
     Case(PREBUILD_STATUS, 16, 0.80),
     Case(PREBUILD_STATUS, 64, 0.80),
+    Case(PREBUILD_FAILURES, 1, None),
+    Case(PREBUILD_FAILURES, 16, None),
+    Case(PREBUILD_FAILURES, 64, None),
+    Case(PREBUILD_STALE, 1, None),
+    Case(PREBUILD_STALE, 16, None),
 )
 
 
@@ -204,6 +233,14 @@ class Listener:
         self.conn.execute(bench_query("listen_events"))
         self.pid = self.conn.info.backend_pid
 
+    def control(self, job_id: uuid.UUID) -> int:
+        """Fail the control job once (back to pending first, in the same transaction): the
+        notifications that sent, which must be exactly one."""
+        with self.conn.transaction():
+            self.conn.execute(bench_query("control_reset"), {"id": job_id})
+            self.conn.execute(bench_query("control_fail"), {"id": job_id})
+        return self.drain()
+
     def drain(self) -> int:
         token = f"sentinel-{uuid.uuid4()}"
         self.conn.execute(bench_query("send_sentinel"), {"token": token})
@@ -240,6 +277,9 @@ class Result:
     # Status changes committed on this side that the triggers must announce.
     announced_writes: int = 0
     missed_rows: int = 0
+    # The positive control after each slice: how many ran, and how many sent exactly one.
+    controls_run: int = 0
+    controls_heard: int = 0
 
     @property
     def ratio(self) -> float:
@@ -264,10 +304,13 @@ class Result:
             failed.append(
                 f"{self.notifications} notifications for {self.announced_writes} status changes"
             )
+        if self.controls_run == 0 or self.controls_heard < self.controls_run:
+            failed.append(f"control job heard {self.controls_heard} of {self.controls_run} times")
         return failed
 
     def met(self, triggers_ok: bool) -> bool:
-        return triggers_ok and not self.controls() and self.ratio >= self.case.target
+        target = self.case.target
+        return triggers_ok and not self.controls() and (target is None or self.ratio >= target)
 
 
 def slice_rows(writers: int, base: int) -> int:
@@ -282,6 +325,7 @@ def measure_case(
     listeners: dict[str, Listener],
     ids: Sequence[uuid.UUID],
     *,
+    control_job: uuid.UUID,
     mode: str,
     rounds: int,
     base_slice: int,
@@ -307,6 +351,7 @@ def measure_case(
             for i, part in enumerate(slices):
                 took: dict[str, SliceRun] = {}
                 sent: dict[str, int] = {}
+                heard: dict[str, int] = {}
                 turn = (i + r) % len(sides)
                 for side in sides[turn:] + sides[:turn]:
                     if not keep_open:
@@ -316,6 +361,7 @@ def measure_case(
                         side.close()
                     if side.label in listeners:
                         sent[side.label] = listeners[side.label].drain()
+                        heard[side.label] = listeners[side.label].control(control_job)
                 if r == 0:
                     continue
                 run_b = took[b.label]
@@ -329,6 +375,8 @@ def measure_case(
                     res.b_cpu += run_b.cpu
                     res.missed_rows += run_a.missed_rows + run_b.missed_rows
                     res.notifications += sent[side.label]
+                    res.controls_run += 1
+                    res.controls_heard += heard[side.label] == 1
                     announced = sum(step.notifies for step in workload.steps)
                     res.announced_writes += (len(part) - run_a.missed_rows) * announced
     finally:
@@ -364,7 +412,18 @@ SERVER_LOOPS = (
         "agent connection update", "pick_prebuild_agents", "agent_connection_loop", 1, False, 0
     ),
     ServerLoop("users' job status", "pick_user_jobs", "job_status_loop", 2, True, 0),
-    ServerLoop("prebuild job status", "pick_prebuild_jobs", "job_status_loop", 2, True, 1),
+    ServerLoop("prebuild job status", "pick_prebuild_active_starts", "job_status_loop", 2, True, 0),
+    ServerLoop(
+        "prebuild job failures", "pick_prebuild_active_starts", "job_failure_loop", 2, True, 1
+    ),
+    ServerLoop(
+        "prebuild job success, stale version",
+        "pick_prebuild_stale_starts",
+        "job_status_loop",
+        2,
+        True,
+        1,
+    ),
 )
 
 
@@ -544,18 +603,20 @@ def report(results: Sequence[Result], triggers_ok: bool) -> tuple[str, list[str]
         a_rate = res.ops / res.a_seconds if res.a_seconds else 0.0
         b_rate = res.ops / res.b_seconds if res.b_seconds else 0.0
         needed = "0" if res.case.workload.silent else f">= {res.announced_writes:,}"
+        target = "info" if res.case.target is None else f">= {res.case.target:.0%}"
         rows.append([
             res.case.label, res.label, res.mode, f"{a_rate:,.0f} vs {b_rate:,.0f}",
             f"{res.ratio:.1%}", f"{a_us:,.0f} vs {b_us:,.0f}", f"{res.cpu_ratio:.1%}",
-            f"{res.notifications:,} ({needed})", f">= {res.case.target:.0%}", verdict(ok),
+            f"{res.notifications:,} ({needed})", target, verdict(ok),
         ])  # fmt: skip
         why = "; ".join(res.controls()) or "controls held"
         summary.append(
             f"{res.case.label}, side {res.label} (synchronous_commit={res.mode}): "
             f"{res.ratio:.1%} of trigger-free "
             f"throughput (median of {len(res.pair_ratios)} pairs), {res.cpu_ratio:.1%} by CPU, "
-            f"{res.notifications:,} notifications ({needed} needed), {why}; "
-            f"target >= {res.case.target:.0%}: {verdict(ok)}"
+            f"{res.notifications:,} notifications ({needed} needed), "
+            f"control heard {res.controls_heard}/{res.controls_run}, {why}; "
+            f"target {target}: {verdict(ok)}"
         )
     return table(rows), summary
 
@@ -576,10 +637,22 @@ def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[l
         install_current_triggers(urls["C"], args.compare)
     url_b = server.clone(fleet_db, f"{fleet_db}_tb")
     removed = uninstall(url_b)
+    # The stale-version creates, the same rows on every side (untimed; before any pick).
+    setup_problems: list[str] = []
+    for label, url in [*urls.items(), ("B", url_b)]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            marked = conn.execute(bench_query("mark_stale_starts"), {"limit": rows}).rowcount
+        if marked != rows:
+            setup_problems.append(f"{label}: {marked} of {rows} creates made stale")
+    with psycopg.connect(url_b, autocommit=True) as conn:
+        found = conn.execute(bench_query("pick_control_job")).fetchone()
+    if found is None:
+        setup_problems.append("no prebuild create left for the control job")
+    control_job = found[0] if found else uuid.UUID(int=0)
     print(f"B: uninstalled {sum(r.startswith('trigger ') for r in removed)} triggers")
     if args.compare:
         print(f"C: A's triggers with the function of {args.compare}")
-    problems = check_triggers(urls, url_b)
+    problems = setup_problems + check_triggers(urls, url_b)
     for problem in problems:
         print(f"CONTROL FAILED: {problem}")
     listeners = {label: Listener(url) for label, url in urls.items()}
@@ -611,8 +684,8 @@ def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[l
                 # Every side's writers at once, plus the listeners and a reset connection.
                 keep_open = (len(tested) + 1) * case.writers + len(tested) + 2 <= available
                 measured = measure_case(
-                    case, tested, b, listeners, ids, mode=mode, rounds=rounds,
-                    base_slice=args.slice, keep_open=keep_open,
+                    case, tested, b, listeners, ids, control_job=control_job, mode=mode,
+                    rounds=rounds, base_slice=args.slice, keep_open=keep_open,
                 )  # fmt: skip
                 note = "" if keep_open else " (reconnecting per slice: max_connections)"
                 for res in measured:

@@ -34,6 +34,88 @@ WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
 ORDER BY j.id
 LIMIT %(limit)s;
 
+-- name: pick_prebuild_active_starts
+-- Jobs of prebuilds' start builds of their template's active version: the realistic lifecycle
+-- of a prebuild's job (a create; its success is not announced).
+SELECT j.id
+FROM provisioner_jobs AS j
+JOIN workspace_builds AS b ON b.job_id = j.id
+JOIN workspaces AS w ON w.id = b.workspace_id
+JOIN templates AS t ON t.id = w.template_id
+WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND b.transition = 'start'
+  AND b.template_version_id = t.active_version_id
+ORDER BY j.id
+LIMIT %(limit)s;
+
+-- name: mark_stale_starts
+-- Untimed set-up, the same on every side: the last `limit` such creates (by job id, so
+-- disjoint from the picks above while the fleet has twice as many) become creates of an older
+-- version of their template, as if it had been promoted while they ran.
+WITH picked AS (
+    SELECT b.id AS build_id, w.template_id, t.active_version_id
+    FROM provisioner_jobs AS j
+    JOIN workspace_builds AS b ON b.job_id = j.id
+    JOIN workspaces AS w ON w.id = b.workspace_id
+    JOIN templates AS t ON t.id = w.template_id
+    WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+      AND b.transition = 'start'
+      AND b.template_version_id = t.active_version_id
+    ORDER BY j.id DESC
+    LIMIT %(limit)s
+)
+UPDATE workspace_builds AS b
+SET template_version_id = (
+    SELECT v.id
+    FROM template_versions AS v
+    WHERE v.template_id = p.template_id
+      AND v.id <> p.active_version_id
+    ORDER BY v.id
+    LIMIT 1
+)
+FROM picked AS p
+WHERE b.id = p.build_id;
+
+-- name: pick_prebuild_stale_starts
+-- Jobs of prebuilds' start builds of a version no longer active (mark_stale_starts): their
+-- success is announced.
+SELECT j.id
+FROM provisioner_jobs AS j
+JOIN workspace_builds AS b ON b.job_id = j.id
+JOIN workspaces AS w ON w.id = b.workspace_id
+JOIN templates AS t ON t.id = w.template_id
+WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND b.transition = 'start'
+  AND b.template_version_id <> t.active_version_id
+ORDER BY j.id
+LIMIT %(limit)s;
+
+-- name: pick_control_job
+-- One create outside every pick above (the next one down from the stale ones): the positive
+-- control's job.
+SELECT j.id
+FROM provisioner_jobs AS j
+JOIN workspace_builds AS b ON b.job_id = j.id
+JOIN workspaces AS w ON w.id = b.workspace_id
+JOIN templates AS t ON t.id = w.template_id
+WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+  AND b.transition = 'start'
+  AND b.template_version_id = t.active_version_id
+ORDER BY j.id DESC
+LIMIT 1;
+
+-- name: control_reset
+-- The positive control after every slice, untimed, on a side with triggers: the control job
+-- back to pending and then failed, in one transaction, sends exactly one notification.
+UPDATE provisioner_jobs
+SET started_at = NULL, completed_at = NULL, canceled_at = NULL, error = NULL
+WHERE id = %(id)s::uuid;
+
+-- name: control_fail
+UPDATE provisioner_jobs
+SET completed_at = now(), error = 'bench: control'
+WHERE id = %(id)s::uuid;
+
 -- name: pick_user_jobs
 -- Jobs of the latest builds of ordinary user workspaces (never prebuilds).
 SELECT j.id
@@ -85,6 +167,13 @@ WHERE id = %(id)s::uuid;
 -- The daemon reports success: running -> succeeded (Coder writes error and error_code too).
 UPDATE provisioner_jobs
 SET completed_at = now(), updated_at = now(), error = NULL, error_code = NULL
+WHERE id = %(id)s::uuid;
+
+-- name: job_failed
+-- The daemon reports a failure: running -> failed (announced).
+UPDATE provisioner_jobs
+SET completed_at = now(), updated_at = now(), error = 'bench: terraform apply failed',
+    error_code = NULL
 WHERE id = %(id)s::uuid;
 
 -- name: job_heartbeat
@@ -180,6 +269,32 @@ BEGIN
 END
 $loop$;
 
+CREATE OR REPLACE PROCEDURE bench_job_failure_loop(ids uuid[], worker uuid)
+LANGUAGE plpgsql
+AS $loop$
+DECLARE
+    row_id uuid;
+BEGIN
+    FOREACH row_id IN ARRAY ids LOOP
+        UPDATE provisioner_jobs
+        SET started_at = now(), updated_at = now(), worker_id = worker
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+        UPDATE provisioner_jobs
+        SET completed_at = now(), updated_at = now(), error = 'bench: terraform apply failed',
+            error_code = NULL
+        WHERE id = row_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'bench: no job %', row_id;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$loop$;
+
 -- name: heartbeat_loop
 CALL bench_heartbeat_loop(%(ids)s::uuid[]);
 
@@ -188,3 +303,6 @@ CALL bench_agent_connection_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
 
 -- name: job_status_loop
 CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
+
+-- name: job_failure_loop
+CALL bench_job_failure_loop(%(ids)s::uuid[], %(worker_id)s::uuid);

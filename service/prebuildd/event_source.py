@@ -37,7 +37,10 @@ sql/functions/notify_event.sql). Two signals, each exported as metrics, logged, 
    means events are missing: a trigger that does not fire, or a function that fails (its
    WARNING is in PostgreSQL's log). Known, rare, legitimate counts: changes the triggers leave
    to the sweep on purpose (an admin's build on an unclaimed prebuild, a preset's failed
-   savepoint that no event retries); hence the alert asks for several within half an hour.
+   savepoint that no event retries, and on a template without agents what a prebuild job's
+   unannounced success changes: a surplus after `desired` was lowered during the build, a
+   prebuild invalidated during it -- docs/architecture.md); hence the alert asks for several
+   within half an hour.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from psycopg import sql
 from psycopg.errors import Diagnostic
 from psycopg.rows import TupleRow
 
+from prebuildd import seed
 from prebuildd.embedded import EmbeddedPostgres
 from prebuildd.events import EventKind
 from prebuildd.migrate import migrate, repeatable_files, versioned_files
@@ -241,8 +242,22 @@ def in_one_transaction(url: str, migration: Callable[[Conn], None]) -> None:
 # the write through `actor` (uncommitted) and returns the events it must send.
 
 
-def _job_completes(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
+def _job_fails(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
     _, job_id = rows.prebuild(setup, tpl, started=True)
+    setup.commit()
+    inbox.drain()
+    actor.execute(
+        "UPDATE provisioner_jobs SET completed_at = now(), error = 'boom' WHERE id = %s", [job_id]
+    )
+    return [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+def _stale_job_succeeds(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
+    # A create of a version that was promoted away while it ran: its success is announced (a
+    # success of the active version is not; sql/functions/notify_event.sql).
+    _, job_id = rows.prebuild(setup, tpl, started=True)
+    seed.promote(setup, tpl.template_id, rows.version(setup, tpl.org_id, tpl.template_id,
+                                                       tpl.owner_id))  # fmt: skip
     setup.commit()
     inbox.drain()
     actor.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = %s", [job_id])
@@ -314,8 +329,19 @@ MIGRATIONS = [
     CoderMigration(
         "enum recreated: provisioner_jobs.type",
         lambda conn: recreate_enum(conn, "provisioner_job_type", [("provisioner_jobs", "type")]),
-        _job_completes,
+        _job_fails,
         "cannot alter type of a column used in a trigger definition",
+    ),
+    # Compared by the job function's test of a success (is it a start build?).
+    CoderMigration(
+        "enum recreated: workspace_builds.transition",
+        lambda conn: recreate_enum(
+            conn,
+            "workspace_transition",
+            [("workspace_builds", "transition"), ("workspace_resources", "transition")],
+        ),
+        _stale_job_succeeds,
+        None,
     ),
     CoderMigration(
         "enum recreated: workspace_agents.lifecycle_state",
@@ -705,7 +731,7 @@ def test_upgrading_from_the_legacy_trigger_file_leaves_exactly_the_current_trigg
     assert conn.execute("SELECT to_regclass('prebuildd.prebuilds_settings')").fetchone() == (None,)
     # And the events flow.
     assert inbox.kinds() == []
-    expected = _job_completes(conn, conn, new_template(conn, inbox), inbox)
+    expected = _job_fails(conn, conn, new_template(conn, inbox), inbox)
     conn.commit()
     assert inbox.kinds() == expected
 
@@ -810,7 +836,8 @@ def _job_picked_up_with_creates_waiting(
 
 # One write per trigger function and kind, each of which must send exactly its events.
 EVENT_WRITES = [
-    _job_completes,
+    _job_fails,
+    _stale_job_succeeds,
     _job_picked_up_with_creates_waiting,
     _agent_becomes_ready,
     _prebuild_claimed,

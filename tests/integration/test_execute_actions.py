@@ -127,11 +127,12 @@ async def test_the_services_own_writes_are_not_echoed(
     assert _count(conn, CANCELED, world.old) == 1
     # Builds inserted and a job canceled by the reconcile: no event comes back for them.
     assert inbox.kinds() == []
-    # The same kinds of writes from anyone else are announced: a provisioner finishing the
-    # create's job, and a build the prebuilds user inserts outside a reconcile.
+    # The same kinds of writes from anyone else are announced: a provisioner failing the
+    # create's job (its success on the active version is never announced), and a build the
+    # prebuilds user inserts outside a reconcile.
     conn.execute(
-        "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(), updated_at = now()"
-        " WHERE id IN (SELECT b.job_id FROM workspace_builds b"
+        "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(), updated_at = now(),"
+        " error = 'boom' WHERE id IN (SELECT b.job_id FROM workspace_builds b"
         " WHERE b.template_version_preset_id = %s AND b.transition = 'start')",
         (world.new,),
     )

@@ -385,11 +385,14 @@ async def test_heartbeat_bumps_only_updated_at(
     assert job_row(conn, build.job_id)["job_status"] == "succeeded"
 
 
-def test_a_heartbeat_wakes_no_trigger_but_the_completion_does(
+def test_a_heartbeat_and_a_success_wake_no_trigger_but_a_failure_does(
     db_url: str, conn: Conn, preset: UUID
 ) -> None:
+    # A create's success on the active version is not announced (the starting prebuild
+    # already counted toward desired: sql/functions/notify_event.sql); its failure is.
     worker_id = uuid.uuid4()
     build = queue_build(conn, preset, job_status="running", worker_id=worker_id)
+    failing = queue_build(conn, preset, job_status="running", worker_id=worker_id)
     params = {"now": datetime.now(UTC), "job_id": build.job_id, "worker_id": worker_id}
     listener = Listening.open(db_url, CHANNEL)
     try:
@@ -400,6 +403,14 @@ def test_a_heartbeat_wakes_no_trigger_but_the_completion_does(
 
         done = conn.execute(query("provisioner_complete_job"), {**params, "error": None})
         assert done.fetchone() == ("succeeded",)
+        conn.commit()
+        assert listener.received() == []
+
+        failed = conn.execute(
+            query("provisioner_complete_job"),
+            {**params, "job_id": failing.job_id, "error": "terraform apply failed"},
+        )
+        assert failed.fetchone() == ("failed",)
         conn.commit()
         assert len(listener.received()) == 1
     finally:

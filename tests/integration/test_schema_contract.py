@@ -926,9 +926,13 @@ def test_production_end_to_end_on_required_columns_only(
             assert _one(conn, notified, world.admin) == 2  # smtp and inbox
             assert _one(conn, notified, world.org_admin) == 2
 
-            # A provisioner finishes the first create, with a ready agent; the second stays
-            # queued. Then version 2 is promoted.
+            # Version 2 is promoted; then a provisioner finishes the first create, with a
+            # ready agent (its success is announced: its version is no longer active); the
+            # second stays queued.
             done, queued = creates[0][0], creates[1][0]
+            a_v2 = world.version(a, uuid4())
+            a2 = world.preset(a_v2, desired=1)
+            conn.execute("UPDATE templates SET active_version_id = %s WHERE id = %s", (a_v2, a))
             conn.execute(
                 "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(),"
                 " worker_id = gen_random_uuid() WHERE id = %s",
@@ -943,9 +947,6 @@ def test_production_end_to_end_on_required_columns_only(
                 " VALUES (%s, 'ready', NULL, false)",
                 (resource,),
             )
-            a_v2 = world.version(a, uuid4())
-            a2 = world.preset(a_v2, desired=1)
-            conn.execute("UPDATE templates SET active_version_id = %s WHERE id = %s", (a_v2, a))
             conn.commit()
 
             assert _cli(url, "reconcile", "--once") == EXIT_OK

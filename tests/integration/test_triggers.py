@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import LiteralString
 from uuid import UUID
 
 import _trigger_rows as rows
@@ -19,6 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from prebuildd import seed
 from prebuildd.events import CHANNEL, EventKind
 from prebuildd.migrate import migrate, repeatable_files
 from prebuildd.model import PREBUILDS_USER_ID
@@ -260,7 +262,6 @@ JOB_UPDATE = "UPDATE provisioner_jobs SET {} WHERE id = %s"
 @pytest.mark.parametrize(
     ("started", "assignment"),
     [
-        (True, "completed_at = now()"),  # running -> succeeded
         (True, "completed_at = now(), error = 'boom'"),  # running -> failed
         (True, "canceled_at = now()"),  # running -> canceling
         (False, "canceled_at = now(), completed_at = now()"),  # pending -> canceled
@@ -278,16 +279,110 @@ def test_prebuild_job_status_transitions(
     assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
+def test_prebuild_job_canceling_to_canceled(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows
+) -> None:
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    conn.execute(JOB_UPDATE.format("canceled_at = now()"), [job_id])
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])  # canceling -> canceled
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
 def test_prebuild_job_picked_up_is_silent(conn: Conn, inbox: Inbox, tpl: rows.TemplateRows) -> None:
     # pending -> running: the planner counts both as in progress, so nothing it decides can
     # change, and not announcing it halves what a prebuild's build costs Coder in NOTIFYs
-    # (bench/trigger_overhead.py, docs/benchmarks.md). Completion is announced.
+    # (bench/trigger_overhead.py, docs/benchmarks.md). A failure is announced.
     _, job_id = rows.prebuild(conn, tpl)
     conn.commit()
     inbox.drain()
     conn.execute(JOB_UPDATE.format("started_at = now(), worker_id = gen_random_uuid()"), [job_id])
     assert commit_and_read(conn, inbox) == []
+    conn.execute(JOB_UPDATE.format("completed_at = now(), error = 'boom'"), [job_id])
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+# ---- a prebuild job's success: announced only when it leaves something to do at once --------
+
+
+def test_success_of_an_active_version_start_build_is_silent(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows
+) -> None:
+    # The create already counted toward `desired` while it ran: its success changes no
+    # decision the service must take at once (issue 11: NOTIFY serialises Coder's commits).
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    conn.commit()
+    inbox.drain()
     conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
+    assert commit_and_read(conn, inbox) == []
+    # Control: the same job failing instead is announced (the trigger is there and runs).
+    _, failing = rows.prebuild(conn, tpl, started=True)
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("completed_at = now(), error = 'boom'"), [failing])
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+def test_success_of_a_stale_version_start_build_is_announced(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows
+) -> None:
+    # A promotion while the create ran: the new prebuild is of an inactive preset and must be
+    # deleted promptly (the reaction promise), so its success is news.
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    newer = rows.version(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+    seed.promote(conn, tpl.template_id, newer)
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE templates SET deleted = true WHERE id = %s",
+        "UPDATE templates SET deprecated = 'use another template' WHERE id = %s",
+    ],
+)
+def test_success_on_a_deleted_or_deprecated_template_is_announced(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows, change: LiteralString
+) -> None:
+    # Its presets are inactive (prebuildd.plan.inactive_reason): the new prebuild is deleted.
+    _, job_id = rows.prebuild(conn, tpl, started=True)
+    conn.execute(change, [tpl.template_id])
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
+    assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
+
+
+@pytest.mark.parametrize("version_active", [True, False])
+def test_success_of_a_delete_build_is_silent(
+    conn: Conn, inbox: Inbox, tpl: rows.TemplateRows, version_active: bool
+) -> None:
+    # A deleting prebuild counted for nothing while it ran: its end leaves nothing to do,
+    # whatever its version. Its failure is announced (the backoff and the hard limit).
+    deletes = []
+    for _ in range(2):
+        workspace_id, _ = rows.prebuild(conn, tpl, started=True)
+        conn.execute(
+            "UPDATE provisioner_jobs SET completed_at = now() WHERE id IN "
+            "(SELECT job_id FROM workspace_builds WHERE workspace_id = %s)",
+            [workspace_id],
+        )
+        deletes.append(seed.build(
+            conn, workspace_id, version_id=tpl.version_id, number=2, transition="delete",
+            initiator_id=PREBUILDS_USER_ID, preset_id=tpl.preset_id, job_status="running",
+        ).job_id)  # fmt: skip
+    if not version_active:
+        newer = rows.version(conn, tpl.org_id, tpl.template_id, tpl.owner_id)
+        seed.promote(conn, tpl.template_id, newer)
+    conn.commit()
+    inbox.drain()
+    conn.execute(JOB_UPDATE.format("completed_at = now()"), [deletes[0]])
+    assert commit_and_read(conn, inbox) == []
+    conn.execute(JOB_UPDATE.format("completed_at = now(), error = 'boom'"), [deletes[1]])
     assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
@@ -314,7 +409,7 @@ def test_user_workspace_job_is_silent(conn: Conn, inbox: Inbox, tpl: rows.Templa
     _, job_id = rows.prebuild(conn, tpl, owner_id=tpl.owner_id, started=True)
     conn.commit()
     inbox.drain()  # its first build was a miss
-    conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
+    conn.execute(JOB_UPDATE.format("completed_at = now(), error = 'boom'"), [job_id])
     assert commit_and_read(conn, inbox) == []
 
 
@@ -345,7 +440,10 @@ def test_bulk_update_of_one_template_sends_one_notification(
 ) -> None:
     jobs = [rows.prebuild(conn, tpl, started=True)[1] for _ in range(100)]
     assert commit_and_read(conn, inbox) == [(EventKind.BUILD_INSERTED, tpl.template_id)]
-    conn.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = ANY(%s)", [jobs])
+    conn.execute(
+        "UPDATE provisioner_jobs SET completed_at = now(), error = 'boom' WHERE id = ANY(%s)",
+        [jobs],
+    )
     assert commit_and_read(conn, inbox) == [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
@@ -357,7 +455,10 @@ def test_one_transaction_sends_one_notification_per_kind_and_template(
     inbox.drain()
     jobs = [rows.prebuild(conn, t)[1] for t in (tpl, other, tpl, other)]
     conn.execute("UPDATE provisioner_jobs SET started_at = now() WHERE id = ANY(%s)", [jobs])
-    conn.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = ANY(%s)", [jobs])
+    conn.execute(
+        "UPDATE provisioner_jobs SET completed_at = now(), error = 'boom' WHERE id = ANY(%s)",
+        [jobs],
+    )
     got = commit_and_read(conn, inbox)
     assert sorted(got) == sorted(
         (kind, template)
@@ -510,7 +611,7 @@ def test_writer_needs_no_privilege_on_the_prebuildd_schema(
     try:
         conn.execute(f"SET ROLE {role}")
         _, job_id = rows.prebuild(conn, tpl, started=True)
-        conn.execute(JOB_UPDATE.format("completed_at = now()"), [job_id])
+        conn.execute(JOB_UPDATE.format("completed_at = now(), error = 'boom'"), [job_id])
         assert set(commit_and_read(conn, inbox)) == {
             (EventKind.BUILD_INSERTED, tpl.template_id),
             (EventKind.JOB_STATUS, tpl.template_id),
