@@ -279,8 +279,10 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
 --                 queued (pending, no worker, neither canceled nor done).
 --   recent        per preset, newest first: the latest build of each prebuild whose latest
 --                 build is a `start` on the active version, with its job status; at least
---                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist.
---                 (Backoff and the hard limit only apply to active presets, as in Coder.)
+--                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist,
+--                 and only when one of those failed within the lookback or the newest failed
+--                 (nothing else can back off or reach the hard limit: `actionable`). (Backoff
+--                 and the hard limit only apply to active presets, as in Coder.)
 --   failures      per preset: how many of those failed within %(backoff_lookback)s before
 --                 now() (the database's clock, like every instant the planner compares).
 --
@@ -374,7 +376,26 @@ bounds AS (
     ) AS sb
 ),
 latest_starts AS (
-    SELECT r.preset_id, r.build_created_at, r.job_status, r.newest_rank, r.wanted
+    SELECT
+        r.preset_id, r.build_created_at, r.job_status, r.newest_rank, r.wanted,
+        -- Whether the planner could act on any build `recent` returns for the preset: one
+        -- that failed within the lookback (backoff: plan.verdicts.backoff looks for nothing
+        -- else), or a failed newest build (the hard limit needs the latest all failed, the
+        -- newest first). When there is none, `recent` leaves the preset out: the plan is the
+        -- same from no rows, and in a steady fleet that is most presets (a failure hours old
+        -- among the latest builds is common). The lookback is measured as the planner
+        -- measures it, in absolute seconds (an interval's days would be calendar days here).
+        -- A window over the rank's partition, so no second sort.
+        bool_or(
+            r.job_status = 'failed'
+            AND r.newest_rank <= r.wanted
+            AND (
+                r.build_created_at >= now() - make_interval(
+                    secs => extract(epoch FROM %(backoff_lookback)s::interval)
+                )
+                OR (%(hard_limit)s::int > 0 AND r.build_created_at = r.newest_at)
+            )
+        ) OVER (PARTITION BY r.preset_id) AS actionable
     FROM (
         SELECT
             u.preset_id,
@@ -387,7 +408,8 @@ latest_starts AS (
                 PARTITION BY u.preset_id
                 ORDER BY u.build_created_at DESC NULLS LAST, u.build_id
             ) AS newest_rank,
-            max(u.wanted) OVER (PARTITION BY u.preset_id) AS wanted
+            max(u.wanted) OVER (PARTITION BY u.preset_id) AS wanted,
+            max(u.build_created_at) OVER (PARTITION BY u.preset_id) AS newest_at
         FROM (
             SELECT st.preset_id, st.build_id, st.build_created_at, st.job_status,
                    NULL::int AS wanted
@@ -459,6 +481,7 @@ SELECT
     ls.newest_rank
 FROM latest_starts AS ls
 WHERE ls.newest_rank <= ls.wanted
+  AND ls.actionable
 
 UNION ALL
 
