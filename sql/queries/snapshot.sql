@@ -363,11 +363,29 @@ starts AS (
 ),
 bounds AS (
     -- One index probe per preset (not per build): its own count, its largest scheduled
-    -- count and the hard limit, whichever is largest.
+    -- count and the hard limit, whichever is largest. Only for the presets `recent` may
+    -- return rows for: a failure within the lookback, or a failed build at the newest
+    -- instant (a superset of `actionable` below); the others' rows get no bound (a NULL
+    -- `wanted`, so `recent` leaves them out, as `actionable` would) and cost no probe.
     SELECT
         p.id AS preset_id,
         GREATEST(p.desired_instances, sb.scheduled, %(hard_limit)s::int, 1) AS wanted
-    FROM (SELECT DISTINCT st.preset_id FROM starts AS st) AS d
+    FROM (
+        SELECT st.preset_id
+        FROM starts AS st
+        GROUP BY st.preset_id
+        HAVING bool_or(
+                st.job_status = 'failed'
+                AND st.build_created_at >= now() - make_interval(
+                    secs => extract(epoch FROM %(backoff_lookback)s::interval)
+                )
+            )
+            OR (
+                %(hard_limit)s::int > 0
+                AND max(st.build_created_at) FILTER (WHERE st.job_status = 'failed')
+                    = max(st.build_created_at)
+            )
+    ) AS d
     JOIN template_version_presets AS p ON p.id = d.preset_id
     CROSS JOIN LATERAL (
         SELECT max(s.desired_instances) AS scheduled
