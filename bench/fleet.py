@@ -18,6 +18,10 @@ delete and one cancel to do; all others are steady.
 the seeding SQL: rerunning a bench skips minutes of seeding. A reused database is migrated
 again (new prebuildd indexes apply) but never reseeded. Benches that write work on a clone.
 
+By default the fleet sits on prebuildd's own subset of Coder's schema (what `migrate` installs
+into an empty database); `ensure_fleet(..., base=BaseSchema(...))` seeds it on a schema the
+bench loads first instead -- Coder's real dump.sql (bench/coder_snapshot.py).
+
 Run alone to seed and print counts:  python -m bench.fleet --scale spec --reuse
 """
 
@@ -257,12 +261,37 @@ def integrity(url: str) -> dict[str, int]:
     return {str(what): int(n) for what, n in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class BaseSchema:
+    """A Coder schema loaded into the empty database before `migrate` and seeding.
+
+    `load(url)` writes the schema and the rows Coder's migrations leave as data; `after_seed`
+    undoes anything `load` relaxed for the builder. `key` fingerprints what `load` writes
+    (part of the database's name, so a different schema never reuses a fleet).
+    """
+
+    key: str
+    load: Callable[[str], None]
+    after_seed: Callable[[str], None]
+
+
 def ensure_fleet(
-    server: BenchServer, name: str, spec: FleetSpec, *, reuse: bool, log: Log = print
+    server: BenchServer,
+    name: str,
+    spec: FleetSpec,
+    *,
+    reuse: bool,
+    log: Log = print,
+    base: BaseSchema | None = None,
 ) -> str:
-    """Name of a database holding `spec`: reused when asked and complete, else (re)seeded."""
-    dbname = f"bench_{name.replace('-', '_')}_{spec.key()}"
-    marker = f"prebuildd bench fleet {spec.key()} complete"
+    """Name of a database holding `spec`: reused when asked and complete, else (re)seeded.
+
+    With `base`, on that schema instead of the subset `migrate` installs."""
+    key = spec.key()
+    if base is not None:
+        key = hashlib.sha256(f"{key} {base.key}".encode()).hexdigest()[:12]
+    dbname = f"bench_{name.replace('-', '_')}_{key}"
+    marker = f"prebuildd bench fleet {key} complete"
     url = server.url(dbname)
     if reuse and server.exists(dbname) and server.comment(dbname) == marker:
         migrate(url)  # new prebuildd indexes reach reused fleets too
@@ -274,8 +303,12 @@ def ensure_fleet(
     for stale in server.matching(f"^{prefix}[0-9a-f]{{12}}(_[a-z]+)?$"):
         server.drop(stale)
     server.create(dbname)
+    if base is not None:
+        base.load(url)
     migrate(url)
     report = seed(url, spec, log=log)
+    if base is not None:
+        base.after_seed(url)
     server.set_comment(dbname, marker)
     log(
         f"fleet {name}: seeded in {report.seconds:.1f} s + VACUUM ANALYZE "
