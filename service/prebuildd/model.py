@@ -214,7 +214,9 @@ class PresetSnapshot:
     # Pending, not-yet-picked-up build-1 `start` prebuild jobs of this preset (inactive versions).
     pending_cancelable: int = 0
     # Latest `start` builds of the preset's unclaimed prebuilds, newest first; the store returns
-    # at least max(desired, failure_hard_limit) of them when that many exist.
+    # at least max(desired, failure_hard_limit) of them when that many exist, and none when the
+    # planner could act on none of them (no failure within the backoff lookback, newest not
+    # failed: sql/queries/snapshot.sql, `recent`).
     recent_builds: tuple[BuildRecord, ...] = ()
     # Failed latest `start` builds of unclaimed prebuilds created within the backoff lookback.
     failures_in_lookback: int = 0

@@ -279,8 +279,10 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
 --                 queued (pending, no worker, neither canceled nor done).
 --   recent        per preset, newest first: the latest build of each prebuild whose latest
 --                 build is a `start` on the active version, with its job status; at least
---                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist.
---                 (Backoff and the hard limit only apply to active presets, as in Coder.)
+--                 max(desired, any scheduled desired, %(hard_limit)s) of them when they exist,
+--                 and only when one of those failed within the lookback or the newest failed
+--                 (nothing else can back off or reach the hard limit: `actionable`). (Backoff
+--                 and the hard limit only apply to active presets, as in Coder.)
 --   failures      per preset: how many of those failed within %(backoff_lookback)s before
 --                 now() (the database's clock, like every instant the planner compares).
 --
@@ -361,11 +363,29 @@ starts AS (
 ),
 bounds AS (
     -- One index probe per preset (not per build): its own count, its largest scheduled
-    -- count and the hard limit, whichever is largest.
+    -- count and the hard limit, whichever is largest. Only for the presets `recent` may
+    -- return rows for: a failure within the lookback, or a failed build at the newest
+    -- instant (a superset of `actionable` below); the others' rows get no bound (a NULL
+    -- `wanted`, so `recent` leaves them out, as `actionable` would) and cost no probe.
     SELECT
         p.id AS preset_id,
         GREATEST(p.desired_instances, sb.scheduled, %(hard_limit)s::int, 1) AS wanted
-    FROM (SELECT DISTINCT st.preset_id FROM starts AS st) AS d
+    FROM (
+        SELECT st.preset_id
+        FROM starts AS st
+        GROUP BY st.preset_id
+        HAVING bool_or(
+                st.job_status = 'failed'
+                AND st.build_created_at >= now() - make_interval(
+                    secs => extract(epoch FROM %(backoff_lookback)s::interval)
+                )
+            )
+            OR (
+                %(hard_limit)s::int > 0
+                AND max(st.build_created_at) FILTER (WHERE st.job_status = 'failed')
+                    = max(st.build_created_at)
+            )
+    ) AS d
     JOIN template_version_presets AS p ON p.id = d.preset_id
     CROSS JOIN LATERAL (
         SELECT max(s.desired_instances) AS scheduled
@@ -374,7 +394,26 @@ bounds AS (
     ) AS sb
 ),
 latest_starts AS (
-    SELECT r.preset_id, r.build_created_at, r.job_status, r.newest_rank, r.wanted
+    SELECT
+        r.preset_id, r.build_created_at, r.job_status, r.newest_rank, r.wanted,
+        -- Whether the planner could act on any build `recent` returns for the preset: one
+        -- that failed within the lookback (backoff: plan.verdicts.backoff looks for nothing
+        -- else), or a failed newest build (the hard limit needs the latest all failed, the
+        -- newest first). When there is none, `recent` leaves the preset out: the plan is the
+        -- same from no rows, and in a steady fleet that is most presets (a failure hours old
+        -- among the latest builds is common). The lookback is measured as the planner
+        -- measures it, in absolute seconds (an interval's days would be calendar days here).
+        -- A window over the rank's partition, so no second sort.
+        bool_or(
+            r.job_status = 'failed'
+            AND r.newest_rank <= r.wanted
+            AND (
+                r.build_created_at >= now() - make_interval(
+                    secs => extract(epoch FROM %(backoff_lookback)s::interval)
+                )
+                OR (%(hard_limit)s::int > 0 AND r.build_created_at = r.newest_at)
+            )
+        ) OVER (PARTITION BY r.preset_id) AS actionable
     FROM (
         SELECT
             u.preset_id,
@@ -387,7 +426,8 @@ latest_starts AS (
                 PARTITION BY u.preset_id
                 ORDER BY u.build_created_at DESC NULLS LAST, u.build_id
             ) AS newest_rank,
-            max(u.wanted) OVER (PARTITION BY u.preset_id) AS wanted
+            max(u.wanted) OVER (PARTITION BY u.preset_id) AS wanted,
+            max(u.build_created_at) OVER (PARTITION BY u.preset_id) AS newest_at
         FROM (
             SELECT st.preset_id, st.build_id, st.build_created_at, st.job_status,
                    NULL::int AS wanted
@@ -459,6 +499,7 @@ SELECT
     ls.newest_rank
 FROM latest_starts AS ls
 WHERE ls.newest_rank <= ls.wanted
+  AND ls.actionable
 
 UNION ALL
 
