@@ -69,7 +69,7 @@ PRESET_V2 = UUID("c0de0000-0000-4000-8000-0000000000d2")
 PRESET_FAILING = UUID("c0de0000-0000-4000-8000-0000000000d3")
 # The events of the steps below. Not build_inserted: every build here is the service's own
 # (prebuildd.execute_actions), and its own writes are not echoed back (issue 11) -- checked.
-# job_status comes from the success of a create whose version was promoted away.
+# job_status comes from a provisioner failing a create (a success is not announced).
 ECHOES = {"build_inserted"}
 EXPECTED_EVENTS = {
     "job_status",
@@ -259,8 +259,8 @@ def check_release(url: str, dump: str, result: Result, *, as_role: bool) -> None
     @step("reconcile after a promotion (delete, cancel, create)")
     def _second_sweep() -> None:
         built, queued = state["creates"][0], state["creates"][1]
-        # Promoted while the create ran: its success is announced (job_status) because its
-        # version is no longer active; a success on the active version is not.
+        # Promoted while the create ran: its success is not announced (no success is); the
+        # sweep below deletes it.
         with conn.transaction():
             conn.execute(bench_query("promote"))
         with conn.transaction():
@@ -274,8 +274,10 @@ def check_release(url: str, dump: str, result: Result, *, as_role: bool) -> None
         _expect([(b[2], b[3]) for b in new] == [("start", "pending")], f"no create: {new}")
         state["new"] = new[0]
 
-    @step("Coder's claim and preset edit")
+    @step("Coder's claim and preset edit, a failed create")
     def _coder_writes() -> None:
+        with conn.transaction():
+            conn.execute(bench_query("provision_failed"), {"job": state["new"][4]})
         with conn.transaction():
             conn.execute(bench_query("claim"), {"workspace": state["new"][0]})
             conn.execute(bench_query("change_preset"))

@@ -12,13 +12,15 @@ write:
 * agent connection update: an agent's connection bookkeeping (must send nothing);
 * users' job status: pending -> running -> succeeded for ordinary users' jobs (nothing);
 * prebuild job status: the same for prebuilds' creates of their template's active version,
-  the realistic lifecycle of a prebuild's job (nothing: a success that leaves nothing to do
-  at once is not announced, sql/functions/notify_event.sql);
+  the realistic lifecycle of a prebuild's job (nothing: a success is not announced,
+  sql/functions/notify_event.sql);
 * prebuild job failures: pending -> running -> failed for the same jobs (one notification
   per job; information, no target: it is the cost of one NOTIFY, and failures are rare);
 * prebuild job success, stale version: the success of creates whose version is no longer the
-  template's active one (one notification per job; information). Those jobs are made stale
-  by an untimed update of their builds on every side before measuring.
+  template's active one (nothing either: such a prebuild is deleted at its agent_ready event
+  or by the sweep; information, the case an alternative announcing it would have to pay
+  for -- `--compare`). Those jobs are made stale by an untimed update of their builds on
+  every side before measuring.
 
 Client part (the targets): each workload with 1 writer and with 16 concurrent writers
 (prebuild job status and failures also with 64): NOTIFY serialises committing transactions
@@ -140,8 +142,9 @@ PREBUILD_FAILURES = Workload(
 PREBUILD_STALE = Workload(
     "prebuild job success, stale version",
     "pick_prebuild_stale_starts",
-    # The prebuild must be deleted promptly (its version was promoted away): announced.
-    (Step("job_acquired", False), Step("job_completed", True)),
+    # Its prebuild is to be deleted (its version was promoted away), yet not announced: the
+    # agent_ready event or the sweep deletes it (sql/functions/notify_event.sql).
+    (Step("job_acquired", False), Step("job_completed", False)),
     reset=True,
 )
 
@@ -422,7 +425,7 @@ SERVER_LOOPS = (
         "job_status_loop",
         2,
         True,
-        1,
+        0,
     ),
 )
 

@@ -162,6 +162,12 @@ SELECT gen_random_uuid(), now(), now(), 'main', resource.id, gen_random_uuid(), 
        'linux', 'ready'
 FROM resource;
 
+-- name: provision_failed
+-- What a provisioner does with a create it cannot build: the job fails with an error.
+UPDATE provisioner_jobs
+SET started_at = now(), completed_at = now(), updated_at = now(), error = 'release-check: boom'
+WHERE id = %(job)s;
+
 -- name: promote
 UPDATE templates
 SET active_version_id = 'c0de0000-0000-4000-8000-0000000000c2', updated_at = now()

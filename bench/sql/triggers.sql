@@ -78,7 +78,7 @@ WHERE b.id = p.build_id;
 
 -- name: pick_prebuild_stale_starts
 -- Jobs of prebuilds' start builds of a version no longer active (mark_stale_starts): their
--- success is announced.
+-- success is not announced either (its prebuild is deleted at its agent_ready event).
 SELECT j.id
 FROM provisioner_jobs AS j
 JOIN workspace_builds AS b ON b.job_id = j.id

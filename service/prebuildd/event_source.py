@@ -38,9 +38,9 @@ sql/functions/notify_event.sql). Two signals, each exported as metrics, logged, 
    WARNING is in PostgreSQL's log). Known, rare, legitimate counts: changes the triggers leave
    to the sweep on purpose (an admin's build on an unclaimed prebuild, a preset's failed
    savepoint that no event retries, and on a template without agents what a prebuild job's
-   unannounced success changes: a surplus after `desired` was lowered during the build, a
-   prebuild invalidated during it -- docs/architecture.md); hence the alert asks for several
-   within half an hour.
+   unannounced success changes: a prebuild whose version was promoted away, a surplus after
+   `desired` was lowered, or a prebuild invalidated, during its build -- docs/architecture.md);
+   hence the alert asks for several within half an hour.
 """
 
 from __future__ import annotations

@@ -71,23 +71,22 @@
 -- leave at the first test. Only jobs the prebuilds user initiated (prebuildd's creates and
 -- deletes) count. A build someone else starts on an unclaimed prebuild (an admin, rare) is
 -- left to the sweep. No test of the job type: the lookup finds only builds' jobs.
--- Announced as job_status: failures, cancels (canceling, canceled), and a success only when
--- it leaves something to do at once. The planner counts a pending or running job alike ("in
--- progress"), so pending -> running changes no decision (a started job is merely no longer
--- cancelable, which a cancel re-checks under its lock anyway). A success is not announced
--- either (issue 11: NOTIFY takes a cluster-wide lock held across the commit's WAL flush, so
--- notifying commits cannot share a flush; docs/benchmarks.md): a starting prebuild already
--- counts toward `desired`, a deleting one for nothing, and a finished delete leaves nothing to
--- do. The exception is a start build whose preset has become inactive while it ran: its
--- version is no longer the template's active one (a promotion), or the template was deleted
--- or deprecated. Such a prebuild must be deleted promptly (the reaction promise), so its
--- success is announced. The test is the lookup a success makes (the build by its job, its
--- workspace, the template), ~25-35 us of server CPU per success: what keeps one writer under
--- the 90 % target of bench/trigger_overhead.py (docs/benchmarks.md has it side by side).
--- What a success still changes waits for the prebuild's agent_ready event, or for the
--- periodic sweep on templates without agents: a surplus after `desired` was lowered, or an
--- invalidation, during the build; a hard-limited preset's return to healthy; the gauges.
--- Failures and cancels feed the backoff and the hard limit, and stay announced.
+-- Announced as job_status: failures and cancels (canceling, canceled). The planner counts a
+-- pending or running job alike ("in progress"), so pending -> running changes no decision (a
+-- started job is merely no longer cancelable, which a cancel re-checks under its lock anyway).
+-- A success is not announced either (issue 11: NOTIFY takes a cluster-wide lock held across
+-- the commit's WAL flush, so notifying commits cannot share a flush; docs/benchmarks.md): a
+-- starting prebuild already counts toward `desired`, a deleting one for nothing, and a
+-- finished delete leaves nothing to do. A success returns before any lookup. Announcing the
+-- successes of start builds whose preset became inactive while they ran (a promotion, a
+-- deleted or deprecated template) was measured side by side and not kept: the lookup it needs
+-- on every success (the build by its job, its workspace, the template) cost ~25-35 us of
+-- server CPU per success and kept prebuild job writers under their targets with 16 and 64
+-- writers. What a success changes therefore waits for the prebuild's agent_ready event, or for
+-- the periodic sweep on templates without agents: the delete of a prebuild whose preset
+-- became inactive during its build, a surplus after `desired` was lowered or an invalidation
+-- during the build, a hard-limited preset's return to healthy, the gauges. Failures and
+-- cancels feed the backoff and the hard limit, and stay announced.
 -- A job leaving the queue (pending -> anything) does make room under the cap on pending
 -- prebuild jobs (--max-pending-prebuild-jobs, sql/functions/throttle.sql): when creates wait
 -- in its organization and tag set's line (prebuildd.throttle_waits), the first template in
@@ -130,31 +129,20 @@ BEGIN
                 RETURN NULL;
             END IF;
         END IF;
+        -- A success is not announced (above).
+        IF NEW.job_status = 'succeeded' THEN
+            RETURN NULL;
+        END IF;
         -- The service's own writes (prebuildd.execute_actions) are not echoed back.
         IF pg_catalog.current_setting('prebuildd.own_writes', true) = 'on' THEN
             RETURN NULL;
         END IF;
-        IF NEW.job_status = 'succeeded' THEN
-            -- Only a start build of a preset that became inactive while it ran (above).
-            SELECT w.template_id INTO tpl
-            FROM workspace_builds b
-            JOIN workspaces w ON w.id = b.workspace_id
-            JOIN templates t ON t.id = w.template_id
-            WHERE b.job_id = NEW.id
-              AND (b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-                   OR w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid)
-              AND b.transition = 'start'
-              AND (b.template_version_id IS DISTINCT FROM t.active_version_id
-                   OR t.deleted
-                   OR t.deprecated <> '');
-        ELSE
-            SELECT w.template_id INTO tpl
-            FROM workspace_builds b
-            JOIN workspaces w ON w.id = b.workspace_id
-            WHERE b.job_id = NEW.id
-              AND (b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-                   OR w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid);
-        END IF;
+        SELECT w.template_id INTO tpl
+        FROM workspace_builds b
+        JOIN workspaces w ON w.id = b.workspace_id
+        WHERE b.job_id = NEW.id
+          AND (b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
+               OR w.owner_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid);
         IF tpl IS NULL THEN
             RETURN NULL;
         END IF;

@@ -208,17 +208,16 @@ def test_reconcile_status_and_events_on_the_release(
         assert (running.workspace_id, "delete", "pending") in old
         assert sorted(s for _, t, s in old if t == "start") == ["canceled", "succeeded"]
         assert [(t, s) for _, t, s in _builds(release_url, p2)] == [("start", "pending")]
-        # A provisioner finishing the new create's job after yet another promotion (the
+        # A provisioner failing the new create's job after yet another promotion (the
         # reconcile's own writes are not echoed back as events: prebuildd.execute_actions).
-        # Announced because its version is no longer active; a success on the active
-        # version is not (sql/functions/notify_event.sql).
+        # Announced as a failure; a success is not (sql/functions/notify_event.sql).
         with psycopg.connect(release_url) as conn:
             promote(conn, tpl.id, make_version(conn, tpl, active=False))
             conn.commit()
             conn.execute(
                 "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(),"
-                " updated_at = now() WHERE id IN (SELECT job_id FROM workspace_builds"
-                " WHERE template_version_preset_id = %s)",
+                " updated_at = now(), error = 'boom' WHERE id IN (SELECT job_id FROM"
+                " workspace_builds WHERE template_version_preset_id = %s)",
                 (p2,),
             )
             conn.commit()

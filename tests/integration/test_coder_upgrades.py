@@ -36,7 +36,6 @@ from psycopg import sql
 from psycopg.errors import Diagnostic
 from psycopg.rows import TupleRow
 
-from prebuildd import seed
 from prebuildd.embedded import EmbeddedPostgres
 from prebuildd.events import EventKind
 from prebuildd.migrate import migrate, repeatable_files, versioned_files
@@ -252,18 +251,6 @@ def _job_fails(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -
     return [(EventKind.JOB_STATUS, tpl.template_id)]
 
 
-def _stale_job_succeeds(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
-    # A create of a version that was promoted away while it ran: its success is announced (a
-    # success of the active version is not; sql/functions/notify_event.sql).
-    _, job_id = rows.prebuild(setup, tpl, started=True)
-    seed.promote(setup, tpl.template_id, rows.version(setup, tpl.org_id, tpl.template_id,
-                                                       tpl.owner_id))  # fmt: skip
-    setup.commit()
-    inbox.drain()
-    actor.execute("UPDATE provisioner_jobs SET completed_at = now() WHERE id = %s", [job_id])
-    return [(EventKind.JOB_STATUS, tpl.template_id)]
-
-
 def _agent_becomes_ready(setup: Conn, actor: Conn, tpl: rows.TemplateRows, inbox: Inbox) -> Events:
     _, job_id = rows.prebuild(setup, tpl, started=True)
     agent_id = rows.agent(setup, job_id)
@@ -331,17 +318,6 @@ MIGRATIONS = [
         lambda conn: recreate_enum(conn, "provisioner_job_type", [("provisioner_jobs", "type")]),
         _job_fails,
         "cannot alter type of a column used in a trigger definition",
-    ),
-    # Compared by the job function's test of a success (is it a start build?).
-    CoderMigration(
-        "enum recreated: workspace_builds.transition",
-        lambda conn: recreate_enum(
-            conn,
-            "workspace_transition",
-            [("workspace_builds", "transition"), ("workspace_resources", "transition")],
-        ),
-        _stale_job_succeeds,
-        None,
     ),
     CoderMigration(
         "enum recreated: workspace_agents.lifecycle_state",
@@ -837,7 +813,6 @@ def _job_picked_up_with_creates_waiting(
 # One write per trigger function and kind, each of which must send exactly its events.
 EVENT_WRITES = [
     _job_fails,
-    _stale_job_succeeds,
     _job_picked_up_with_creates_waiting,
     _agent_becomes_ready,
     _prebuild_claimed,

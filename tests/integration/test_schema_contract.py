@@ -927,7 +927,7 @@ def test_production_end_to_end_on_required_columns_only(
             assert _one(conn, notified, world.org_admin) == 2
 
             # Version 2 is promoted; then a provisioner finishes the first create, with a
-            # ready agent (its success is announced: its version is no longer active); the
+            # ready agent (its success is not announced, its agent's readiness is); the
             # second stays queued.
             done, queued = creates[0][0], creates[1][0]
             a_v2 = world.version(a, uuid4())
@@ -971,7 +971,14 @@ def test_production_end_to_end_on_required_columns_only(
             # Writing an optional column cannot work without it: an error, nothing written.
             assert _cli(url, "invalidate", "--preset", str(a2)) == EXIT_ERROR
 
-            # Coder's writes that the remaining triggers watch.
+            # Coder's writes that the remaining triggers watch: a provisioner failing the new
+            # version's create, ...
+            conn.execute(
+                "UPDATE provisioner_jobs SET started_at = now(), completed_at = now(),"
+                " worker_id = gen_random_uuid(), error = 'boom' WHERE id IN ("
+                " SELECT job_id FROM workspace_builds WHERE template_version_preset_id = %s)",
+                (a2,),
+            )
             conn.execute("UPDATE templates SET deprecated = 'old' WHERE id = %s", (c,))
             conn.execute(
                 "INSERT INTO template_version_preset_prebuild_schedules"
