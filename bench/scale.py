@@ -44,8 +44,9 @@ reconcile, a traceback) makes every verdict MISSED; the bench exits non-zero on 
 
 `--baseline /work/main` (sweep part): the real steady sweeps in a process of their own run
 `BASELINE_PROCESS_SWEEPS` times with that checkout's prebuildd and as many with this one's,
-interleaved ABBA on the same clone, and both are printed with their ratio; the verdicts are
-this checkout's.
+interleaved ABBA on the same clone, and so does the CLI's `prebuildd reconcile --once` (the
+whole process: start, imports, sweep, report, exit); both are printed with their ratios.
+The verdicts are this checkout's.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -441,6 +443,7 @@ async def run_sweep(
             compared: list[str] = []
         else:
             processes, compared = _baseline_process_sweeps(clone, coverage, baseline, meter)
+            compared += _baseline_cli_sweeps(clone, baseline)
     finally:
         server.drop(f"{fleet.dbname}_sw")
     drift, what = first
@@ -481,7 +484,7 @@ async def run_sweep(
         f"{verdict(coverage.met and dry_best <= target_ms)}, real steady "
         f"{verdict(coverage.met and steady_best <= target_ms)}, real steady in its own "
         f"process {verdict(coverage.met and process_ms <= target_ms)}",
-        *compared[-1:],
+        *(line for line in compared if " / baseline" in line),
     ]
 
 
@@ -577,6 +580,67 @@ def _baseline_process_sweeps(
         f"each): {ratio:.2f} (a baseline to compare with, not a verdict)"
     )
     return [p for p, _ in samples["this"]], lines
+
+
+def _baseline_cli_sweeps(url: str, baseline: Path) -> list[str]:
+    """`--baseline`: `prebuildd reconcile --once` (a real steady sweep through the CLI, output
+    discarded) of the baseline's code and of this checkout's, each a fresh process, ABBA,
+    `BASELINE_PROCESS_SWEEPS` each after a warm-up each: the process's wall time and CPU
+    (wait4). SIGINT is reset to its default in the child, as a terminal's command has it
+    (a background job inherits it ignored), because asyncio's runner behaves differently
+    with and without its own SIGINT handler."""
+    sides: dict[str, Path] = {"baseline": baseline, "this": REPO / "service"}
+    samples: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+
+    def one(side: str) -> tuple[float, float]:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from prebuildd.cli import main; main()",
+             "reconcile", "--once", "--database-url", url],
+            env=dict(os.environ, PYTHONPATH=str(sides[side])),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        assert proc.stderr is not None
+        errors = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"reconcile --once ({side}) failed: {errors[-2000:]}")
+        return wall, usage.ru_utime + usage.ru_stime
+
+    one("baseline")
+    one("this")
+    for i in range(BASELINE_PROCESS_SWEEPS):
+        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
+            samples[side].append(one(side))
+    lines = []
+    for side, runs in samples.items():
+        label = f"baseline {baseline.parent}" if side == "baseline" else "this checkout"
+        walls = ", ".join(f"{wall * 1000:.0f}" for wall, _ in runs)
+        lines.append(
+            f"`prebuildd reconcile --once`, real steady, {label}: process wall median "
+            f"{_median_ms(w for w, _ in runs)} ms [{walls}], process CPU "
+            f"{_median_ms(c for _, c in runs)} ms; n={len(runs)}"
+        )
+    ratio = statistics.median(w for w, _ in samples["this"]) / statistics.median(
+        w for w, _ in samples["baseline"]
+    )
+    cpu = statistics.median(c for _, c in samples["this"]) / statistics.median(
+        c for _, c in samples["baseline"]
+    )
+    lines.append(
+        f"`prebuildd reconcile --once` process, this checkout / baseline (ABBA, "
+        f"{len(samples['this'])} each): wall {ratio:.2f}, CPU {cpu:.2f} (not a verdict)"
+    )
+    return lines
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def _sweep_process_main(url: str) -> None:
