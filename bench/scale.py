@@ -39,6 +39,14 @@ reconcile, a traceback) makes every verdict MISSED; the bench exits non-zero on 
 
     PYTHONPATH=service python -m bench.scale [--quick] [--reuse]
                                              [--part targeted|sweep|service|explain|plan-cache]
+                                             [--fleet reaction|spec|spec-5k]
+                                             [--baseline CHECKOUT]
+
+`--baseline /work/main` (sweep part): the real steady sweeps in a process of their own run
+`BASELINE_PROCESS_SWEEPS` times with that checkout's prebuildd and as many with this one's,
+interleaved ABBA on the same clone, and so does the CLI's `prebuildd reconcile --once` (the
+whole process: start, imports, sweep, report, exit); both are printed with their ratios.
+The verdicts are this checkout's.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -97,6 +106,8 @@ TARGET_SWEEP_DEFAULT_MS = 1000.0
 TARGET_SWEEP_RSS_MB = {"spec-5k": 300.0}
 # Real steady sweeps run in a process of their own (peak RSS, CPU of that process), per fleet.
 PROCESS_SWEEPS = 3
+# With --baseline: that many per side, the baseline's and this checkout's interleaved ABBA.
+BASELINE_PROCESS_SWEEPS = 6
 REPO = Path(__file__).resolve().parent.parent
 # sweep_once with one lane (as before) and with its default, side by side.
 SWEEP_LANES = (1, LANES)
@@ -396,7 +407,9 @@ def _median_ms(seconds: Iterable[float]) -> str:
     return f"{statistics.median(seconds) * 1000:.0f}"
 
 
-async def run_sweep(server: BenchServer, fleet: Fleet, iterations: int) -> list[str]:
+async def run_sweep(
+    server: BenchServer, fleet: Fleet, iterations: int, baseline: Path | None = None
+) -> list[str]:
     print(f"\n-- full sweep: {fleet.name} ({fleet.spec.describe()})")
     with psycopg.connect(server.admin_url, autocommit=True) as admin:
         meter = ServerCpu.of(admin)
@@ -425,7 +438,12 @@ async def run_sweep(server: BenchServer, fleet: Fleet, iterations: int) -> list[
     clone = server.clone(fleet.dbname, f"{fleet.dbname}_sw")
     try:
         first, steady = await _real_sweeps(clone, meter, coverage, iterations)
-        processes = [_process_sweep(clone, coverage) for _ in range(PROCESS_SWEEPS)]
+        if baseline is None:
+            processes = [_process_sweep(clone, coverage) for _ in range(PROCESS_SWEEPS)]
+            compared: list[str] = []
+        else:
+            processes, compared = _baseline_process_sweeps(clone, coverage, baseline, meter)
+            compared += _baseline_cli_sweeps(clone, baseline)
     finally:
         server.drop(f"{fleet.dbname}_sw")
     drift, what = first
@@ -438,6 +456,8 @@ async def run_sweep(server: BenchServer, fleet: Fleet, iterations: int) -> list[
             f"{p.peak_rss_mb:.0f} MB; {p.locked:,} templates reconciled, {p.busy} busy, "
             f"{p.failed} failed, {p.acted} with actions"
         )
+    for line in compared:
+        print(line)
     print(coverage.summary())
     target_ms = TARGET_SWEEP_MS.get(fleet.name, TARGET_SWEEP_DEFAULT_MS)
     dry_best = Stats.of([r.wall for r in dry[LANES]]).median
@@ -463,7 +483,8 @@ async def run_sweep(server: BenchServer, fleet: Fleet, iterations: int) -> list[
         f"target <= {target_ms:.0f} ms with every template covered: dry "
         f"{verdict(coverage.met and dry_best <= target_ms)}, real steady "
         f"{verdict(coverage.met and steady_best <= target_ms)}, real steady in its own "
-        f"process {verdict(coverage.met and process_ms <= target_ms)}"
+        f"process {verdict(coverage.met and process_ms <= target_ms)}",
+        *(line for line in compared if " / baseline" in line),
     ]
 
 
@@ -482,11 +503,15 @@ class ProcessSweep:
     acted: int
 
 
-def _process_sweep(url: str, coverage: Coverage) -> ProcessSweep:
+def _process_sweep(url: str, coverage: Coverage, code: Path | None = None) -> ProcessSweep:
+    """One real sweep in a fresh process; `code`: another checkout's service/ to import
+    prebuildd (with its SQL) from instead of this one's (the bench module stays this one's)."""
+    env = None if code is None else dict(os.environ, PYTHONPATH=str(code))
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.scale", "--sweep-process", url],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -513,6 +538,109 @@ def _process_sweep(url: str, coverage: Coverage) -> ProcessSweep:
             f"reconciled, {sample.busy} busy, {sample.failed} failed"
         )
     return sample
+
+
+def _baseline_process_sweeps(
+    url: str, coverage: Coverage, baseline: Path, meter: ServerCpu
+) -> tuple[list[ProcessSweep], list[str]]:
+    """`--baseline`: fresh-process real steady sweeps of the baseline's code and of this
+    checkout's on the same clone, interleaved ABBA (baseline, this, this, baseline, ...),
+    `BASELINE_PROCESS_SWEEPS` each after one unmeasured warm-up each; the whole server's CPU
+    is read around every process. Returns this checkout's samples and the comparison lines."""
+    sides: dict[str, Path | None] = {"baseline": baseline, "this": None}
+    samples: dict[str, list[tuple[ProcessSweep, float]]] = {side: [] for side in sides}
+
+    def one(side: str) -> tuple[ProcessSweep, float]:
+        before = meter.read()
+        sample = _process_sweep(url, coverage, sides[side])
+        time.sleep(0.2)  # let the postmaster reap the process's backends (their CPU)
+        return sample, meter.read() - before
+
+    one("baseline")
+    one("this")
+    for i in range(BASELINE_PROCESS_SWEEPS):
+        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
+            samples[side].append(one(side))
+    lines = []
+    for side, runs in samples.items():
+        walls = ", ".join(f"{p.sweep * 1000:.0f}" for p, _ in runs)
+        label = f"baseline {baseline.parent}" if side == "baseline" else "this checkout"
+        server = f", server CPU {_median_ms(cpu for _, cpu in runs)} ms" if meter.available else ""
+        lines.append(
+            f"real, steady, own process, {label}: sweep median "
+            f"{_median_ms(p.sweep for p, _ in runs)} ms [{walls}]; process CPU "
+            f"{_median_ms(p.cpu for p, _ in runs)} ms{server}; peak RSS "
+            f"{max(p.peak_rss_mb for p, _ in runs):.0f} MB; n={len(runs)}"
+        )
+    ratio = statistics.median(p.sweep for p, _ in samples["this"]) / statistics.median(
+        p.sweep for p, _ in samples["baseline"]
+    )
+    lines.append(
+        f"own-process steady sweep, this checkout / baseline (ABBA, {len(samples['this'])} "
+        f"each): {ratio:.2f} (a baseline to compare with, not a verdict)"
+    )
+    return [p for p, _ in samples["this"]], lines
+
+
+def _baseline_cli_sweeps(url: str, baseline: Path) -> list[str]:
+    """`--baseline`: `prebuildd reconcile --once` (a real steady sweep through the CLI, output
+    discarded) of the baseline's code and of this checkout's, each a fresh process, ABBA,
+    `BASELINE_PROCESS_SWEEPS` each after a warm-up each: the process's wall time and CPU
+    (wait4). SIGINT is reset to its default in the child, as a terminal's command has it
+    (a background job inherits it ignored), because asyncio's runner behaves differently
+    with and without its own SIGINT handler."""
+    sides: dict[str, Path] = {"baseline": baseline, "this": REPO / "service"}
+    samples: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+
+    def one(side: str) -> tuple[float, float]:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from prebuildd.cli import main; main()",
+             "reconcile", "--once", "--database-url", url],
+            env=dict(os.environ, PYTHONPATH=str(sides[side])),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        assert proc.stderr is not None
+        errors = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"reconcile --once ({side}) failed: {errors[-2000:]}")
+        return wall, usage.ru_utime + usage.ru_stime
+
+    one("baseline")
+    one("this")
+    for i in range(BASELINE_PROCESS_SWEEPS):
+        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
+            samples[side].append(one(side))
+    lines = []
+    for side, runs in samples.items():
+        label = f"baseline {baseline.parent}" if side == "baseline" else "this checkout"
+        walls = ", ".join(f"{wall * 1000:.0f}" for wall, _ in runs)
+        lines.append(
+            f"`prebuildd reconcile --once`, real steady, {label}: process wall median "
+            f"{_median_ms(w for w, _ in runs)} ms [{walls}], process CPU "
+            f"{_median_ms(c for _, c in runs)} ms; n={len(runs)}"
+        )
+    ratio = statistics.median(w for w, _ in samples["this"]) / statistics.median(
+        w for w, _ in samples["baseline"]
+    )
+    cpu = statistics.median(c for _, c in samples["this"]) / statistics.median(
+        c for _, c in samples["baseline"]
+    )
+    lines.append(
+        f"`prebuildd reconcile --once` process, this checkout / baseline (ABBA, "
+        f"{len(samples['this'])} each): wall {ratio:.2f}, CPU {cpu:.2f} (not a verdict)"
+    )
+    return lines
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def _sweep_process_main(url: str) -> None:
@@ -856,6 +984,11 @@ async def _parts(args: argparse.Namespace) -> list[str]:
     sweep_names = ("quick",) if args.quick else tuple(args.fleet or every)
     service_name = "quick" if args.quick else "spec"
     iterations = args.iterations or (10 if args.quick else 40)
+    baseline = None
+    if args.baseline is not None:
+        baseline = args.baseline.resolve() / "service"
+        if not (baseline / "prebuildd").is_dir():
+            raise SystemExit(f"--baseline {args.baseline}: no service/prebuildd there")
     summary: list[str] = []
     with bench_server() as server:
         print_server(server)
@@ -875,7 +1008,9 @@ async def _parts(args: argparse.Namespace) -> list[str]:
         for name in sweep_names if parts & {"sweep", "service", "explain"} else ():
             fleet = _fleet(server, name, args.reuse)
             if "sweep" in parts:
-                summary += await run_sweep(server, fleet, iterations=3 if args.quick else 7)
+                summary += await run_sweep(
+                    server, fleet, iterations=3 if args.quick else 7, baseline=baseline
+                )
             if "service" in parts and name == service_name:
                 summary += await run_service_sweep(server, fleet)
             if "explain" in parts:
@@ -898,6 +1033,13 @@ def main() -> None:
         action="append",
         choices=("reaction", "spec", "spec-5k"),
         help="sweep/service/explain parts: only these fleets (default: all three)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="sweep part: also run the own-process steady sweeps with that checkout's "
+        "prebuildd (and SQL), interleaved with this one's, and print both",
     )
     parser.add_argument("--sweep-process", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -283,8 +283,9 @@ WHERE t.id = ANY(%(template_ids)s::uuid[])
 --                 and only when one of those failed within the lookback or the newest failed
 --                 (nothing else can back off or reach the hard limit: `actionable`). (Backoff
 --                 and the hard limit only apply to active presets, as in Coder.)
---   failures      per preset: how many of those failed within %(backoff_lookback)s before
---                 now() (the database's clock, like every instant the planner compares).
+--   failures      per preset: how many of its latest starts on the active version failed
+--                 within %(backoff_lookback)s before now() (the database's clock, like every
+--                 instant the planner compares).
 --
 -- A window function bounds `recent` rather than a LATERAL ... LIMIT per preset: a preset's
 -- builds can only be found through its workspaces, so a per-preset LATERAL would rescan
@@ -432,6 +433,10 @@ latest_starts AS (
             SELECT st.preset_id, st.build_id, st.build_created_at, st.job_status,
                    NULL::int AS wanted
             FROM starts AS st
+            -- Without a bound nothing can be `actionable`: a one-time test (an InitPlan)
+            -- that skips reading, sorting and ranking the batch's builds -- every batch
+            -- of a healthy fleet. `failures` below reads `starts` itself for that reason.
+            WHERE EXISTS (SELECT FROM bounds)
             UNION ALL
             SELECT b.preset_id, NULL, NULL, NULL, b.wanted
             FROM bounds AS b
@@ -504,11 +509,11 @@ WHERE ls.newest_rank <= ls.wanted
 UNION ALL
 
 SELECT
-    'failures', ls.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
-FROM latest_starts AS ls
-WHERE ls.job_status = 'failed'
-  AND ls.build_created_at >= now() - %(backoff_lookback)s::interval
-GROUP BY ls.preset_id;
+    'failures', st.preset_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*)
+FROM starts AS st
+WHERE st.job_status = 'failed'
+  AND st.build_created_at >= now() - %(backoff_lookback)s::interval
+GROUP BY st.preset_id;
 
 -- name: prebuild_metrics
 -- Lifetime totals per preset, with Coder's meaning: every first build started by the

@@ -106,10 +106,25 @@ async def _both_plans(
     every: dict[UUID, list[BuildRecord]] = defaultdict(list)
     for preset_id, created_at, status in rows:
         every[preset_id].append(BuildRecord(created_at, JobStatus(status)))
+    # The failures within the lookback, counted here from the same builds (the sessions run
+    # in UTC, so the SQL interval's days are 24 hours, as timedelta's).
+    since = snapshot.now - config.backoff_lookback
+    failures = {
+        preset_id: sum(
+            1 for b in builds if b.job_status is JobStatus.FAILED and b.created_at >= since
+        )
+        for preset_id, builds in every.items()
+    }
     narrowed = [plan_preset(ps, snapshot.now, config) for ps in snapshot.presets]
     full = [
         plan_preset(
-            replace(ps, recent_builds=tuple(every.get(ps.preset.id, ()))), snapshot.now, config
+            replace(
+                ps,
+                recent_builds=tuple(every.get(ps.preset.id, ())),
+                failures_in_lookback=failures.get(ps.preset.id, 0),
+            ),
+            snapshot.now,
+            config,
         )
         for ps in snapshot.presets
     ]
@@ -206,6 +221,59 @@ async def test_the_filter_and_the_verdicts_are_exercised(aconn: AConn, conn: Con
     assert sum(1 for p in narrowed if p.state.backoff_until is not None) == 2
     assert sum(1 for p in narrowed if p.state.hard_limited) == 1
     assert any(p.actions for p in narrowed)
+
+
+def _seed_quiet(conn: Conn) -> UUID:
+    """A template where neither backoff nor the hard limit can act: failures only outside
+    the lookback and never the newest build; so no preset of it gets a bound."""
+    org = make_org(conn)
+    tpl = make_template(conn, org)
+    version = make_version(conn, tpl.id, active=True)
+    now = datetime.now(UTC)
+    for desired, spec in (
+        (2, (("succeeded", 30), ("failed", 300), ("succeeded", 40), ("pending", 1))),
+        (1, (("succeeded", 5), ("failed", 600))),
+        (3, (("succeeded", 10), ("running", 2))),
+    ):
+        p = make_preset(conn, version, desired=desired)
+        for status, minutes in spec:
+            make_prebuild(conn, p, job_status=status, created_at=ago(now, minutes=minutes))
+    conn.commit()
+    return tpl.id
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: repr(c).split("(", 1)[1][:60])
+async def test_a_batch_without_bounds_plans_as_from_every_build(
+    aconn: AConn, conn: Conn, config: PlanConfig
+) -> None:
+    """No preset of the batch has a bound: the store skips ranking its builds altogether
+    (`recent` empty), and still counts failures and plans as from every build -- alone, and
+    batched with a template whose presets do get bounds."""
+    quiet = _seed_quiet(conn)
+    narrowed, full, filtered = await _both_plans(aconn, [quiet], config)
+    assert len(narrowed) == 3
+    assert narrowed == full
+    assert filtered == 2  # old failures, left out
+    assert all(p.state.backoff_until is None and not p.state.hard_limited for p in narrowed)
+    busy = _seed_every_case(conn)
+    narrowed, full, _ = await _both_plans(aconn, [quiet, busy], config)
+    assert len(narrowed) == 15
+    assert narrowed == full
+    assert any(p.state.backoff_until is not None for p in narrowed)
+
+
+async def test_failures_in_lookback_are_counted_without_bounds(aconn: AConn, conn: Conn) -> None:
+    """`failures` does not depend on the ranked builds: under a lookback that reaches the
+    quiet template's old failures (and so gives them bounds) and under one that does not
+    (no bound, nothing ranked), the counts are the full facts' counts."""
+    quiet = _seed_quiet(conn)
+    for lookback, counted in ((timedelta(hours=12), 2), (timedelta(minutes=30), 0)):
+        config = PlanConfig(backoff_lookback=lookback)
+        async with aconn.transaction():
+            snapshot = await store.read_snapshot(aconn, [quiet], config=config)
+        assert sum(ps.failures_in_lookback for ps in snapshot.presets) == counted
+        narrowed, full, _ = await _both_plans(aconn, [quiet], config)
+        assert narrowed == full
 
 
 async def test_seeded_bench_fleet_plans_as_from_every_build(aconn: AConn, db_url: str) -> None:
