@@ -58,9 +58,9 @@ from bench.scale import (
     Fleet,
     ProcessSweep,
     SweepSample,
-    _process_sweep,  # private in bench/scale.py; imported, not copied
-    _timed_sweep,  # private in bench/scale.py; imported, not copied
     listed_templates,
+    process_sweep,
+    timed_sweep,
 )
 from prebuildd.model import PlanConfig
 from prebuildd.sweep import LANES, sweep_once
@@ -469,19 +469,19 @@ async def measure(
                 samples.coder.append(sample)
 
         async def dry(record: bool) -> None:
-            sample, _ = await _timed_sweep(url, meter, coverage, dry_run=True, lanes=LANES)
+            sample, _ = await timed_sweep(url, meter, coverage, dry_run=True, lanes=LANES)
             if record:
                 samples.dry.append(sample)
 
         async def real(record: bool) -> None:
-            sample, outcomes = await _timed_sweep(url, meter, coverage, dry_run=False, lanes=LANES)
+            sample, outcomes = await timed_sweep(url, meter, coverage, dry_run=False, lanes=LANES)
             if any(o.results for o in outcomes):
                 raise RuntimeError("a steady sweep acted: the fleet's drift was not fixed")
             if record:
                 samples.real.append(sample)
 
         async def process(record: bool) -> None:
-            sample = _process_sweep(url, coverage)  # blocks: nothing else runs meanwhile
+            sample = process_sweep(url, coverage)  # blocks: nothing else runs meanwhile
             if record:
                 samples.process.append(sample)
 

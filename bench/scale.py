@@ -365,7 +365,7 @@ async def listed_templates(url: str) -> frozenset[UUID]:
         return frozenset(await store.list_prebuild_templates(conn))
 
 
-async def _timed_sweep(
+async def timed_sweep(
     url: str, meter: ServerCpu, coverage: Coverage, *, dry_run: bool, lanes: int
 ) -> tuple[SweepSample, list[Outcome]]:
     client, server, started = time.process_time(), meter.read(), time.perf_counter()
@@ -387,7 +387,7 @@ async def _compare_lanes(
     outcomes: list[Outcome] = []
     for i in range(rounds):
         for lanes in SWEEP_LANES if i % 2 == 0 else SWEEP_LANES[::-1]:
-            sample, outcomes = await _timed_sweep(
+            sample, outcomes = await timed_sweep(
                 url, meter, coverage, dry_run=dry_run, lanes=lanes
             )
             samples[lanes].append(sample)
@@ -439,7 +439,7 @@ async def run_sweep(
     try:
         first, steady = await _real_sweeps(clone, meter, coverage, iterations)
         if baseline is None:
-            processes = [_process_sweep(clone, coverage) for _ in range(PROCESS_SWEEPS)]
+            processes = [process_sweep(clone, coverage) for _ in range(PROCESS_SWEEPS)]
             compared: list[str] = []
         else:
             processes, compared = _baseline_process_sweeps(clone, coverage, baseline, meter)
@@ -503,7 +503,7 @@ class ProcessSweep:
     acted: int
 
 
-def _process_sweep(url: str, coverage: Coverage, code: Path | None = None) -> ProcessSweep:
+def process_sweep(url: str, coverage: Coverage, code: Path | None = None) -> ProcessSweep:
     """One real sweep in a fresh process; `code`: another checkout's service/ to import
     prebuildd (with its SQL) from instead of this one's (the bench module stays this one's)."""
     env = None if code is None else dict(os.environ, PYTHONPATH=str(code))
@@ -552,7 +552,7 @@ def _baseline_process_sweeps(
 
     def one(side: str) -> tuple[ProcessSweep, float]:
         before = meter.read()
-        sample = _process_sweep(url, coverage, sides[side])
+        sample = process_sweep(url, coverage, sides[side])
         time.sleep(0.2)  # let the postmaster reap the process's backends (their CPU)
         return sample, meter.read() - before
 
@@ -689,7 +689,7 @@ async def _real_sweeps(
     periodic sweep of a healthy fleet), one lane and `LANES` interleaved."""
     # Warm the clone's caches with a dry run first: the clone is fresh on disk.
     await sweep_once(url, PlanConfig(), dry_run=True)
-    sample, outcomes = await _timed_sweep(url, meter, coverage, dry_run=False, lanes=LANES)
+    sample, outcomes = await timed_sweep(url, meter, coverage, dry_run=False, lanes=LANES)
     first = (sample, _describe_results(outcomes))
     steady, outcomes = await _compare_lanes(url, meter, coverage, dry_run=False, rounds=rounds)
     if any(o.results for o in outcomes):
