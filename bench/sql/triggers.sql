@@ -244,7 +244,9 @@ BEGIN
 END
 $loop$;
 
-CREATE OR REPLACE PROCEDURE bench_job_status_loop(ids uuid[], worker uuid)
+-- A job's lifecycle: acquired, then finished -- succeeded when `failure` is NULL, failed with
+-- that error otherwise (Coder's job_status is computed from `error`).
+CREATE OR REPLACE PROCEDURE bench_job_status_loop(ids uuid[], worker uuid, failure text)
 LANGUAGE plpgsql
 AS $loop$
 DECLARE
@@ -259,33 +261,7 @@ BEGIN
         END IF;
         COMMIT;
         UPDATE provisioner_jobs
-        SET completed_at = now(), updated_at = now(), error = NULL, error_code = NULL
-        WHERE id = row_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'bench: no job %', row_id;
-        END IF;
-        COMMIT;
-    END LOOP;
-END
-$loop$;
-
-CREATE OR REPLACE PROCEDURE bench_job_failure_loop(ids uuid[], worker uuid)
-LANGUAGE plpgsql
-AS $loop$
-DECLARE
-    row_id uuid;
-BEGIN
-    FOREACH row_id IN ARRAY ids LOOP
-        UPDATE provisioner_jobs
-        SET started_at = now(), updated_at = now(), worker_id = worker
-        WHERE id = row_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'bench: no job %', row_id;
-        END IF;
-        COMMIT;
-        UPDATE provisioner_jobs
-        SET completed_at = now(), updated_at = now(), error = 'bench: terraform apply failed',
-            error_code = NULL
+        SET completed_at = now(), updated_at = now(), error = failure, error_code = NULL
         WHERE id = row_id;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'bench: no job %', row_id;
@@ -302,7 +278,7 @@ CALL bench_heartbeat_loop(%(ids)s::uuid[]);
 CALL bench_agent_connection_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
 
 -- name: job_status_loop
-CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
+CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid, NULL);
 
 -- name: job_failure_loop
-CALL bench_job_failure_loop(%(ids)s::uuid[], %(worker_id)s::uuid);
+CALL bench_job_status_loop(%(ids)s::uuid[], %(worker_id)s::uuid, 'bench: terraform apply failed');
