@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -177,3 +178,16 @@ def module_empty_db_url(pg_admin_url: str) -> Iterator[str]:
 def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(db_url) as connection:
         yield connection
+
+
+@pytest.fixture
+async def aconn(db_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An async connection to the test's database (a module may define its own)."""
+    async with await psycopg.AsyncConnection.connect(db_url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, as the service does."""
+    return "asyncio"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, LiteralString
@@ -52,17 +52,6 @@ NOW = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 PARAMS = {"region": "eu", "size": "large"}
 TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def aconn(db_url: str) -> AsyncIterator[AConn]:
-    async with await psycopg.AsyncConnection.connect(db_url) as connection:
-        yield connection
 
 
 @dataclass(frozen=True)

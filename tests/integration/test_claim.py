@@ -35,11 +35,6 @@ IMPORT_TAGS = {"scope": "organization", "owner": "", "pool": "eu"}
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def listener(db_url: str) -> Iterator[Listening]:
     """An autocommit connection listening where Coder's provisioners listen."""
     listening = Listening.open(db_url, "provisioner_job_posted")

@@ -19,11 +19,6 @@ pytestmark = pytest.mark.anyio
 CODER_LOCK_ID = 7
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _lock(db_url: str, ids: list[uuid.UUID]) -> tuple[Any, list[uuid.UUID]]:
     conn = await psycopg.AsyncConnection.connect(db_url)
     return conn, await store.lock_templates(conn, ids)

@@ -46,11 +46,6 @@ H = hour_floor(NOW)  # the current hour: the forecast's history ends here
 HOUR, MINUTE, DAY = timedelta(hours=1), timedelta(minutes=1), timedelta(days=1)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # prebuildd reads the database's now() with every snapshot. These tests pin it, for their own
 # session only: now() and clock_timestamp() resolve to these functions when the session's
 # search_path lists their schema before pg_catalog (bench/demand.py simulates time the same

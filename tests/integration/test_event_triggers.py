@@ -36,11 +36,6 @@ ALTER TABLE provisioner_jobs DISABLE TRIGGER prebuildd_job_status;
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _check(url: str) -> event_source.TriggerCheck:
     with psycopg.connect(url, autocommit=True) as conn:
         return event_source.check_sync(conn)

@@ -10,7 +10,7 @@ writes are not announced back to it as events, while everybody else's still are.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,17 +31,6 @@ pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
 NOW = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def aconn(db_url: str) -> AsyncIterator[AConn]:
-    async with await psycopg.AsyncConnection.connect(db_url) as connection:
-        yield connection
 
 
 @pytest.fixture

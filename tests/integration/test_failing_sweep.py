@@ -25,11 +25,6 @@ from prebuildd import store, sweep
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class TimedOutListing:
     """`store.list_prebuild_templates`, but while `failing` the database cancels it."""
 

@@ -34,11 +34,6 @@ from prebuildd.service import Service
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _holds(value: bool) -> bool:
     return value
 

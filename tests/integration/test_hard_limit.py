@@ -17,11 +17,6 @@ from prebuildd.sweep import sweep_once
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_hard_limited_preset_stops_creating_and_notifies_template_admins(
     db_url: str,
 ) -> None:

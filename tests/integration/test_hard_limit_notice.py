@@ -33,11 +33,6 @@ CODER_DEFAULTS = NotificationDelivery()
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def conn(db_url: str) -> Iterator[Conn]:
     with psycopg.connect(db_url) as connection:
         yield connection

@@ -207,11 +207,6 @@ def role_url(db_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def cli_logging() -> Iterator[None]:
     """`main()` points the root logger at the current stderr (pytest's capture, closed after
     the test): put the handlers back afterwards."""

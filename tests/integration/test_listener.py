@@ -31,11 +31,6 @@ FAST = {"liveness_interval": 0.2, "liveness_timeout": 0.5, "max_backoff": 0.2}
 WAIT = 60.0  # seconds; generous on a loaded machine, only reached when something is wrong
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorder:
     """Collects every callback of one Listener."""
 

@@ -31,11 +31,6 @@ FAST = ProvisionerConfig(build_time=0, agent_ready_delay=0, concurrency=2, poll_
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def preset(conn: Conn) -> UUID:
     """A preset of an active template's version (committed)."""
     tpl = f.make_template(conn, f.make_org(conn))

@@ -28,11 +28,6 @@ Conn = psycopg.Connection[Any]
 CODER_LOCK_ID = 7
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _seed(url: str) -> dict[str, UUID]:
     """Templates `held` and `free`, one preset each."""
     ids = {}

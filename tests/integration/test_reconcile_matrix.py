@@ -32,11 +32,6 @@ STATUSES = ("pending", "running", "canceling", "succeeded", "failed", "canceled"
 PLACES = ("active", "inactive", "template_deleted", "template_deprecated")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def expected(transition: str, status: str, place: str) -> dict[str, int]:
     """What one sweep must do for a preset (desired 1) whose only prebuild is in this state."""
     if place != "active":

@@ -39,11 +39,6 @@ pytestmark = pytest.mark.anyio
 WAIT = 60.0  # seconds; generous on a loaded machine, only reached when something is wrong
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _count(url: str, statement: str, **params: Any) -> Any:
     async def check_equals(expected: int) -> bool:
         return bool(await fetch_value(url, statement, params) == expected)

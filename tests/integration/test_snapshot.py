@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -48,17 +47,6 @@ Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
 NOW = datetime.now(UTC).replace(microsecond=0)
 CONFIG = PlanConfig(backoff_lookback=timedelta(hours=1), failure_hard_limit=3)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def aconn(db_url: str) -> AsyncIterator[AConn]:
-    async with await psycopg.AsyncConnection.connect(db_url) as connection:
-        yield connection
 
 
 async def snapshot_of(aconn: AConn, *template_ids: UUID) -> store.Snapshot:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,17 +76,6 @@ WHERE w.template_id = ANY(%(template_ids)s)
   AND lb.template_version_id = t.active_version_id
   AND lb.template_version_preset_id IS NOT NULL
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def aconn(db_url: str) -> AsyncIterator[AConn]:
-    async with await psycopg.AsyncConnection.connect(db_url) as connection:
-        yield connection
 
 
 async def _both_plans(

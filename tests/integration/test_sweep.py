@@ -19,11 +19,6 @@ from prebuildd.trigger import Trigger
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _seed(db_url: str, templates: int) -> list[UUID]:
     with psycopg.connect(db_url) as conn:
         org = make_org(conn)

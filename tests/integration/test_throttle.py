@@ -80,11 +80,6 @@ WHERE id IN (
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _count(conn: Conn, statement: LiteralString, *params: object) -> int:
     row = conn.execute(statement, params or None).fetchone()
     assert row is not None

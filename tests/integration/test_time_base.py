@@ -50,11 +50,6 @@ SKEWS = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _skewed(skew: timedelta) -> Callable[[], datetime]:
     def clock() -> datetime:
         return datetime.now(UTC) + skew

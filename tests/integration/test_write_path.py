@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
 from uuid import UUID
@@ -65,17 +65,6 @@ SELECT j.tags FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
 WHERE b.template_version_preset_id = %s AND b.transition = %s::workspace_transition
 ORDER BY b.created_at, b.id
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def aconn(db_url: str) -> AsyncIterator[AConn]:
-    async with await psycopg.AsyncConnection.connect(db_url) as connection:
-        yield connection
 
 
 @pytest.fixture

@@ -40,11 +40,6 @@ A, B, C = UUID(int=1), UUID(int=2), UUID(int=3)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

@@ -8,11 +8,6 @@ from _queue_support import FakeClock, Getter, all_blocked, make_queue, take
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
