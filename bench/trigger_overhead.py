@@ -16,11 +16,6 @@ write:
   sql/functions/notify_event.sql);
 * prebuild job failures: pending -> running -> failed for the same jobs (one notification
   per job; information, no target: it is the cost of one NOTIFY, and failures are rare);
-* prebuild job success, stale version: the success of creates whose version is no longer the
-  template's active one (nothing either: such a prebuild is deleted at its agent_ready event
-  or by the sweep; information, the case an alternative announcing it would have to pay
-  for -- `--compare`). Those jobs are made stale by an untimed update of their builds on
-  every side before measuring.
 
 Client part (the targets): each workload with 1 writer and with 16 concurrent writers
 (prebuild job status and failures also with 64): NOTIFY serialises committing transactions
@@ -45,8 +40,8 @@ from triggers that run and a listener that counts). Any failed control prints MI
 any MISSED of side A makes the exit status 1 (C is for comparison only).
 
 Targets: heartbeats, agent connection updates, users' job status >= 95 % of trigger-free;
-prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64. The failure and
-stale-version workloads have none (their rows say "info"): their verdict is the controls'.
+prebuild job status >= 90 % with 1 writer, >= 80 % with 16 and with 64. The failure workload
+has none (its rows say "info"): its verdict is the controls'.
 
     PYTHONPATH=service python -m bench.trigger_overhead [--quick] [--reuse]
         [--synchronous-commit on|off] [--rows N] [--rounds N] [--case TEXT]
@@ -139,14 +134,6 @@ PREBUILD_FAILURES = Workload(
     (Step("job_acquired", False), Step("job_failed", True)),
     reset=True,
 )
-PREBUILD_STALE = Workload(
-    "prebuild job success, stale version",
-    "pick_prebuild_stale_starts",
-    # Its prebuild is to be deleted (its version was promoted away), yet not announced: the
-    # agent_ready event or the sweep deletes it (sql/functions/notify_event.sql).
-    (Step("job_acquired", False), Step("job_completed", False)),
-    reset=True,
-)
 
 CASES = (
     Case(HEARTBEAT, 1, 0.95),
@@ -161,8 +148,6 @@ CASES = (
     Case(PREBUILD_FAILURES, 1, None),
     Case(PREBUILD_FAILURES, 16, None),
     Case(PREBUILD_FAILURES, 64, None),
-    Case(PREBUILD_STALE, 1, None),
-    Case(PREBUILD_STALE, 16, None),
 )
 
 
@@ -419,14 +404,6 @@ SERVER_LOOPS = (
     ServerLoop(
         "prebuild job failures", "pick_prebuild_active_starts", "job_failure_loop", 2, True, 1
     ),
-    ServerLoop(
-        "prebuild job success, stale version",
-        "pick_prebuild_stale_starts",
-        "job_status_loop",
-        2,
-        True,
-        0,
-    ),
 )
 
 
@@ -640,13 +617,7 @@ def run(server: BenchServer, fleet_db: str, args: argparse.Namespace) -> tuple[l
         install_current_triggers(urls["C"], args.compare)
     url_b = server.clone(fleet_db, f"{fleet_db}_tb")
     removed = uninstall(url_b)
-    # The stale-version creates, the same rows on every side (untimed; before any pick).
     setup_problems: list[str] = []
-    for label, url in [*urls.items(), ("B", url_b)]:
-        with psycopg.connect(url, autocommit=True) as conn:
-            marked = conn.execute(bench_query("mark_stale_starts"), {"limit": rows}).rowcount
-        if marked != rows:
-            setup_problems.append(f"{label}: {marked} of {rows} creates made stale")
     with psycopg.connect(url_b, autocommit=True) as conn:
         found = conn.execute(bench_query("pick_control_job")).fetchone()
     if found is None:

@@ -48,51 +48,9 @@ WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
 ORDER BY j.id
 LIMIT %(limit)s;
 
--- name: mark_stale_starts
--- Untimed set-up, the same on every side: the last `limit` such creates (by job id, so
--- disjoint from the picks above while the fleet has twice as many) become creates of an older
--- version of their template, as if it had been promoted while they ran.
-WITH picked AS (
-    SELECT b.id AS build_id, w.template_id, t.active_version_id
-    FROM provisioner_jobs AS j
-    JOIN workspace_builds AS b ON b.job_id = j.id
-    JOIN workspaces AS w ON w.id = b.workspace_id
-    JOIN templates AS t ON t.id = w.template_id
-    WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-      AND b.transition = 'start'
-      AND b.template_version_id = t.active_version_id
-    ORDER BY j.id DESC
-    LIMIT %(limit)s
-)
-UPDATE workspace_builds AS b
-SET template_version_id = (
-    SELECT v.id
-    FROM template_versions AS v
-    WHERE v.template_id = p.template_id
-      AND v.id <> p.active_version_id
-    ORDER BY v.id
-    LIMIT 1
-)
-FROM picked AS p
-WHERE b.id = p.build_id;
-
--- name: pick_prebuild_stale_starts
--- Jobs of prebuilds' start builds of a version no longer active (mark_stale_starts): their
--- success is not announced either (its prebuild is deleted at its agent_ready event).
-SELECT j.id
-FROM provisioner_jobs AS j
-JOIN workspace_builds AS b ON b.job_id = j.id
-JOIN workspaces AS w ON w.id = b.workspace_id
-JOIN templates AS t ON t.id = w.template_id
-WHERE b.initiator_id = 'c42fdf75-3097-471c-8c33-fb52454d81c0'::uuid
-  AND b.transition = 'start'
-  AND b.template_version_id <> t.active_version_id
-ORDER BY j.id
-LIMIT %(limit)s;
-
 -- name: pick_control_job
--- One create outside every pick above (the next one down from the stale ones): the positive
--- control's job.
+-- One create outside every pick above (the picks take the lowest job ids, this the highest):
+-- the positive control's job.
 SELECT j.id
 FROM provisioner_jobs AS j
 JOIN workspace_builds AS b ON b.job_id = j.id
