@@ -63,11 +63,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -540,6 +540,21 @@ def process_sweep(url: str, coverage: Coverage, code: Path | None = None) -> Pro
     return sample
 
 
+T = TypeVar("T")
+
+
+def _abba(one: Callable[[str], T]) -> dict[str, list[T]]:
+    """`--baseline`: a warm-up of each side, then `BASELINE_PROCESS_SWEEPS` rounds of both,
+    the order alternating (ABBA), so that both sides see the same machine."""
+    one("baseline")
+    one("this")
+    samples: dict[str, list[T]] = {"baseline": [], "this": []}
+    for i in range(BASELINE_PROCESS_SWEEPS):
+        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
+            samples[side].append(one(side))
+    return samples
+
+
 def _baseline_process_sweeps(
     url: str, coverage: Coverage, baseline: Path, meter: ServerCpu
 ) -> tuple[list[ProcessSweep], list[str]]:
@@ -548,7 +563,6 @@ def _baseline_process_sweeps(
     `BASELINE_PROCESS_SWEEPS` each after one unmeasured warm-up each; the whole server's CPU
     is read around every process. Returns this checkout's samples and the comparison lines."""
     sides: dict[str, Path | None] = {"baseline": baseline, "this": None}
-    samples: dict[str, list[tuple[ProcessSweep, float]]] = {side: [] for side in sides}
 
     def one(side: str) -> tuple[ProcessSweep, float]:
         before = meter.read()
@@ -556,11 +570,7 @@ def _baseline_process_sweeps(
         time.sleep(0.2)  # let the postmaster reap the process's backends (their CPU)
         return sample, meter.read() - before
 
-    one("baseline")
-    one("this")
-    for i in range(BASELINE_PROCESS_SWEEPS):
-        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
-            samples[side].append(one(side))
+    samples = _abba(one)
     lines = []
     for side, runs in samples.items():
         walls = ", ".join(f"{p.sweep * 1000:.0f}" for p, _ in runs)
@@ -590,7 +600,6 @@ def _baseline_cli_sweeps(url: str, baseline: Path) -> list[str]:
     (a background job inherits it ignored), because asyncio's runner behaves differently
     with and without its own SIGINT handler."""
     sides: dict[str, Path] = {"baseline": baseline, "this": REPO / "service"}
-    samples: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
 
     def one(side: str) -> tuple[float, float]:
         started = time.perf_counter()
@@ -612,11 +621,7 @@ def _baseline_cli_sweeps(url: str, baseline: Path) -> list[str]:
             raise RuntimeError(f"reconcile --once ({side}) failed: {errors[-2000:]}")
         return wall, usage.ru_utime + usage.ru_stime
 
-    one("baseline")
-    one("this")
-    for i in range(BASELINE_PROCESS_SWEEPS):
-        for side in ("baseline", "this") if i % 2 == 0 else ("this", "baseline"):
-            samples[side].append(one(side))
+    samples = _abba(one)
     lines = []
     for side, runs in samples.items():
         label = f"baseline {baseline.parent}" if side == "baseline" else "this checkout"
