@@ -14,14 +14,14 @@
 -- Deletes together. A promotion's reconcile gives a delete build to the old prebuilds of
 -- every preset: one delete action per preset. When there are several, they first run as one
 -- delete_prebuilds call over all their workspaces, in a subtransaction of its own, before the
--- other actions: one set of statements instead of one per preset (measured on the reaction
--- fleet: three deletes of three workspaces 2.1-2.3 ms as three actions, 1.6-1.7 ms as one;
--- docs/benchmarks.md). Each delete action then reports the workspaces of its own that were
--- given a delete build. If that call fails, nothing of it stands and every delete runs alone
--- at its place, as any action: a failure stays the failing delete's. Moving the deletes first
--- changes nothing the others see: a delete takes only a prebuild whose latest build is a
--- succeeded `start` (a cancel only a never-started one; creates add new workspaces), and the
--- cap on pending prebuild jobs counts pending `start` builds, not deletes (throttle.sql).
+-- other actions: one set of statements instead of one per preset (bench.reaction's
+-- `actions` stage, docs/benchmarks.md). Each delete action then reports the workspaces of
+-- its own that were given a delete build. If that call fails, nothing of it stands and
+-- every delete runs alone at its place, as any action: a failure stays the failing delete's.
+-- Moving the deletes first changes nothing the others see: a delete takes only a prebuild
+-- whose latest build is a succeeded `start` (a cancel only a never-started one; creates add
+-- new workspaces), and the cap on pending prebuild jobs counts pending `start` builds, not
+-- deletes (throttle.sql).
 -- Not done when one workspace is named twice (each delete then runs alone, as before).
 --
 -- What is not caught: query_canceled (a statement_timeout or a cancel request, which PL/pgSQL
